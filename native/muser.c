@@ -1,0 +1,1077 @@
+/*
+ * muser native addon: the few Linux system calls the vfio-user transport
+ * needs and Node does not expose (SCM_RIGHTS, memfd, eventfd, mmap), plus
+ * readiness polling of raw descriptors on the Node event loop (uv_poll).
+ *
+ * Conventions: every function is synchronous and runs on the JS thread.
+ * Hot-path calls (accept, recvmsg, sendmsg, eventfdRead/Write) report
+ * failure as a negative errno return value; the rest throw an Error with
+ * .code (errno name), .errno (positive number), .syscall and maybe .path.
+ */
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* The kernel's per-message limit on passed descriptors (include/net/scm.h,
+ * not exported to user space). */
+#define MUSER_SCM_MAX_FD 253
+
+/* Largest integer a JS number represents exactly. */
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+/* Control buffer able to hold SCM_MAX_FD descriptors, plus room for an
+ * SCM_CREDENTIALS message in case someone enables SO_PASSCRED on the socket
+ * (otherwise that could truncate the descriptors). The union aligns it for
+ * struct cmsghdr. */
+union control_buffer {
+  struct cmsghdr align;
+  char buf[CMSG_SPACE(sizeof(int) * MUSER_SCM_MAX_FD) +
+           CMSG_SPACE(sizeof(struct ucred))];
+};
+
+/* ---------------------------------------------------------------- errors */
+
+#define ERRNO_LIST(X)                                                       \
+  X(EPERM) X(ENOENT) X(ESRCH) X(EINTR) X(EIO) X(ENXIO) X(E2BIG) X(ENOEXEC) \
+  X(EBADF) X(ECHILD) X(EAGAIN) X(ENOMEM) X(EACCES) X(EFAULT) X(EBUSY)      \
+  X(EEXIST) X(EXDEV) X(ENODEV) X(ENOTDIR) X(EISDIR) X(EINVAL) X(ENFILE)    \
+  X(EMFILE) X(ENOTTY) X(ETXTBSY) X(EFBIG) X(ENOSPC) X(ESPIPE) X(EROFS)     \
+  X(EMLINK) X(EPIPE) X(EDOM) X(ERANGE) X(EDEADLK) X(ENAMETOOLONG)          \
+  X(ENOLCK) X(ENOSYS) X(ENOTEMPTY) X(ELOOP) X(ENOMSG) X(EIDRM) X(ENODATA)  \
+  X(ETIME) X(ENOLINK) X(EPROTO) X(EBADMSG) X(EOVERFLOW) X(EILSEQ)          \
+  X(ENOTSOCK) X(EDESTADDRREQ) X(EMSGSIZE) X(EPROTOTYPE) X(ENOPROTOOPT)     \
+  X(EPROTONOSUPPORT) X(ESOCKTNOSUPPORT) X(EOPNOTSUPP) X(EPFNOSUPPORT)      \
+  X(EAFNOSUPPORT) X(EADDRINUSE) X(EADDRNOTAVAIL) X(ENETDOWN)               \
+  X(ENETUNREACH) X(ENETRESET) X(ECONNABORTED) X(ECONNRESET) X(ENOBUFS)     \
+  X(EISCONN) X(ENOTCONN) X(ESHUTDOWN) X(ETOOMANYREFS) X(ETIMEDOUT)         \
+  X(ECONNREFUSED) X(EHOSTDOWN) X(EHOSTUNREACH) X(EALREADY) X(EINPROGRESS)  \
+  X(ESTALE) X(EDQUOT) X(ECANCELED) X(EOWNERDEAD) X(ENOTRECOVERABLE)        \
+  /* Aliases last, so that errno_name() finds the canonical name first. */ \
+  X(EWOULDBLOCK) X(ENOTSUP) X(EDEADLOCK)
+
+static const struct {
+  const char *name;
+  int value;
+} errno_table[] = {
+#define ERRNO_ENTRY(e) {#e, e},
+    ERRNO_LIST(ERRNO_ENTRY)
+#undef ERRNO_ENTRY
+};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *errno_name(int err) {
+  for (size_t i = 0; i < COUNT_OF(errno_table); i++)
+    if (errno_table[i].value == err) return errno_table[i].name;
+  return "EUNKNOWN";
+}
+
+static void set_string(napi_env env, napi_value obj, const char *key,
+                       const char *value) {
+  napi_value v;
+  if (napi_create_string_utf8(env, value, NAPI_AUTO_LENGTH, &v) == napi_ok)
+    napi_set_named_property(env, obj, key, v);
+}
+
+/* Throw a system error in the style of Node's fs errors:
+ * "ENOENT: No such file or directory, connect '/tmp/x.sock'". */
+static void throw_errno(napi_env env, int err, const char *syscall,
+                        const char *path) {
+  char desc[128];
+  char msg[512];
+  const char *code = errno_name(err);
+  /* GNU strerror_r: thread safe (addons may be loaded in workers). */
+  const char *text = strerror_r(err, desc, sizeof desc);
+  if (path != NULL)
+    snprintf(msg, sizeof msg, "%s: %s, %s '%s'", code, text, syscall, path);
+  else
+    snprintf(msg, sizeof msg, "%s: %s, %s", code, text, syscall);
+
+  napi_value js_code, js_msg, error, js_errno;
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &js_code) != napi_ok ||
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &js_msg) != napi_ok ||
+      napi_create_error(env, js_code, js_msg, &error) != napi_ok)
+    return;
+  if (napi_create_int32(env, err, &js_errno) == napi_ok)
+    napi_set_named_property(env, error, "errno", js_errno);
+  set_string(env, error, "syscall", syscall);
+  if (path != NULL) set_string(env, error, "path", path);
+  napi_throw(env, error);
+}
+
+/* TypeError/RangeError with a Node-style code. */
+static void throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+}
+static void throw_range(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+}
+
+/* A Node-API call failed for a reason other than bad input we checked
+ * ourselves. Keep a pending JS exception if there is one (it is the real
+ * cause), otherwise throw a generic error describing the failure. */
+static void throw_napi_failure(napi_env env, const char *what) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  const napi_extended_error_info *info = NULL;
+  char msg[256];
+  napi_get_last_error_info(env, &info);
+  snprintf(msg, sizeof msg, "muser: %s failed: %s", what,
+           info != NULL && info->error_message != NULL ? info->error_message
+                                                       : "unknown error");
+  napi_throw_error(env, NULL, msg);
+}
+
+#define NAPI_OR_THROW(env, call)                                            \
+  do {                                                                      \
+    if ((call) != napi_ok) {                                                \
+      throw_napi_failure((env), #call);                                     \
+      return NULL;                                                          \
+    }                                                                       \
+  } while (0)
+
+/* Fetch up to N arguments (missing ones read as undefined) and `this`. */
+#define GET_ARGS(N)                                                         \
+  size_t argc = (N);                                                        \
+  napi_value argv[N];                                                       \
+  napi_value this_arg;                                                      \
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, &this_arg, NULL))
+
+/* ------------------------------------------------------ argument helpers */
+
+static bool arg_int32(napi_env env, napi_value v, const char *name,
+                      int32_t *out) {
+  if (napi_get_value_int32(env, v, out) == napi_ok) return true;
+  char msg[96];
+  snprintf(msg, sizeof msg, "%s must be a number", name);
+  throw_type(env, msg);
+  return false;
+}
+
+/* A non-negative integer that may exceed 32 bits (sizes, file offsets). */
+static bool arg_size(napi_env env, napi_value v, const char *name,
+                     uint64_t *out) {
+  double d;
+  char msg[128];
+  if (napi_get_value_double(env, v, &d) != napi_ok) {
+    snprintf(msg, sizeof msg, "%s must be a number", name);
+    throw_type(env, msg);
+    return false;
+  }
+  /* The comparisons are false for NaN, so NaN is rejected too. */
+  if (!(d >= 0 && d <= MAX_SAFE_INTEGER) || d != (double)(uint64_t)d) {
+    snprintf(msg, sizeof msg,
+             "%s must be a non-negative safe integer, got %g", name, d);
+    throw_range(env, msg);
+    return false;
+  }
+  *out = (uint64_t)d;
+  return true;
+}
+
+/* Data pointer and length of a Uint8Array (Buffers are Uint8Arrays). */
+static bool arg_bytes(napi_env env, napi_value v, uint8_t **data,
+                      size_t *length) {
+  napi_typedarray_type type;
+  void *p;
+  if (napi_get_typedarray_info(env, v, &type, length, &p, NULL, NULL) !=
+          napi_ok ||
+      type != napi_uint8_array) {
+    throw_type(env, "buf must be a Uint8Array");
+    return false;
+  }
+  *data = p;
+  return true;
+}
+
+/* buf[offset .. offset+length) must lie inside the array. offset and
+ * length are read as int64 (cheap; fractions are truncated). */
+static bool arg_range(napi_env env, napi_value v_off, napi_value v_len,
+                      size_t buf_len, size_t *off, size_t *len) {
+  int64_t o, l;
+  if (napi_get_value_int64(env, v_off, &o) != napi_ok ||
+      napi_get_value_int64(env, v_len, &l) != napi_ok) {
+    throw_type(env, "offset and length must be numbers");
+    return false;
+  }
+  if (o < 0 || l < 0 || (uint64_t)o > buf_len ||
+      (uint64_t)l > buf_len - (uint64_t)o) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "offset %lld + length %lld is outside the buffer (%zu bytes)",
+             (long long)o, (long long)l, buf_len);
+    throw_range(env, msg);
+    return false;
+  }
+  *off = (size_t)o;
+  *len = (size_t)l;
+  return true;
+}
+
+/* A socket path as a sockaddr_un (no abstract namespace). The path is also
+ * copied to `path` (sizeof sun_path bytes) for error messages. */
+static bool arg_sockaddr(napi_env env, napi_value v, const char *syscall,
+                         struct sockaddr_un *sa, socklen_t *sa_len,
+                         char *path) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    throw_type(env, "path must be a string");
+    return false;
+  }
+  if (len >= sizeof sa->sun_path) {
+    /* Report the truncated path: the full one does not fit anyway. */
+    napi_get_value_string_utf8(env, v, path, sizeof sa->sun_path, &len);
+    throw_errno(env, ENAMETOOLONG, syscall, path);
+    return false;
+  }
+  napi_get_value_string_utf8(env, v, path, sizeof sa->sun_path, &len);
+  if (len == 0 || strlen(path) != len) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE",
+                          "path must be a non-empty string without NUL bytes");
+    return false;
+  }
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, path, len + 1);
+  *sa_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  return true;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value r = NULL;
+  if (v >= INT32_MIN && v <= INT32_MAX)
+    napi_create_int32(env, (int32_t)v, &r);
+  else
+    napi_create_int64(env, v, &r);
+  return r;
+}
+
+static napi_value undefined(napi_env env) {
+  napi_value r = NULL;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+/* ------------------------------------------------------------ sockets */
+
+/* listen(path, mode, backlog) -> fd */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  struct sockaddr_un sa;
+  socklen_t sa_len;
+  char path[sizeof sa.sun_path];
+  uint32_t mode;
+  int32_t backlog;
+  if (!arg_sockaddr(env, argv[0], "bind", &sa, &sa_len, path)) return NULL;
+  if (napi_get_value_uint32(env, argv[1], &mode) != napi_ok) {
+    throw_type(env, "mode must be a number");
+    return NULL;
+  }
+  if (mode > 07777) {
+    throw_range(env, "mode must be between 0 and 0o7777");
+    return NULL;
+  }
+  if (!arg_int32(env, argv[2], "backlog", &backlog)) return NULL;
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket", path);
+    return NULL;
+  }
+  if (bind(fd, (struct sockaddr *)&sa, sa_len) < 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, err, "bind", path);
+    return NULL;
+  }
+  /* The mode is set before listen(): until then connect() is refused, so
+   * no client can get in under the umask-derived mode. */
+  const char *failed = NULL;
+  if (chmod(path, (mode_t)mode) < 0)
+    failed = "chmod";
+  else if (listen(fd, backlog) < 0)
+    failed = "listen";
+  if (failed != NULL) {
+    int err = errno;
+    unlink(path); /* we created it in bind() above */
+    close(fd);
+    throw_errno(env, err, failed, path);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+/* accept(fd) -> new fd or -errno */
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", &fd)) return NULL;
+  int r;
+  do
+    r = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  return make_int(env, r < 0 ? -errno : r);
+}
+
+/* connect(path) -> fd (non-blocking once connected) */
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  struct sockaddr_un sa;
+  socklen_t sa_len;
+  char path[sizeof sa.sun_path];
+  if (!arg_sockaddr(env, argv[0], "connect", &sa, &sa_len, path)) return NULL;
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket", path);
+    return NULL;
+  }
+  /* Blocking connect: for AF_UNIX it only waits when the listener's backlog
+   * is full. An interrupted AF_UNIX connect leaves the socket unconnected,
+   * so retrying is right; EISCONN after a retry means it got through. */
+  int r;
+  bool retried = false;
+  while ((r = connect(fd, (struct sockaddr *)&sa, sa_len)) < 0 &&
+         errno == EINTR)
+    retried = true;
+  if (r < 0 && !(retried && errno == EISCONN)) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, err, "connect", path);
+    return NULL;
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, err, "fcntl", path);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+/* recvmsg(fd, buf, offset, length, fds) -> bytes, 0 on EOF, or -errno.
+ * fds[0] = number of descriptors stored, fds[1..] = the descriptors. */
+static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int32_t fd;
+  uint8_t *base;
+  size_t buf_len, off, len;
+  napi_typedarray_type type;
+  size_t fds_len;
+  void *fds_data;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !arg_bytes(env, argv[1], &base, &buf_len) ||
+      !arg_range(env, argv[2], argv[3], buf_len, &off, &len))
+    return NULL;
+  if (napi_get_typedarray_info(env, argv[4], &type, &fds_len, &fds_data, NULL,
+                               NULL) != napi_ok ||
+      type != napi_int32_array) {
+    throw_type(env, "fds must be an Int32Array");
+    return NULL;
+  }
+  if (fds_len < 1) {
+    throw_range(env, "fds must have room for the count (length >= 1)");
+    return NULL;
+  }
+  int32_t *fds = fds_data;
+  size_t capacity = fds_len - 1;
+
+  union control_buffer control;
+  struct iovec iov = {.iov_base = base + off, .iov_len = len};
+  struct msghdr msg = {
+      .msg_iov = &iov,
+      .msg_iovlen = 1,
+      .msg_control = control.buf,
+      .msg_controllen = sizeof control.buf,
+  };
+  ssize_t n;
+  do
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    int err = errno;
+    fds[0] = 0;
+    return make_int(env, -err);
+  }
+
+  /* Every descriptor the kernel installed is either handed to the caller
+   * or closed here: nothing may leak. (Descriptors that did not fit the
+   * control buffer, flagged by MSG_CTRUNC, were never installed.) */
+  size_t stored = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL;
+       c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char *p = CMSG_DATA(c);
+    for (size_t i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, p + i * sizeof(int), sizeof rfd); /* may be unaligned */
+      if (stored < capacity)
+        fds[1 + stored++] = rfd;
+      else
+        close(rfd);
+    }
+  }
+  fds[0] = (int32_t)stored;
+  return make_int(env, n);
+}
+
+/* sendmsg(fd, buf, offset, length, fds?) -> bytes sent or -errno */
+static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int32_t fd;
+  uint8_t *base;
+  size_t buf_len, off, len;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !arg_bytes(env, argv[1], &base, &buf_len) ||
+      !arg_range(env, argv[2], argv[3], buf_len, &off, &len))
+    return NULL;
+
+  struct iovec iov = {.iov_base = base + off, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  union control_buffer control;
+
+  napi_valuetype t;
+  NAPI_OR_THROW(env, napi_typeof(env, argv[4], &t));
+  if (t != napi_undefined && t != napi_null) {
+    bool is_array = false;
+    uint32_t nfds;
+    if (napi_is_array(env, argv[4], &is_array) != napi_ok || !is_array) {
+      throw_type(env, "fds must be an array of numbers");
+      return NULL;
+    }
+    NAPI_OR_THROW(env, napi_get_array_length(env, argv[4], &nfds));
+    if (nfds > MUSER_SCM_MAX_FD) {
+      throw_range(env, "at most 253 descriptors can be sent in one message");
+      return NULL;
+    }
+    if (nfds > 0) {
+      /* On a stream socket the kernel silently drops descriptors sent
+       * with no data, so that is a caller bug. */
+      if (len == 0) {
+        throw_range(env, "descriptors must be sent with at least one byte");
+        return NULL;
+      }
+      msg.msg_control = control.buf;
+      msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+      unsigned char *p = CMSG_DATA(c);
+      for (uint32_t i = 0; i < nfds; i++) {
+        napi_value e;
+        int32_t v;
+        NAPI_OR_THROW(env, napi_get_element(env, argv[4], i, &e));
+        if (!arg_int32(env, e, "fds[i]", &v)) return NULL;
+        memcpy(p + i * sizeof(int), &v, sizeof v);
+      }
+    }
+  }
+
+  ssize_t n;
+  do
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return make_int(env, n < 0 ? -errno : n);
+}
+
+/* close(fd); throws on failure. EINTR is not retried: on Linux the
+ * descriptor is released even then, and a retry could close a descriptor
+ * another thread just received. */
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", &fd)) return NULL;
+  if (close(fd) < 0 && errno != EINTR) {
+    throw_errno(env, errno, "close", NULL);
+    return NULL;
+  }
+  return undefined(env);
+}
+
+/* ------------------------------------------------------ memfd / eventfd */
+
+/* memfd(name, size) -> fd */
+static napi_value js_memfd(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  char name[256];
+  size_t name_len;
+  uint64_t size;
+  if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &name_len) !=
+      napi_ok) {
+    throw_type(env, "name must be a string");
+    return NULL;
+  }
+  if (name_len >= sizeof name) { /* the kernel allows 249 bytes anyway */
+    throw_errno(env, EINVAL, "memfd_create", NULL);
+    return NULL;
+  }
+  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &name_len);
+  if (!arg_size(env, argv[1], "size", &size)) return NULL;
+  if (size > (uint64_t)INT64_MAX) {
+    throw_errno(env, EFBIG, "ftruncate", NULL);
+    return NULL;
+  }
+
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, errno, "memfd_create", NULL);
+    return NULL;
+  }
+  int r;
+  do
+    r = ftruncate(fd, (off_t)size);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, err, "ftruncate", NULL);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+/* eventfd(initval, nonblock) -> fd */
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  uint32_t initval;
+  bool nonblock = false;
+  napi_value b;
+  if (napi_get_value_uint32(env, argv[0], &initval) != napi_ok) {
+    throw_type(env, "initval must be a number");
+    return NULL;
+  }
+  NAPI_OR_THROW(env, napi_coerce_to_bool(env, argv[1], &b));
+  NAPI_OR_THROW(env, napi_get_value_bool(env, b, &nonblock));
+  int fd = eventfd(initval, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0));
+  if (fd < 0) {
+    throw_errno(env, errno, "eventfd", NULL);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+/* eventfdRead(fd) -> counter (a JS number: exact up to 2^53) or -errno */
+static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", &fd)) return NULL;
+  uint64_t value;
+  ssize_t n;
+  do
+    n = read(fd, &value, sizeof value);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return make_int(env, -errno);
+  if (n != sizeof value) return make_int(env, -EIO); /* not an eventfd */
+  napi_value r;
+  NAPI_OR_THROW(env, napi_create_double(env, (double)value, &r));
+  return r;
+}
+
+/* eventfdWrite(fd, value) -> 0 or -errno */
+static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int32_t fd;
+  uint64_t value;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !arg_size(env, argv[1], "value", &value))
+    return NULL;
+  ssize_t n;
+  do
+    n = write(fd, &value, sizeof value);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return make_int(env, -errno);
+  return make_int(env, n == sizeof value ? 0 : -EIO);
+}
+
+/* ------------------------------------------------------------------ mmap */
+
+/* One per mapping; it is the finalize hint of the external ArrayBuffer and
+ * is also attached to the ArrayBuffer with napi_wrap so munmap() can find
+ * it. `unmapped` makes sure the range is unmapped exactly once: by munmap()
+ * or, failing that, by the finalizer, which always frees the struct. */
+typedef struct mapping {
+  void *addr;
+  size_t length;
+  bool unmapped;
+} mapping;
+
+/* Marks ArrayBuffers made by mmap() (napi_unwrap alone cannot tell our
+ * wraps from another addon's). */
+static const napi_type_tag mapping_tag = {0x6d75736572206d6dULL,
+                                          0x6170706e67210a01ULL};
+
+static void finalize_mapping(napi_env env, void *data, void *hint) {
+  mapping *m = hint;
+  if (!m->unmapped) munmap(m->addr, m->length);
+  free(m);
+}
+
+/* mmap(fd, offset, length, writable) -> ArrayBuffer */
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int32_t fd;
+  uint64_t offset, length;
+  bool writable = false;
+  napi_value b;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !arg_size(env, argv[1], "offset", &offset) ||
+      !arg_size(env, argv[2], "length", &length))
+    return NULL;
+  NAPI_OR_THROW(env, napi_coerce_to_bool(env, argv[3], &b));
+  NAPI_OR_THROW(env, napi_get_value_bool(env, b, &writable));
+
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  if (length == 0 || offset % page != 0 || length > SIZE_MAX) {
+    throw_errno(env, EINVAL, "mmap", NULL);
+    return NULL;
+  }
+  mapping *m = malloc(sizeof *m);
+  if (m == NULL) {
+    throw_errno(env, ENOMEM, "mmap", NULL);
+    return NULL;
+  }
+  void *addr = mmap(NULL, (size_t)length,
+                    PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd,
+                    (off_t)offset);
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    free(m);
+    throw_errno(env, err, "mmap", NULL);
+    return NULL;
+  }
+  m->addr = addr;
+  m->length = (size_t)length;
+  m->unmapped = false;
+
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, (size_t)length,
+                                       finalize_mapping, m, &ab) != napi_ok) {
+    /* E.g. longer than the engine allows. Node may or may not still call
+     * the finalizer (it does, later, for a too-long Buffer), so unmap now,
+     * mark it done and leave the small struct to that finalizer (at worst
+     * it leaks): never unmap or free twice. */
+    munmap(addr, (size_t)length);
+    m->unmapped = true;
+    throw_napi_failure(env, "napi_create_external_arraybuffer");
+    return NULL;
+  }
+  /* If these fail the ArrayBuffer is still valid and its finalizer unmaps;
+   * only munmap() would not recognise it. */
+  NAPI_OR_THROW(env, napi_type_tag_object(env, ab, &mapping_tag));
+  NAPI_OR_THROW(env, napi_wrap(env, ab, m, NULL, NULL, NULL));
+  return ab;
+}
+
+/* munmap(arrayBuffer): detach it and unmap now. Idempotent. */
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  bool ok = false;
+  if (napi_is_arraybuffer(env, argv[0], &ok) != napi_ok || !ok) {
+    throw_type(env, "munmap() expects an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  NAPI_OR_THROW(env, napi_is_detached_arraybuffer(env, argv[0], &ok));
+  if (ok) return undefined(env); /* already released */
+  NAPI_OR_THROW(env, napi_check_object_type_tag(env, argv[0], &mapping_tag,
+                                                &ok));
+  void *p = NULL;
+  if (!ok || napi_unwrap(env, argv[0], &p) != napi_ok || p == NULL) {
+    throw_type(env, "munmap() expects an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  mapping *m = p;
+  void *addr = m->addr;
+  size_t length = m->length;
+  /* Mark first: once detached, Node may run the finalizer (which frees m)
+   * at any later point, so m is not touched after the detach. */
+  m->unmapped = true;
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+    m->unmapped = false;
+    throw_napi_failure(env, "napi_detach_arraybuffer");
+    return NULL;
+  }
+  napi_remove_wrap(env, argv[0], NULL);
+  munmap(addr, length);
+  return undefined(env);
+}
+
+/* ------------------------------------------------------------------ poll */
+
+typedef struct addon_state addon_state;
+
+/* A uv_poll_t plus what is needed to call back into JS.
+ *
+ * Lifetime (choice: keep alive while active): while not closed, the handle
+ * holds strong references to its JS object and to the callback, so an
+ * unclosed handle is never garbage collected; like a net.Socket it lives
+ * until close() (its callback can still fire, and must find its function).
+ * close() starts uv_close(); the close callback drops the references and
+ * the async context. The struct is freed once both the uv close callback
+ * has run and the JS object's wrap finalizer has run, whichever is last,
+ * because JS methods reach the struct through the object. At environment
+ * teardown (process exit, worker termination) an async cleanup hook closes
+ * whatever is still open so the loop can be closed cleanly. */
+typedef struct poll_handle {
+  uv_poll_t uv;
+  napi_env env;
+  addon_state *state;
+  napi_ref self_ref;
+  napi_ref cb_ref;
+  napi_async_context async;
+  struct poll_handle *prev, *next; /* handles whose uv close is not done */
+  bool closing;
+  bool uv_closed;
+  bool wrapper_gone;
+} poll_handle;
+
+struct addon_state {
+  napi_ref poll_ctor;
+  bool constructing; /* the PollHandle constructor is internal only */
+  bool tearing_down;
+  poll_handle *handles;
+  napi_async_cleanup_hook_handle cleanup_hook;
+};
+
+static const napi_type_tag poll_tag = {0x6d7573657220706fULL,
+                                       0x6c6c68616e646c65ULL};
+
+static void poll_free_if_done(poll_handle *h) {
+  if (h->uv_closed && h->wrapper_gone) free(h);
+}
+
+static void poll_on_closed(uv_handle_t *uvh) {
+  poll_handle *h = uvh->data;
+  addon_state *s = h->state;
+  napi_env env = h->env;
+  napi_handle_scope scope = NULL;
+  napi_open_handle_scope(env, &scope);
+  if (h->async != NULL) napi_async_destroy(env, h->async);
+  if (h->cb_ref != NULL) napi_delete_reference(env, h->cb_ref);
+  if (h->self_ref != NULL) napi_delete_reference(env, h->self_ref);
+  h->async = NULL;
+  h->cb_ref = h->self_ref = NULL;
+  if (scope != NULL) napi_close_handle_scope(env, scope);
+
+  if (h->prev != NULL)
+    h->prev->next = h->next;
+  else
+    s->handles = h->next;
+  if (h->next != NULL) h->next->prev = h->prev;
+  h->uv_closed = true;
+  poll_free_if_done(h);
+
+  if (s->tearing_down && s->handles == NULL && s->cleanup_hook != NULL) {
+    napi_async_cleanup_hook_handle hook = s->cleanup_hook;
+    s->cleanup_hook = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
+}
+
+static void poll_start_close(poll_handle *h) {
+  if (h->closing) return;
+  h->closing = true;
+  uv_close((uv_handle_t *)&h->uv, poll_on_closed);
+}
+
+static void poll_finalize_wrapper(napi_env env, void *data, void *hint) {
+  poll_handle *h = data;
+  h->wrapper_gone = true;
+  poll_free_if_done(h);
+}
+
+static void poll_on_event(uv_poll_t *uvp, int status, int events) {
+  poll_handle *h = uvp->data;
+  napi_env env = h->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value self, cb, arg;
+  if (napi_get_reference_value(env, h->self_ref, &self) == napi_ok &&
+      napi_get_reference_value(env, h->cb_ref, &cb) == napi_ok &&
+      napi_create_int32(env, status < 0 ? status : events, &arg) == napi_ok) {
+    /* napi_make_callback (not napi_call_function): it enters the handle's
+     * async context and, as the outermost callback scope, runs nextTicks
+     * and promise microtasks when the callback returns. */
+    napi_make_callback(env, h->async, self, cb, 1, &arg, NULL);
+    /* We were called from the event loop, not from JS, so an exception
+     * left pending here would be silently lost: report it the way Node
+     * reports any uncaught exception. */
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value exc;
+      if (napi_get_and_clear_last_exception(env, &exc) == napi_ok)
+        napi_fatal_exception(env, exc);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/* Environment teardown: close every handle still open, then tell Node we
+ * are done once the last close callback has run (see poll_on_closed). */
+static void on_env_teardown(napi_async_cleanup_hook_handle hook, void *arg) {
+  addon_state *s = arg;
+  s->tearing_down = true;
+  for (poll_handle *h = s->handles; h != NULL; h = h->next)
+    poll_start_close(h);
+  if (s->handles == NULL) {
+    s->cleanup_hook = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
+}
+
+static bool valid_events(napi_env env, napi_value v, int32_t *events) {
+  if (!arg_int32(env, v, "events", events)) return false;
+  if ((*events & ~(UV_READABLE | UV_WRITABLE)) != 0) {
+    throw_range(env, "events must be a combination of READABLE and WRITABLE");
+    return false;
+  }
+  return true;
+}
+
+/* (Re)start watching; 0 events means watch nothing for now. */
+static int poll_set_events(poll_handle *h, int events) {
+  if (events == 0) return uv_poll_stop(&h->uv);
+  return uv_poll_start(&h->uv, events, poll_on_event);
+}
+
+/* poll(fd, events, cb) -> PollHandle */
+static napi_value js_poll(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  void *data;
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  addon_state *s = data;
+  int32_t fd, events;
+  napi_valuetype t;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !valid_events(env, argv[1], &events))
+    return NULL;
+  NAPI_OR_THROW(env, napi_typeof(env, argv[2], &t));
+  if (t != napi_function) {
+    throw_type(env, "cb must be a function");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  NAPI_OR_THROW(env, napi_get_uv_event_loop(env, &loop));
+
+  poll_handle *h = calloc(1, sizeof *h);
+  if (h == NULL) {
+    throw_errno(env, ENOMEM, "poll", NULL);
+    return NULL;
+  }
+  /* Note: uv_poll_init puts fd in non-blocking mode. It fails with EEXIST
+   * if another poll handle on this loop already watches fd. */
+  int r = uv_poll_init(loop, &h->uv, fd);
+  if (r < 0) {
+    free(h);
+    throw_errno(env, -r, "uv_poll_init", NULL);
+    return NULL;
+  }
+  h->uv.data = h;
+  h->env = env;
+  h->state = s;
+  h->wrapper_gone = true; /* no JS object yet */
+  h->next = s->handles;
+  if (h->next != NULL) h->next->prev = h;
+  s->handles = h;
+
+  /* From here on, failures go through poll_start_close(), which copes with
+   * a partly built handle. */
+  napi_value ctor, obj, name;
+  bool ok = napi_get_reference_value(env, s->poll_ctor, &ctor) == napi_ok;
+  if (ok) {
+    s->constructing = true;
+    ok = napi_new_instance(env, ctor, 0, NULL, &obj) == napi_ok;
+    s->constructing = false;
+  }
+  ok = ok && napi_type_tag_object(env, obj, &poll_tag) == napi_ok &&
+       napi_wrap(env, obj, h, poll_finalize_wrapper, NULL, NULL) == napi_ok;
+  if (ok) h->wrapper_gone = false;
+  ok = ok && napi_create_reference(env, obj, 1, &h->self_ref) == napi_ok &&
+       napi_create_reference(env, argv[2], 1, &h->cb_ref) == napi_ok &&
+       napi_create_string_utf8(env, "muser.PollHandle", NAPI_AUTO_LENGTH,
+                               &name) == napi_ok &&
+       napi_async_init(env, obj, name, &h->async) == napi_ok;
+  if (!ok) {
+    throw_napi_failure(env, "poll setup");
+    poll_start_close(h);
+    return NULL;
+  }
+  r = poll_set_events(h, events);
+  if (r < 0) {
+    poll_start_close(h);
+    throw_errno(env, -r, "uv_poll_start", NULL);
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value poll_ctor(napi_env env, napi_callback_info info) {
+  napi_value self;
+  void *data;
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, NULL, NULL, &self, &data));
+  addon_state *s = data;
+  if (!s->constructing) {
+    napi_throw_type_error(env, "ERR_ILLEGAL_CONSTRUCTOR",
+                          "PollHandle objects are created by poll()");
+    return NULL;
+  }
+  return self;
+}
+
+/* `this` of a PollHandle method, or NULL with a TypeError thrown. */
+static poll_handle *poll_this(napi_env env, napi_callback_info info,
+                              size_t *argc, napi_value *argv) {
+  napi_value self;
+  bool ok = false;
+  void *p = NULL;
+  if (napi_get_cb_info(env, info, argc, argv, &self, NULL) != napi_ok)
+    return NULL;
+  if (napi_check_object_type_tag(env, self, &poll_tag, &ok) != napi_ok ||
+      !ok || napi_unwrap(env, self, &p) != napi_ok || p == NULL) {
+    throw_type(env, "not a PollHandle");
+    return NULL;
+  }
+  return p;
+}
+
+static napi_value poll_update(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t events;
+  poll_handle *h = poll_this(env, info, &argc, argv);
+  if (h == NULL || !valid_events(env, argv[0], &events)) return NULL;
+  if (h->closing) {
+    napi_throw_error(env, "ERR_POLL_CLOSED", "PollHandle is closed");
+    return NULL;
+  }
+  int r = poll_set_events(h, events);
+  if (r < 0) {
+    throw_errno(env, -r, "uv_poll_start", NULL);
+    return NULL;
+  }
+  return undefined(env);
+}
+
+static napi_value poll_ref(napi_env env, napi_callback_info info) {
+  poll_handle *h = poll_this(env, info, NULL, NULL);
+  if (h == NULL) return NULL;
+  if (!h->closing) uv_ref((uv_handle_t *)&h->uv);
+  return undefined(env);
+}
+
+static napi_value poll_unref(napi_env env, napi_callback_info info) {
+  poll_handle *h = poll_this(env, info, NULL, NULL);
+  if (h == NULL) return NULL;
+  if (!h->closing) uv_unref((uv_handle_t *)&h->uv);
+  return undefined(env);
+}
+
+static napi_value poll_close(napi_env env, napi_callback_info info) {
+  poll_handle *h = poll_this(env, info, NULL, NULL);
+  if (h == NULL) return NULL;
+  poll_start_close(h);
+  return undefined(env);
+}
+
+/* ------------------------------------------------------------------ init */
+
+static void finalize_state(napi_env env, void *data, void *hint) {
+  addon_state *s = data;
+  if (s->poll_ctor != NULL) napi_delete_reference(env, s->poll_ctor);
+  free(s);
+}
+
+static napi_value make_errno_object(napi_env env) {
+  napi_value obj, v;
+  NAPI_OR_THROW(env, napi_create_object(env, &obj));
+  for (size_t i = 0; i < COUNT_OF(errno_table); i++) {
+    NAPI_OR_THROW(env, napi_create_int32(env, errno_table[i].value, &v));
+    NAPI_OR_THROW(env,
+                  napi_set_named_property(env, obj, errno_table[i].name, v));
+  }
+  NAPI_OR_THROW(env, napi_object_freeze(env, obj));
+  return obj;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  addon_state *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    napi_throw_error(env, NULL, "muser: out of memory");
+    return NULL;
+  }
+  if (napi_set_instance_data(env, s, finalize_state, NULL) != napi_ok) {
+    free(s);
+    throw_napi_failure(env, "napi_set_instance_data");
+    return NULL;
+  }
+
+  napi_property_descriptor poll_methods[] = {
+      {"update", NULL, poll_update, NULL, NULL, NULL, napi_default_method,
+       NULL},
+      {"ref", NULL, poll_ref, NULL, NULL, NULL, napi_default_method, NULL},
+      {"unref", NULL, poll_unref, NULL, NULL, NULL, napi_default_method, NULL},
+      {"close", NULL, poll_close, NULL, NULL, NULL, napi_default_method, NULL},
+  };
+  napi_value ctor;
+  NAPI_OR_THROW(env, napi_define_class(env, "PollHandle", NAPI_AUTO_LENGTH,
+                                       poll_ctor, s, COUNT_OF(poll_methods),
+                                       poll_methods, &ctor));
+  NAPI_OR_THROW(env, napi_create_reference(env, ctor, 1, &s->poll_ctor));
+  NAPI_OR_THROW(env, napi_add_async_cleanup_hook(env, on_env_teardown, s,
+                                                 &s->cleanup_hook));
+
+  napi_value readable, writable, errnos;
+  NAPI_OR_THROW(env, napi_create_int32(env, UV_READABLE, &readable));
+  NAPI_OR_THROW(env, napi_create_int32(env, UV_WRITABLE, &writable));
+  errnos = make_errno_object(env);
+  if (errnos == NULL) return NULL;
+
+#define METHOD(name, fn, data)                                              \
+  {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, data}
+#define VALUE(name, v)                                                      \
+  {name, NULL, NULL, NULL, NULL, v, napi_enumerable, NULL}
+  napi_property_descriptor props[] = {
+      METHOD("listen", js_listen, NULL),
+      METHOD("accept", js_accept, NULL),
+      METHOD("connect", js_connect, NULL),
+      METHOD("recvmsg", js_recvmsg, NULL),
+      METHOD("sendmsg", js_sendmsg, NULL),
+      METHOD("poll", js_poll, s),
+      METHOD("close", js_close, NULL),
+      METHOD("memfd", js_memfd, NULL),
+      METHOD("eventfd", js_eventfd, NULL),
+      METHOD("eventfdRead", js_eventfd_read, NULL),
+      METHOD("eventfdWrite", js_eventfd_write, NULL),
+      METHOD("mmap", js_mmap, NULL),
+      METHOD("munmap", js_munmap, NULL),
+      VALUE("READABLE", readable),
+      VALUE("WRITABLE", writable),
+      VALUE("errno", errnos),
+  };
+#undef METHOD
+#undef VALUE
+  NAPI_OR_THROW(env,
+                napi_define_properties(env, exports, COUNT_OF(props), props));
+  return exports;
+}

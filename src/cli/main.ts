@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+/**
+ * `muser serve <device module> --socket <path>`: loads a device module and
+ * serves its device over vfio-user until SIGINT or SIGTERM.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, extname, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { PciDevice } from '../device/device.js';
+import { serve, ServeError } from '../server/server.js';
+import type { LogLevel } from '../server/log.js';
+
+const USAGE = `usage: muser serve <device module> --socket <path> [--mode <octal>] [--log <level>]
+
+  <device module>   a JavaScript module whose default export (or export "device")
+                    is a device made with definePciDevice()
+  --socket <path>   UNIX socket to create for the vfio-user client (e.g. QEMU)
+  --mode <octal>    permissions of the socket file (default 600: owner only)
+  --log <level>     silent, error, warn (default), info or debug
+
+Attach it to a VM with:
+  qemu-system-x86_64 ... -machine memory-backend=mem \\
+    -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -device '{"driver":"vfio-user-pci","socket":{"path":"<path>","type":"unix"}}'`;
+
+const LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
+
+/** A mistake in how muser was invoked: printed as one line, exit status 2. */
+class UsageError extends Error {}
+
+function version(): string {
+  const pkg = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'package.json');
+  return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}
+
+async function loadDevice(path: string): Promise<PciDevice> {
+  const file = resolve(path);
+  if (!existsSync(file)) throw new UsageError(`device module ${path} does not exist; give the path of a .js file that exports a device`);
+  if (['.ts', '.mts', '.cts'].includes(extname(file)) && !(process.features as { typescript?: unknown }).typescript) {
+    throw new UsageError(`${path} is TypeScript, which this Node.js cannot load; compile it (npx tsc) and pass the .js file`);
+  }
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  } catch (e) {
+    throw new UsageError(`device module ${path} failed to load: ${(e as Error).message}`);
+  }
+  const candidates = [mod.default, mod.device, ...Object.values(mod)];
+  // Duck-typed: the module may import its own copy of muser.
+  const device = candidates.find((x): x is PciDevice => x instanceof PciDevice || isDeviceLike(x));
+  if (!device) throw new UsageError(`device module ${path} exports no device; export default definePciDevice({...})`);
+  return device;
+}
+
+function isDeviceLike(x: unknown): boolean {
+  const d = x as Partial<PciDevice> | undefined;
+  return typeof d === 'object' && d !== null && typeof d.regionRead === 'function' && typeof d.attach === 'function' && Array.isArray(d.regions);
+}
+
+async function main(argv: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        socket: { type: 'string' },
+        mode: { type: 'string' },
+        log: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
+      },
+    });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.replace(/\.$/, '')}; run muser --help for the options`);
+  }
+  const { values, positionals } = parsed;
+  if (values.version) return void console.log(version());
+  if (values.help || positionals.length === 0) return void console.log(USAGE);
+  const [command, modulePath, ...extra] = positionals;
+  if (command !== 'serve') throw new UsageError(`unknown command "${command}"; the command is: muser serve <device module> --socket <path>`);
+  if (!modulePath) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
+  if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"; muser serve takes one device module`);
+  if (!values.socket) throw new UsageError('muser serve needs --socket <path>: where the vfio-user client will connect');
+  let mode = 0o600;
+  if (values.mode !== undefined) {
+    if (!/^[0-7]{3,4}$/.test(values.mode)) throw new UsageError(`--mode ${values.mode} is not an octal permission like 600 or 660`);
+    mode = parseInt(values.mode, 8);
+  }
+  const log = (values.log ?? 'warn') as LogLevel;
+  if (!LEVELS.includes(log)) throw new UsageError(`--log ${values.log} is not one of ${LEVELS.join(', ')}`);
+
+  const device = await loadDevice(modulePath);
+  let server;
+  try {
+    server = await serve(device, { socket: values.socket, mode, log });
+  } catch (e) {
+    if (e instanceof ServeError) throw new UsageError(e.message);
+    throw e;
+  }
+  console.log(`muser: serving ${device.name} on ${server.socket}`);
+  const stop = (): void => {
+    void server.close().then(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
+main(process.argv.slice(2)).catch((e: unknown) => {
+  if (e instanceof UsageError) {
+    process.stderr.write(`muser: ${e.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`muser: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});

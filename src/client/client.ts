@@ -1,0 +1,408 @@
+/**
+ * A vfio-user client: what a VMM does, in TypeScript. It negotiates, reads
+ * device/region/interrupt info, reads and writes regions, gives the server
+ * guest memory (memfds it maps itself, or plain memory reached by DMA
+ * messages), and wires interrupts to eventfds it watches.
+ */
+import {
+  Command,
+  commandName,
+  DmaFlag,
+  errnoName,
+  Errno,
+  Flag,
+  IrqSetFlag,
+  PROTOCOL_MAJOR,
+  PROTOCOL_MINOR,
+  RegionIndex,
+} from '../protocol/constants.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { encodeMessage, isReply, type Header } from '../protocol/header.js';
+import * as msg from '../protocol/messages.js';
+import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
+import { Channel, closeAll } from '../transport/channel.js';
+import { native } from '../transport/native.js';
+
+/** An error reply from the server. */
+export class VfioUserError extends Error {
+  override readonly name = 'VfioUserError';
+  constructor(
+    readonly command: number,
+    readonly errno: number,
+  ) {
+    super(`${commandName(command)} failed: ${errnoName(errno)}`);
+  }
+}
+
+export interface Reply {
+  header: Header;
+  payload: Buffer;
+  fds: number[];
+}
+
+/** Guest memory the client gave the server for DMA. */
+export interface GuestMemory {
+  iova: bigint;
+  size: number;
+  /** The memory itself, as the client sees it. */
+  bytes: Buffer;
+  /** The memfd passed to the server, if the range was mapped with one. */
+  fd?: number;
+}
+
+export interface RegionDescription extends msg.RegionInfo {
+  /** Parsed capability chain. */
+  capabilities: msg.RegionCapability[];
+  /** Descriptor to mmap for MMAP regions (the caller owns it). */
+  fd?: number;
+}
+
+export interface ConnectOptions {
+  /** Capabilities to propose; defaults are what QEMU proposes. */
+  capabilities?: Capabilities;
+  /** Reject a request whose reply takes longer (ms); 0 waits forever. Default 5000, as QEMU. */
+  timeout?: number;
+}
+
+/** An interrupt vector wired to an eventfd this client watches. */
+export class Interrupt {
+  /** Signals seen so far. */
+  count = 0;
+  private waiters: (() => void)[] = [];
+  private readonly poll;
+  constructor(
+    readonly index: number,
+    readonly vector: number,
+    readonly fd: number,
+  ) {
+    this.poll = native.poll(fd, native.READABLE, () => {
+      const n = native.eventfdRead(fd);
+      if (n > 0) {
+        this.count += n;
+        for (const w of this.waiters.splice(0)) w();
+      }
+    });
+    this.poll.unref();
+  }
+
+  /** Resolves at the next signal (or at once if `count` is already above `seen`). */
+  wait(seen = this.count, timeoutMs = 5000): Promise<number> {
+    if (this.count > seen) return Promise.resolve(this.count);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no interrupt on index ${this.index} vector ${this.vector} within ${timeoutMs} ms`)), timeoutMs);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve(this.count);
+      });
+    });
+  }
+
+  close(): void {
+    this.poll.close();
+    native.close(this.fd);
+  }
+}
+
+const QEMU_CAPABILITIES: Capabilities = {
+  maxMsgFds: 16,
+  maxDataXferSize: 1 << 20,
+  maxDmaMaps: 65535,
+  pgsizes: 4096,
+  writeMultiple: true,
+};
+
+export class Client {
+  readonly channel: Channel;
+  /** What the server granted. */
+  limits!: Negotiated;
+  /** The server's VERSION reply capabilities. */
+  serverCapabilities: Capabilities = {};
+  private nextId = 0;
+  private readonly pending = new Map<number, { resolve(r: Reply): void; reject(e: Error): void; timer?: NodeJS.Timeout }>();
+  private readonly memory: GuestMemory[] = [];
+  private readonly interrupts: Interrupt[] = [];
+  private readonly timeout: number;
+  private flushQueued = false;
+  private closeError: Error | undefined;
+
+  private constructor(fd: number, timeout: number) {
+    this.timeout = timeout;
+    this.channel = new Channel(
+      fd,
+      {
+        message: (h, p, fds) => this.onMessage(h, p, fds),
+        framingError: () => undefined,
+        closed: (e) => this.onClosed(e),
+      },
+      { maxMessageSize: 64 * 1024 * 1024 },
+    );
+    this.channel.unref();
+  }
+
+  /** Connects to a server socket and negotiates the protocol version. */
+  static async connect(socket: string, options: ConnectOptions = {}): Promise<Client> {
+    const client = new Client(native.connect(socket), options.timeout ?? 5000);
+    try {
+      await client.negotiate(options.capabilities ?? QEMU_CAPABILITIES);
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+    return client;
+  }
+
+  private async negotiate(caps: Capabilities): Promise<void> {
+    const r = await this.request(Command.VERSION, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, json: formatCapabilities(caps) }));
+    const v = msg.decodeVersion(r.payload);
+    if (v.major !== PROTOCOL_MAJOR || v.minor > PROTOCOL_MINOR) throw new Error(`server speaks vfio-user ${v.major}.${v.minor}, not ${PROTOCOL_MAJOR}.${PROTOCOL_MINOR}`);
+    this.serverCapabilities = parseCapabilities(v.json);
+    this.limits = negotiated(this.serverCapabilities);
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  /** Sends a command and resolves with its reply; an error reply rejects with VfioUserError. */
+  request(command: number, payload?: Uint8Array, fds?: readonly number[], flags = 0): Promise<Reply> {
+    if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) & 0xffff;
+    const promise = new Promise<Reply>((resolve, reject) => {
+      const entry: { resolve(r: Reply): void; reject(e: Error): void; timer?: NodeJS.Timeout } = { resolve, reject };
+      if (this.timeout > 0) {
+        entry.timer = setTimeout(() => {
+          this.pending.delete(id);
+          reject(new Error(`${commandName(command)} #${id}: no reply within ${this.timeout} ms`));
+        }, this.timeout);
+      }
+      this.pending.set(id, entry);
+    });
+    this.post(command, id, flags, payload, fds);
+    return promise;
+  }
+
+  /** Sends a command that asks for no reply (a posted write). */
+  post(command: number, id: number, flags: number, payload?: Uint8Array, fds?: readonly number[]): void {
+    // Commands sent in one tick leave in one sendmsg.
+    if (!this.flushQueued && !(fds && fds.length)) {
+      this.flushQueued = true;
+      this.channel.cork();
+      queueMicrotask(() => {
+        this.flushQueued = false;
+        this.channel.uncork();
+      });
+    }
+    this.channel.send(encodeMessage({ id, command, flags, error: 0 }, payload), fds);
+  }
+
+  private onMessage(h: Header, payload: Buffer, fds: number[]): void {
+    if (!isReply(h.flags)) return this.serve(h, payload, fds);
+    const entry = this.pending.get(h.id);
+    if (!entry) {
+      closeAll(fds);
+      return;
+    }
+    this.pending.delete(h.id);
+    if (entry.timer) clearTimeout(entry.timer);
+    if (h.flags & Flag.ERROR) {
+      closeAll(fds);
+      entry.reject(new VfioUserError(h.command, h.error));
+    } else entry.resolve({ header: h, payload: Buffer.from(payload), fds });
+  }
+
+  private onClosed(error?: Error): void {
+    this.closeError = new Error(`the server closed the connection${error ? `: ${error.message}` : ''}`);
+    for (const [, e] of this.pending) {
+      if (e.timer) clearTimeout(e.timer);
+      e.reject(this.closeError);
+    }
+    this.pending.clear();
+  }
+
+  // ---------------------------------------------------------------- device, regions, interrupts
+
+  async deviceInfo(): Promise<msg.DeviceInfo> {
+    const r = await this.request(Command.DEVICE_GET_INFO, msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 }));
+    return msg.decodeDeviceInfo(r.payload);
+  }
+
+  /** Region info with its capabilities; asks again with a bigger buffer when the server says so, as VFIO clients do. */
+  async regionInfo(index: number): Promise<RegionDescription> {
+    let argsz = msg.REGION_INFO_SIZE;
+    for (;;) {
+      const r = await this.request(
+        Command.DEVICE_GET_REGION_INFO,
+        msg.encodeRegionInfo({ argsz, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }),
+      );
+      const info = msg.decodeRegionInfo(r.payload);
+      if (info.argsz > argsz) {
+        closeAll(r.fds);
+        argsz = info.argsz;
+        continue;
+      }
+      return { ...info, capabilities: msg.decodeRegionCaps(info), fd: r.fds[0] };
+    }
+  }
+
+  async irqInfo(index: number): Promise<msg.IrqInfo> {
+    const r = await this.request(Command.DEVICE_GET_IRQ_INFO, msg.encodeIrqInfo({ argsz: msg.IRQ_INFO_SIZE, flags: 0, index, count: 0 }));
+    return msg.decodeIrqInfo(r.payload);
+  }
+
+  async regionRead(region: number, offset: number, count: number): Promise<Buffer> {
+    const r = await this.request(Command.REGION_READ, msg.encodeRegionAccess({ offset, region, count, data: Buffer.alloc(0) }));
+    return msg.decodeRegionAccess(r.payload, true).data;
+  }
+
+  /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */
+  async regionWrite(region: number, offset: number, data: Uint8Array, options: { posted?: boolean } = {}): Promise<void> {
+    const payload = msg.encodeRegionAccess({ offset, region, count: data.length, data: Buffer.from(data) });
+    if (options.posted) {
+      const id = this.nextId;
+      this.nextId = (this.nextId + 1) & 0xffff;
+      return this.post(Command.REGION_WRITE, id, Flag.NO_REPLY, payload);
+    }
+    await this.request(Command.REGION_WRITE, payload);
+  }
+
+  /** Coalesced small writes (REGION_WRITE_MULTI); resolves with the count the server did. */
+  async regionWriteMulti(writes: { region: number; offset: number; data: Uint8Array }[]): Promise<number> {
+    const wire = writes.map((w) => {
+      const data = Buffer.alloc(8);
+      data.set(w.data);
+      return { region: w.region, offset: w.offset, count: w.data.length, data };
+    });
+    const r = await this.request(Command.REGION_WRITE_MULTI, msg.encodeRegionWriteMulti(wire));
+    return msg.decodeWriteMultiReply(r.payload);
+  }
+
+  /** Little-endian config space accessors (region 7). */
+  readonly config = {
+    read: async (offset: number, size: 1 | 2 | 4): Promise<number> => readLE(await this.regionRead(RegionIndex.CONFIG, offset, size)),
+    write: (offset: number, size: 1 | 2 | 4, value: number): Promise<void> => this.regionWrite(RegionIndex.CONFIG, offset, writeLE(size, value)),
+  };
+
+  async reset(): Promise<void> {
+    await this.request(Command.DEVICE_RESET);
+  }
+
+  async setIrqs(s: Omit<msg.SetIrqs, 'argsz'>, fds: number[] = []): Promise<void> {
+    await this.request(Command.DEVICE_SET_IRQS, msg.encodeSetIrqs({ ...s, argsz: msg.SET_IRQS_SIZE + s.data.length }), fds);
+  }
+
+  /** Creates an eventfd for `vector` of interrupt `index`, hands it to the server, and watches it. */
+  async irq(index: number, vector = 0): Promise<Interrupt> {
+    const fd = native.eventfd(0, true);
+    try {
+      await this.setIrqs({ flags: IrqSetFlag.DATA_EVENTFD | IrqSetFlag.ACTION_TRIGGER, index, start: vector, count: 1, data: Buffer.alloc(0) }, [fd]);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    const i = new Interrupt(index, vector, fd);
+    this.interrupts.push(i);
+    return i;
+  }
+
+  /** Unmasks a vector (INTx after each interrupt, as a VMM does at end of interrupt). */
+  async unmask(index: number, vector = 0): Promise<void> {
+    await this.setIrqs({ flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_UNMASK, index, start: vector, count: 1, data: Buffer.alloc(0) });
+  }
+
+  // ---------------------------------------------------------------- DMA
+
+  async dmaMap(m: Omit<msg.DmaMap, 'argsz'>, fd?: number): Promise<void> {
+    await this.request(Command.DMA_MAP, msg.encodeDmaMap({ ...m, argsz: msg.DMA_MAP_SIZE }), fd === undefined ? undefined : [fd]);
+  }
+
+  async dmaUnmap(iova: bigint, size: bigint, flags = 0): Promise<msg.DmaUnmap> {
+    const r = await this.request(Command.DMA_UNMAP, msg.encodeDmaUnmap({ argsz: msg.DMA_UNMAP_SIZE, flags, iova, size }));
+    return msg.decodeDmaUnmap(r.payload);
+  }
+
+  /**
+   * Allocates `size` bytes of guest memory at `iova` and maps it for the
+   * device. With `shared` (the default) it is a memfd the server maps;
+   * without, the server reaches it through DMA_READ/DMA_WRITE messages.
+   */
+  async mapMemory(iova: bigint | number, size: number, options: { shared?: boolean; flags?: number } = {}): Promise<GuestMemory> {
+    const shared = options.shared ?? true;
+    const flags = options.flags ?? DmaFlag.READ | DmaFlag.WRITE;
+    let mem: GuestMemory;
+    if (shared) {
+      const fd = native.memfd('muser-guest-memory', size);
+      mem = { iova: BigInt(iova), size, bytes: Buffer.from(native.mmap(fd, 0, size, true)), fd };
+    } else {
+      mem = { iova: BigInt(iova), size, bytes: Buffer.alloc(size) };
+    }
+    try {
+      await this.dmaMap({ flags, offset: 0n, iova: mem.iova, size: BigInt(size) }, mem.fd);
+    } catch (e) {
+      release(mem);
+      throw e;
+    }
+    this.memory.push(mem);
+    return mem;
+  }
+
+  /** Unmaps and frees memory from mapMemory(). */
+  async unmapMemory(mem: GuestMemory): Promise<void> {
+    await this.dmaUnmap(mem.iova, BigInt(mem.size));
+    this.memory.splice(this.memory.indexOf(mem), 1);
+    release(mem);
+  }
+
+  /** Answers the server's DMA_READ / DMA_WRITE from guest memory. */
+  private serve(h: Header, payload: Buffer, fds: number[]): void {
+    const reply = (p?: Buffer) => this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, p));
+    const fail = (errno: number) => this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
+    try {
+      if (fds.length > 0) throw new ProtocolError('EINVAL', 'server requests carry no descriptors');
+      if (h.command === Command.DMA_READ) {
+        const a = msg.decodeDmaAccess(payload, false);
+        const data = this.guest(a.iova, a.count);
+        if (!(h.flags & Flag.NO_REPLY)) reply(msg.encodeDmaAccess({ ...a, data: Buffer.from(data) }));
+      } else if (h.command === Command.DMA_WRITE) {
+        const a = msg.decodeDmaAccess(payload, true);
+        this.guest(a.iova, a.count).set(a.data);
+        if (!(h.flags & Flag.NO_REPLY)) reply(msg.encodeDmaWriteReply(a.iova, a.count));
+      } else throw new ProtocolError('ENOSYS', `a client does not serve ${commandName(h.command)}`);
+    } catch (e) {
+      closeAll(fds);
+      fail(e instanceof ProtocolError ? e.errno : Errno.EINVAL);
+    }
+  }
+
+  /** The guest memory behind [iova, iova+count), or EFAULT. */
+  private guest(iova: bigint, count: number): Buffer {
+    for (const m of this.memory) {
+      if (iova >= m.iova && iova + BigInt(count) <= m.iova + BigInt(m.size)) {
+        const at = Number(iova - m.iova);
+        return m.bytes.subarray(at, at + count);
+      }
+    }
+    throw new ProtocolError('EFAULT', `DMA at 0x${iova.toString(16)}+${count} is outside guest memory`);
+  }
+
+  /** Closes the connection, its interrupts and its guest memory. */
+  close(): void {
+    this.channel.close();
+    for (const i of this.interrupts.splice(0)) i.close();
+    for (const m of this.memory.splice(0)) release(m);
+  }
+}
+
+function release(mem: GuestMemory): void {
+  if (mem.fd !== undefined) {
+    native.munmap(mem.bytes.buffer as ArrayBuffer);
+    native.close(mem.fd);
+  }
+}
+
+function readLE(b: Buffer): number {
+  return b.length === 1 ? b[0] : b.length === 2 ? b.readUInt16LE(0) : b.readUInt32LE(0);
+}
+function writeLE(size: 1 | 2 | 4, value: number): Buffer {
+  const b = Buffer.alloc(size);
+  b.writeUIntLE(size === 4 ? value >>> 0 : value & ((1 << (8 * size)) - 1), 0, size);
+  return b;
+}

@@ -1,0 +1,75 @@
+import type { CapabilityDecl, ExtendedCapabilityDecl } from '../pci/index.js';
+
+/** An access width a handler sees: trapped accesses wider than 4 bytes are split, low address first. */
+export type AccessSize = 1 | 2 | 4;
+
+export interface BarSpec {
+  /** Bytes; a power of two (memory BARs at least 16, I/O BARs 4 to 256). */
+  size: number;
+  /** Default 'memory32'. */
+  type?: 'memory32' | 'memory64' | 'io';
+  prefetchable?: boolean;
+  /** A trapped read; may return a Promise (the connection still answers in order). Unset: reads 0. */
+  read?(offset: number, size: AccessSize): number | Promise<number>;
+  /** A trapped write; may return a Promise. Unset: writes are dropped. */
+  write?(offset: number, value: number, size: AccessSize): void | Promise<void>;
+  /**
+   * Back the BAR with shared memory (a memfd) that the client may map:
+   * `true` maps the whole BAR; `areas` maps only those ranges (page-aligned),
+   * and accesses elsewhere go to `read`/`write`. Trapped accesses inside the
+   * memory read and write it directly.
+   */
+  memory?: true | { areas: { offset: number; size: number }[] };
+}
+
+export type BarIndex = 0 | 1 | 2 | 3 | 4 | 5;
+
+export interface IrqSpec {
+  /** A legacy INTx pin (INTA). */
+  intx?: boolean;
+  /** MSI vectors: 1, 2, 4, 8, 16 or 32. Adds the MSI capability. */
+  msi?: number;
+  /**
+   * MSI-X vectors (1..2048). Adds the MSI-X capability; the table and pending
+   * bit array live in `bar` (default: the first unused BAR slot, sized to fit).
+   */
+  msix?: number | { vectors: number; bar?: BarIndex; offset?: number };
+}
+
+export interface PciDeviceSpec {
+  /** Shown in logs. */
+  name?: string;
+  id: {
+    vendor: number;
+    device: number;
+    subsystemVendor?: number;
+    subsystemDevice?: number;
+    /** 24-bit class code: base << 16 | sub << 8 | programming interface. */
+    classCode?: number;
+    revision?: number;
+  };
+  bars?: Partial<Record<BarIndex, BarSpec>>;
+  /** Expansion ROM contents (read-only to the client). */
+  rom?: Uint8Array;
+  irqs?: IrqSpec;
+  /** Extra PCI capabilities: power management, PCI Express, vendor-specific. MSI and MSI-X come from `irqs`. */
+  capabilities?: CapabilityDecl[];
+  extendedCapabilities?: ExtendedCapabilityDecl[];
+  /** Called on a device reset (after config space went back to power-on values). */
+  reset?(): void | Promise<void>;
+}
+
+/** What the side that attaches the device (a vfio-user server) provides to it. */
+export interface DeviceHost {
+  /** Signals interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
+  signal(index: number, vector: number): boolean;
+  /** Copies guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
+  dmaRead(iova: bigint, length: number): Promise<Uint8Array>;
+  /** Writes guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
+  dmaWrite(iova: bigint, data: Uint8Array): Promise<void>;
+}
+
+/** A DMA access the device asked for that the client's DMA maps do not allow. */
+export class DmaError extends Error {
+  override readonly name = 'DmaError';
+}

@@ -1,0 +1,13 @@
+/**
+ * muser: PCI devices written in TypeScript, served over vfio-user.
+ *
+ * definePciDevice() describes a device; serve() puts it on a UNIX socket for a
+ * VMM such as QEMU (`-device vfio-user-pci`); Client drives any server.
+ */
+export * from './device/index.js';
+export { serve, Server, ServeError, type ServeOptions } from './server/server.js';
+export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
+export type { Limits } from './server/connection.js';
+export { Client, VfioUserError, Interrupt, type GuestMemory, type RegionDescription, type ConnectOptions } from './client/client.js';
+export * as protocol from './protocol/index.js';
+export * as pci from './pci/index.js';

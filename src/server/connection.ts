@@ -1,0 +1,508 @@
+/**
+ * One client connected to a device: negotiation, dispatch of each command to
+ * the device, the DMA map table, interrupt eventfds, and the DMA_READ /
+ * DMA_WRITE messages the server sends for ranges mapped without a descriptor.
+ *
+ * Commands are answered in the order they arrive. A device handler may return
+ * a Promise; later commands then wait (copied out of the receive buffer) while
+ * replies from the client keep being processed, so a handler may await DMA
+ * messages without deadlock.
+ */
+import {
+  Command,
+  commandName,
+  DeviceFlag,
+  Errno,
+  Flag,
+  HEADER_SIZE,
+  IrqIndex,
+  IrqInfoFlag,
+  PROTOCOL_MAJOR,
+  PROTOCOL_MINOR,
+  RegionCap,
+  RegionFlag,
+  RegionIndex,
+} from '../protocol/constants.js';
+import { ProtocolError, check } from '../protocol/errors.js';
+import { isReply, writeHeader, encodeMessage, type Header } from '../protocol/header.js';
+import * as msg from '../protocol/messages.js';
+import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
+import { Channel, closeAll } from '../transport/channel.js';
+import { DmaError, type DeviceHost } from '../device/types.js';
+import type { PciDevice } from '../device/device.js';
+import { DmaMapTable } from './dma.js';
+import { IrqTable } from './irqs.js';
+import type { Logger } from './log.js';
+
+export interface Limits {
+  /** Largest data count in one region or DMA message we accept (capped by what the client says). */
+  maxDataXferSize: number;
+  /** Most DMA ranges mapped at once. */
+  maxDmaMaps: number;
+  /** Most commands waiting behind a slow (Promise-returning) handler before the connection is dropped. */
+  maxQueuedCommands: number;
+}
+
+export const defaultLimits: Limits = { maxDataXferSize: 1 << 20, maxDmaMaps: 65535, maxQueuedCommands: 4096 };
+
+/** Most descriptors we accept in one message; QEMU refuses a server that claims more than 16. */
+const MAX_MSG_FDS = 16;
+const PAGE_SIZE = 4096;
+/** Largest message before negotiation: VERSION and its JSON. */
+const PRE_NEGOTIATION_MAX = 64 * 1024;
+
+interface Queued {
+  header: Header;
+  payload: Buffer;
+  fds: number[];
+}
+
+interface Outstanding {
+  resolve(payload: Buffer): void;
+  reject(error: Error): void;
+}
+
+export class Connection implements DeviceHost {
+  readonly channel: Channel;
+  readonly dma: DmaMapTable;
+  readonly irqs: IrqTable;
+  private limits: Negotiated | undefined;
+  private queue: Queued[] = [];
+  private busy = false;
+  private nextId = 0;
+  private readonly outstanding = new Map<number, Outstanding>();
+  private onClosed: (() => void) | undefined;
+
+  constructor(
+    fd: number,
+    private readonly device: PciDevice,
+    private readonly options: Limits,
+    private readonly log: Logger,
+    onClosed: () => void,
+  ) {
+    this.onClosed = onClosed;
+    this.dma = new DmaMapTable(options.maxDmaMaps, PAGE_SIZE);
+    const c = device.irqCounts;
+    this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
+    this.channel = new Channel(
+      fd,
+      {
+        message: (h, p, fds) => this.onMessage(h, p, fds),
+        framingError: (h, e) => {
+          this.log.warn(`client sent a message that breaks framing (${e.message}); closing the connection`);
+          this.replyError(h, e.errno);
+        },
+        closed: (e) => this.closed(e),
+      },
+      { maxMessageSize: PRE_NEGOTIATION_MAX },
+    );
+    device.attach(this);
+  }
+
+  /** Negotiated limits, once VERSION is done. */
+  get negotiated(): Negotiated | undefined {
+    return this.limits;
+  }
+
+  close(): void {
+    this.channel.close();
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  private onMessage(header: Header, payload: Buffer, fds: number[]): void {
+    if (isReply(header.flags)) return this.onReply(header, payload, fds);
+    if (this.busy || this.queue.length > 0) {
+      if (this.queue.length >= this.options.maxQueuedCommands) {
+        closeAll(fds);
+        this.log.warn(`client has more than ${this.options.maxQueuedCommands} commands waiting; closing the connection`);
+        return this.channel.close();
+      }
+      this.queue.push({ header, payload: Buffer.from(payload), fds });
+      return;
+    }
+    this.run(header, payload, fds);
+  }
+
+  /** Runs one command; if it goes asynchronous, holds the others until it is answered. */
+  private run(header: Header, payload: Buffer, fds: number[]): void {
+    const pending = this.execute(header, payload, fds);
+    if (!pending) return;
+    this.busy = true;
+    void pending.then(() => {
+      this.busy = false;
+      this.drain();
+    });
+  }
+
+  private drain(): void {
+    this.channel.cork();
+    try {
+      while (!this.busy && this.queue.length > 0 && !this.channel.closed) {
+        const q = this.queue.shift()!;
+        this.run(q.header, q.payload, q.fds);
+      }
+    } finally {
+      this.channel.uncork();
+    }
+  }
+
+  /** Answers a command; returns a Promise when the answer waits for the device. */
+  private execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
+    try {
+      check((h.flags & Flag.TYPE_MASK) === Flag.COMMAND, 'EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
+      check(h.error === 0, 'EINVAL', 'the error field of a command must be zero');
+      if (h.command !== Command.DMA_MAP && h.command !== Command.DEVICE_SET_IRQS) {
+        check(fds.length === 0, 'EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
+      }
+      if (h.command !== Command.VERSION) check(this.limits !== undefined, 'EINVAL', `${commandName(h.command)} before VERSION`);
+      const result = this.command(h, p, fds);
+      if (result) return result.catch((e: unknown) => this.fail(h, e));
+    } catch (e) {
+      closeAll(fds);
+      this.fail(h, e);
+    }
+    return undefined;
+  }
+
+  private fail(h: Header, e: unknown): void {
+    if (e instanceof ProtocolError) {
+      this.log.debug(`${commandName(h.command)} #${h.id}: ${e.toString()}`);
+      return this.replyError(h, e.errno);
+    }
+    if (e instanceof DmaError) {
+      this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id}: ${e.message}`);
+      return this.replyError(h, Errno.EFAULT);
+    }
+    const err = e instanceof Error ? e : new Error(String(e));
+    this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id} failed in the device: ${err.stack ?? err.message}`);
+    this.replyError(h, Errno.EIO);
+  }
+
+  private command(h: Header, p: Buffer, fds: number[]): Promise<void> | void {
+    switch (h.command) {
+      case Command.REGION_READ:
+        return this.regionRead(h, p);
+      case Command.REGION_WRITE:
+        return this.regionWrite(h, p);
+      case Command.VERSION:
+        return this.version(h, p);
+      case Command.DMA_MAP:
+        return this.dmaMap(h, p, fds);
+      case Command.DMA_UNMAP:
+        return this.dmaUnmap(h, p);
+      case Command.DEVICE_GET_INFO:
+        return this.deviceInfo(h, p);
+      case Command.DEVICE_GET_REGION_INFO:
+        return this.regionInfo(h, p);
+      case Command.DEVICE_GET_REGION_IO_FDS:
+        return this.regionIoFds(h, p);
+      case Command.DEVICE_GET_IRQ_INFO:
+        return this.irqInfo(h, p);
+      case Command.DEVICE_SET_IRQS:
+        return this.setIrqs(h, p, fds);
+      case Command.DEVICE_RESET:
+        return this.reset(h, p);
+      case Command.REGION_WRITE_MULTI:
+        return this.regionWriteMulti(h, p);
+      case Command.DEVICE_FEATURE:
+        msg.decodeDeviceFeature(p);
+        throw new ProtocolError('EOPNOTSUPP', 'this device supports no device features (no migration or DMA logging)');
+      case Command.MIG_DATA_READ:
+      case Command.MIG_DATA_WRITE:
+        throw new ProtocolError('EOPNOTSUPP', 'this device does not support migration');
+      default:
+        throw new ProtocolError('ENOSYS', `unknown command ${h.command}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- commands
+
+  private version(h: Header, p: Buffer): void {
+    check(this.limits === undefined, 'EINVAL', 'VERSION was already negotiated');
+    const v = msg.decodeVersion(p);
+    check(v.major === PROTOCOL_MAJOR, 'EINVAL', `protocol major version ${v.major} is not supported (only ${PROTOCOL_MAJOR})`);
+    const theirs = parseCapabilities(v.json);
+    const peer = negotiated(theirs);
+    const ours: Capabilities = {};
+    // The reply names only capabilities the client proposed (the spec wants a subset).
+    if (theirs.maxMsgFds !== undefined) ours.maxMsgFds = MAX_MSG_FDS;
+    if (theirs.maxDataXferSize !== undefined) ours.maxDataXferSize = Math.min(this.options.maxDataXferSize, theirs.maxDataXferSize);
+    if (theirs.maxDmaMaps !== undefined) ours.maxDmaMaps = Math.min(this.options.maxDmaMaps, theirs.maxDmaMaps);
+    if (theirs.pgsizes !== undefined) {
+      check((theirs.pgsizes & PAGE_SIZE) !== 0, 'EINVAL', `the client's page sizes 0x${theirs.pgsizes.toString(16)} do not include 4 KiB`);
+      ours.pgsizes = PAGE_SIZE;
+    }
+    if (theirs.writeMultiple !== undefined) ours.writeMultiple = theirs.writeMultiple;
+    this.limits = {
+      maxMsgFds: peer.maxMsgFds,
+      maxDataXferSize: Math.min(this.options.maxDataXferSize, peer.maxDataXferSize),
+      maxDmaMaps: Math.min(this.options.maxDmaMaps, peer.maxDmaMaps),
+      pgsizes: PAGE_SIZE,
+      writeMultiple: theirs.writeMultiple === true,
+    };
+    this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.limits.maxDataXferSize);
+    this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }));
+  }
+
+  private dmaMap(h: Header, p: Buffer, fds: number[]): void {
+    const m = msg.decodeDmaMap(p);
+    check(fds.length <= 1, 'EINVAL', `DMA_MAP carries ${fds.length} descriptors, at most 1`);
+    this.dma.map(m, fds[0]);
+    this.reply(h);
+  }
+
+  private dmaUnmap(h: Header, p: Buffer): void {
+    const u = msg.decodeDmaUnmap(p);
+    if (u.flags & msg.DMA_UNMAP_ALL) {
+      check(u.iova === 0n && u.size === 0n, 'EINVAL', 'DMA_UNMAP of all ranges must give iova and size 0');
+      this.dma.unmapAll();
+    } else {
+      this.dma.unmap(u.iova, u.size);
+    }
+    this.reply(h, msg.encodeDmaUnmap(u));
+  }
+
+  private deviceInfo(h: Header, p: Buffer): void {
+    const req = msg.decodeDeviceInfo(p);
+    check(req.argsz >= msg.DEVICE_INFO_SIZE, 'EINVAL', `DEVICE_GET_INFO argsz ${req.argsz} is below ${msg.DEVICE_INFO_SIZE}`);
+    this.reply(
+      h,
+      msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: DeviceFlag.RESET | DeviceFlag.PCI, numRegions: RegionIndex.COUNT, numIrqs: IrqIndex.COUNT }),
+    );
+  }
+
+  private regionInfo(h: Header, p: Buffer): void {
+    const req = msg.decodeRegionInfo(p);
+    check(req.caps.length === 0, 'EINVAL', 'DEVICE_GET_REGION_INFO command carries extra bytes');
+    check(req.argsz >= msg.REGION_INFO_SIZE, 'EINVAL', `DEVICE_GET_REGION_INFO argsz ${req.argsz} is below ${msg.REGION_INFO_SIZE}`);
+    const region = this.region(req.index);
+    let flags = (region.readable ? RegionFlag.READ : 0) | (region.writable ? RegionFlag.WRITE : 0);
+    let caps: Buffer = Buffer.alloc(0);
+    const fds: number[] = [];
+    if (region.mmap) {
+      flags |= RegionFlag.MMAP;
+      fds.push(region.mmap.fd);
+      const whole = region.mmap.areas.length === 1 && region.mmap.areas[0].offset === 0 && region.mmap.areas[0].size === region.size;
+      if (!whole) {
+        flags |= RegionFlag.CAPS;
+        caps = msg.encodeRegionCaps([
+          { id: RegionCap.SPARSE_MMAP, version: 1, areas: region.mmap.areas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) },
+        ]);
+      }
+    }
+    const argsz = msg.REGION_INFO_SIZE + caps.length;
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs.
+    const fits = req.argsz >= argsz;
+    const info = msg.encodeRegionInfo({
+      argsz,
+      flags,
+      index: req.index,
+      capOffset: caps.length > 0 && fits ? msg.REGION_INFO_SIZE : 0,
+      size: BigInt(region.size),
+      offset: 0n,
+      caps: fits ? caps : Buffer.alloc(0),
+    });
+    this.reply(h, info, fds);
+  }
+
+  private regionIoFds(h: Header, p: Buffer): void {
+    const req = msg.decodeRegionIoFdsRequest(p);
+    this.region(req.index);
+    // No region offers I/O descriptors: an empty list tells the client to use messages.
+    this.reply(h, msg.encodeRegionIoFds({ argsz: msg.REGION_IO_FDS_SIZE, flags: 0, index: req.index, count: 0, subregions: [] }));
+  }
+
+  private irqInfo(h: Header, p: Buffer): void {
+    const req = msg.decodeIrqInfo(p);
+    check(req.argsz >= msg.IRQ_INFO_SIZE, 'EINVAL', `DEVICE_GET_IRQ_INFO argsz ${req.argsz} is below ${msg.IRQ_INFO_SIZE}`);
+    check(req.index < IrqIndex.COUNT, 'EINVAL', `interrupt index ${req.index} does not exist (0..${IrqIndex.COUNT - 1})`);
+    const flags = [
+      IrqInfoFlag.EVENTFD | IrqInfoFlag.MASKABLE | IrqInfoFlag.AUTOMASKED,
+      IrqInfoFlag.EVENTFD | IrqInfoFlag.MASKABLE | IrqInfoFlag.NORESIZE,
+      IrqInfoFlag.EVENTFD | IrqInfoFlag.MASKABLE | IrqInfoFlag.NORESIZE,
+      IrqInfoFlag.EVENTFD,
+      IrqInfoFlag.EVENTFD,
+    ][req.index];
+    this.reply(h, msg.encodeIrqInfo({ argsz: msg.IRQ_INFO_SIZE, flags, index: req.index, count: this.irqs.counts[req.index] }));
+  }
+
+  private setIrqs(h: Header, p: Buffer, fds: number[]): void {
+    const s = msg.decodeSetIrqs(p);
+    check(fds.length <= MAX_MSG_FDS, 'EINVAL', `DEVICE_SET_IRQS carries ${fds.length} descriptors, at most ${MAX_MSG_FDS}`);
+    this.irqs.set(s, fds);
+    this.reply(h);
+  }
+
+  private reset(h: Header, p: Buffer): Promise<void> | void {
+    check(p.length === 0, 'EINVAL', 'DEVICE_RESET takes no payload');
+    const done = this.device.reset();
+    if (done) return done.then(() => this.reply(h));
+    this.reply(h);
+  }
+
+  /** The region, and a check that the client may use it. */
+  private region(index: number) {
+    const region = this.device.regions[index];
+    check(region !== undefined, 'EINVAL', `region ${index} does not exist (0..${this.device.regions.length - 1})`);
+    return region;
+  }
+
+  private checkAccess(a: msg.RegionAccess, write: boolean) {
+    const region = this.region(a.region);
+    check(write ? region.writable : region.readable, 'EINVAL', `region ${a.region} cannot be ${write ? 'written' : 'read'}`);
+    check(a.count > 0, 'EINVAL', 'region access of zero bytes');
+    check(a.count <= this.limits!.maxDataXferSize, 'E2BIG', `region access of ${a.count} bytes is above max_data_xfer_size ${this.limits!.maxDataXferSize}`);
+    check(a.offset + a.count <= region.size, 'EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
+  }
+
+  private regionRead(h: Header, p: Buffer): Promise<void> | void {
+    const a = msg.decodeRegionAccess(p, false);
+    this.checkAccess(a, false);
+    const data = this.device.regionRead(a.region, a.offset, a.count);
+    if (data instanceof Uint8Array) return this.replyRead(h, a, data);
+    return data.then((d) => this.replyRead(h, a, d));
+  }
+
+  /** Encodes the REGION_READ reply straight into the send buffer (the hot path). */
+  private replyRead(h: Header, a: msg.RegionAccess, data: Uint8Array): void {
+    check(data.length === a.count, 'EIO', `device returned ${data.length} bytes for a ${a.count}-byte read`);
+    if (h.flags & Flag.NO_REPLY) return;
+    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + a.count;
+    const at = this.channel.reserve(size);
+    const out = this.channel.txBuffer;
+    writeHeader(out, at, { id: h.id, command: h.command, size, flags: Flag.REPLY, error: 0 });
+    out.writeUInt32LE(a.offset % 0x1_0000_0000, at + 16);
+    out.writeUInt32LE(Math.floor(a.offset / 0x1_0000_0000), at + 20);
+    out.writeUInt32LE(a.region, at + 24);
+    out.writeUInt32LE(a.count, at + 28);
+    out.set(data, at + 32);
+    this.channel.commit(at, size);
+  }
+
+  private regionWrite(h: Header, p: Buffer): Promise<void> | void {
+    const a = msg.decodeRegionAccess(p, true);
+    this.checkAccess(a, true);
+    const done = this.device.regionWrite(a.region, a.offset, a.data);
+    const ack = (): void => this.reply(h, msg.encodeRegionAccess({ ...a, data: Buffer.alloc(0) }));
+    if (done) return done.then(ack);
+    ack();
+  }
+
+  private regionWriteMulti(h: Header, p: Buffer): Promise<void> | void {
+    check(this.limits!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
+    const writes = msg.decodeRegionWriteMulti(p);
+    for (const w of writes) this.checkAccess({ ...w, data: w.data.subarray(0, w.count) }, true);
+    let i = 0;
+    const next = (): Promise<void> | void => {
+      for (; i < writes.length; i++) {
+        const w = writes[i];
+        const done = this.device.regionWrite(w.region, w.offset, w.data.subarray(0, w.count));
+        if (done) {
+          i++;
+          return done.then(next);
+        }
+      }
+      this.reply(h, msg.encodeWriteMultiReply(writes.length));
+    };
+    // The payload is a view of the receive buffer: keep a copy if a handler goes asynchronous.
+    for (const w of writes) w.data = Buffer.from(w.data);
+    return next();
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  private reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+    if (h.flags & Flag.NO_REPLY) return;
+    this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
+  }
+
+  private replyError(h: Header, errno: number): void {
+    // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
+    this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
+  }
+
+  // ---------------------------------------------------------------- server-to-client requests (DMA by message)
+
+  private onReply(h: Header, payload: Buffer, fds: number[]): void {
+    closeAll(fds);
+    const waiter = this.outstanding.get(h.id);
+    if (!waiter) {
+      this.log.warn(`client sent a reply #${h.id} to no request of ours; ignored`);
+      return;
+    }
+    this.outstanding.delete(h.id);
+    if (h.flags & Flag.ERROR) waiter.reject(new DmaError(`client refused ${commandName(h.command)}: errno ${h.error}`));
+    else waiter.resolve(Buffer.from(payload));
+  }
+
+  private request(command: number, payload: Buffer): Promise<Buffer> {
+    if (this.channel.closed) return Promise.reject(new DmaError('the client disconnected'));
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) & 0xffff;
+    return new Promise((resolve, reject) => {
+      this.outstanding.set(id, { resolve, reject });
+      this.channel.send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
+    });
+  }
+
+  signal(index: number, vector: number): boolean {
+    return this.irqs.signal(index, vector);
+  }
+
+  async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
+    const pieces = this.dma.resolve(iova, length, false);
+    if (pieces.length === 1 && pieces[0].bytes) return Buffer.from(pieces[0].bytes);
+    const out = Buffer.alloc(length);
+    let at = 0;
+    for (const piece of pieces) {
+      if (piece.bytes) out.set(piece.bytes, at);
+      else {
+        for (let done = 0; done < piece.length; ) {
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const addr = piece.iova + BigInt(done);
+          const reply = msg.decodeDmaAccess(await this.request(Command.DMA_READ, msg.encodeDmaAccess({ iova: addr, count: n, data: Buffer.alloc(0) })), true);
+          if (reply.count !== n) throw new DmaError(`client returned ${reply.count} bytes for a ${n}-byte DMA read`);
+          out.set(reply.data, at + done);
+          done += n;
+        }
+      }
+      at += piece.length;
+    }
+    return out;
+  }
+
+  async dmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
+    const pieces = this.dma.resolve(iova, data.length, true);
+    let at = 0;
+    for (const piece of pieces) {
+      const part = data.subarray(at, at + piece.length);
+      if (piece.bytes) piece.bytes.set(part);
+      else {
+        for (let done = 0; done < piece.length; ) {
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const chunk = Buffer.from(part.subarray(done, done + n));
+          await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
+          done += n;
+        }
+      }
+      at += piece.length;
+    }
+  }
+
+  // ---------------------------------------------------------------- teardown
+
+  private closed(error?: Error): void {
+    if (error && !(error instanceof ProtocolError)) this.log.warn(`connection closed: ${error.message}`);
+    for (const q of this.queue) closeAll(q.fds);
+    this.queue = [];
+    for (const w of this.outstanding.values()) w.reject(new DmaError('the client disconnected'));
+    this.outstanding.clear();
+    this.dma.unmapAll();
+    this.irqs.releaseAll();
+    this.device.attach(undefined);
+    const cb = this.onClosed;
+    this.onClosed = undefined;
+    cb?.();
+  }
+}

@@ -1,0 +1,5 @@
+export * from './server.js';
+export * from './connection.js';
+export * from './log.js';
+export { DmaMapTable } from './dma.js';
+export { IrqTable } from './irqs.js';

@@ -1,0 +1,110 @@
+/**
+ * The interrupt eventfds a client set with DEVICE_SET_IRQS, and the mask and
+ * pending state of each vector, per VFIO interrupt index.
+ */
+import { IrqIndex, IrqSetFlag } from '../protocol/constants.js';
+import { check } from '../protocol/errors.js';
+import type { SetIrqs } from '../protocol/messages.js';
+import { native } from '../transport/native.js';
+import { closeAll } from '../transport/channel.js';
+
+interface Vector {
+  trigger?: number;
+  masked: boolean;
+  pending: boolean;
+}
+
+const INDEX_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];
+
+export class IrqTable {
+  private readonly vectors: Vector[][];
+  /** Signals delivered per index, for tests and statistics. */
+  readonly delivered = [0, 0, 0, 0, 0];
+
+  /** `counts[index]` vectors for each VFIO interrupt index. */
+  constructor(readonly counts: readonly number[]) {
+    this.vectors = counts.map((n) => Array.from({ length: n }, () => ({ masked: false, pending: false })));
+  }
+
+  /** Applies a DEVICE_SET_IRQS. Takes ownership of `fds` when it succeeds; the caller closes them otherwise. */
+  set(s: SetIrqs, fds: number[]): void {
+    check(s.index < IrqIndex.COUNT, 'EINVAL', `interrupt index ${s.index} does not exist (0..${IrqIndex.COUNT - 1})`);
+    const vectors = this.vectors[s.index];
+    const name = INDEX_NAMES[s.index];
+    const dataType = s.flags & IrqSetFlag.DATA_TYPE_MASK;
+    const action = s.flags & IrqSetFlag.ACTION_TYPE_MASK;
+    check(dataType === IrqSetFlag.DATA_EVENTFD || fds.length === 0, 'EINVAL', 'DEVICE_SET_IRQS carries descriptors without DATA_EVENTFD');
+
+    if (s.count === 0) {
+      // count 0 with DATA_NONE and TRIGGER turns the whole index off.
+      check(dataType === IrqSetFlag.DATA_NONE && action === IrqSetFlag.ACTION_TRIGGER && s.start === 0, 'EINVAL', 'DEVICE_SET_IRQS with count 0 must be DATA_NONE|ACTION_TRIGGER at start 0');
+      this.disable(s.index);
+      return;
+    }
+    check(vectors.length > 0, 'EINVAL', `the device has no ${name} interrupts`);
+    check(s.start + s.count <= vectors.length, 'EINVAL', `${name} vectors ${s.start}..${s.start + s.count - 1} are past the ${vectors.length} the device has`);
+    const selected = (i: number): boolean => dataType !== IrqSetFlag.DATA_BOOL || s.data[i] !== 0;
+
+    if (dataType === IrqSetFlag.DATA_EVENTFD) {
+      check(fds.length === 0 || fds.length === s.count, 'EINVAL', `DEVICE_SET_IRQS for ${s.count} vectors carries ${fds.length} descriptors`);
+      check(action === IrqSetFlag.ACTION_TRIGGER, 'EINVAL', 'only ACTION_TRIGGER takes eventfds');
+      for (let i = 0; i < s.count; i++) {
+        const v = vectors[s.start + i];
+        if (v.trigger !== undefined) closeAll([v.trigger]);
+        v.trigger = fds[i];
+        v.masked = false;
+      }
+      return;
+    }
+    for (let i = 0; i < s.count; i++) {
+      if (!selected(i)) continue;
+      const vector = s.start + i;
+      const v = vectors[vector];
+      if (action === IrqSetFlag.ACTION_TRIGGER) this.signal(s.index, vector);
+      else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
+      else {
+        v.masked = false;
+        if (v.pending) this.signal(s.index, vector);
+      }
+    }
+  }
+
+  /**
+   * Writes the vector's eventfd. A masked vector (INTx after it fired, until
+   * the client unmasks it) keeps the interrupt pending instead.
+   */
+  signal(index: number, vector: number): boolean {
+    const v = this.vectors[index]?.[vector];
+    if (!v || v.trigger === undefined) return false;
+    if (v.masked) {
+      v.pending = true;
+      return false;
+    }
+    v.pending = false;
+    // INTx is level-triggered: it stays masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
+    if (index === IrqIndex.INTX) v.masked = true;
+    native.eventfdWrite(v.trigger, 1);
+    this.delivered[index]++;
+    return true;
+  }
+
+  /** Whether the client gave an eventfd for this vector. */
+  hasTrigger(index: number, vector: number): boolean {
+    return this.vectors[index]?.[vector]?.trigger !== undefined;
+  }
+
+  /** Closes the eventfds of one index and forgets its state. */
+  disable(index: number): void {
+    for (const v of this.vectors[index]) {
+      if (v.trigger !== undefined) closeAll([v.trigger]);
+      v.trigger = undefined;
+      v.masked = false;
+      v.pending = false;
+    }
+  }
+
+  /** Closes every eventfd (client gone). */
+  releaseAll(): void {
+    for (let i = 0; i < this.vectors.length; i++) this.disable(i);
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * Typed access to the native addon (native/muser.c, built by node-gyp into
+ * build/Release/muser.node): AF_UNIX sockets with descriptor passing,
+ * memfd/eventfd, shared mappings, and fd readiness on the event loop.
+ */
+import { createRequire } from 'node:module';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Readiness bits passed to `poll()`, `PollHandle.update()` and poll callbacks. */
+export const READABLE = 1;
+export const WRITABLE = 2;
+
+/**
+ * Errors thrown by the addon for failed system calls. `code` is the errno
+ * name ('ENOENT', ...), `errno` the positive errno number.
+ */
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+/**
+ * Poll callback: `events` is a mask of READABLE/WRITABLE, or a negative
+ * libuv status (-errno) if polling failed (polling then stops; close the handle).
+ */
+export type PollCallback = (events: number) => void;
+
+export interface PollHandle {
+  /** Change the watched events: READABLE=1, WRITABLE=2, both=3 (0 pauses). Throws after close(). */
+  update(events: number): void;
+  /** Whether this handle keeps the event loop alive (uv_ref/uv_unref). Default: ref'd. */
+  ref(): void;
+  unref(): void;
+  /** Stop watching and release the handle (uv_close). Idempotent. Does not close the fd. */
+  close(): void;
+}
+
+export interface Native {
+  /** socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC), bind(path), chmod(path, mode), listen(backlog). Throws. The chmod happens before listen so no client can connect before the mode is set. */
+  listen(path: string, mode: number, backlog: number): number;
+  /** accept4(SOCK_NONBLOCK|SOCK_CLOEXEC). Returns the new fd, or -errno (e.g. -EAGAIN when nothing is pending). */
+  accept(fd: number): number;
+  /** Blocking connect on a CLOEXEC socket, then set O_NONBLOCK. Throws (ENOENT, ECONNREFUSED, ...). */
+  connect(path: string): number;
+  /**
+   * recvmsg(fd, buf[offset..offset+length], MSG_CMSG_CLOEXEC|MSG_DONTWAIT).
+   * Returns bytes (>0), 0 on EOF, or -errno (-EAGAIN). Received descriptors:
+   * count in fds[0] (always written), the fds in fds[1..]; any that do not
+   * fit are closed. fds.length must be >= 1.
+   */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: Int32Array): number;
+  /**
+   * sendmsg with MSG_NOSIGNAL|MSG_DONTWAIT, fds (if non-empty, at most 253)
+   * as one SCM_RIGHTS message. Returns bytes sent (may be partial; the fds
+   * went with the first byte, so never resend them) or -errno (-EAGAIN,
+   * -EPIPE...). Sending fds with length 0 throws a RangeError (the kernel
+   * would drop them).
+   */
+  sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds?: readonly number[] | null): number;
+  /**
+   * Watch fd readiness on the event loop (uv_poll; sets fd non-blocking).
+   * Only one handle per fd. An open handle is never garbage collected: it
+   * stays alive until close().
+   */
+  poll(fd: number, events: number, cb: PollCallback): PollHandle;
+  /** close(fd); throws on EBADF. */
+  close(fd: number): void;
+  /** memfd_create(name, MFD_CLOEXEC) then ftruncate(size). Throws. */
+  memfd(name: string, size: number): number;
+  /** eventfd(initval, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0)). Throws. */
+  eventfd(initval: number, nonblock: boolean): number;
+  /** Read an eventfd's counter (exact up to 2^53), or -errno (-EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Add value to an eventfd's counter. Returns 0 or -errno. */
+  eventfdWrite(fd: number, value: number): number;
+  /**
+   * mmap(NULL, length, PROT_READ|(writable?PROT_WRITE:0), MAP_SHARED, fd,
+   * offset) as an external ArrayBuffer, unmapped by munmap() or else by its
+   * finalizer. length > 0, offset page aligned (else EINVAL). Throws.
+   */
+  mmap(fd: number, offset: number, length: number, writable: boolean): ArrayBuffer;
+  /** Detach the ArrayBuffer and munmap now. Idempotent. */
+  munmap(buffer: ArrayBuffer): void;
+  readonly READABLE: 1;
+  readonly WRITABLE: 2;
+  /** errno numbers from the C headers, e.g. { EAGAIN: 11, ... }. Frozen. */
+  readonly errno: Readonly<Record<string, number>>;
+}
+
+// This file compiles to dist/src/transport/native.js: the package root is
+// three directories up from there.
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+/** Absolute path of the compiled addon. */
+export const addonPath = resolve(packageRoot, 'build', 'Release', 'muser.node');
+
+function load(): Native {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(addonPath) as Native;
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    throw new Error(
+      `muser: the native addon is not built (could not load ${addonPath}: ${reason}). ` +
+        `Run \`npm install\` in ${packageRoot} to build it.`,
+      { cause },
+    );
+  }
+}
+
+export const native: Native = load();
