@@ -473,6 +473,7 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
       }
       msg.msg_control = control.buf;
       msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+      memset(control.buf, 0, msg.msg_controllen); /* alignment padding */
       struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_RIGHTS;

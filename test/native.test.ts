@@ -541,20 +541,26 @@ describe('poll', () => {
     noLeak(async () => {
       const pair = socketPair();
       try {
+        // Two handles started in the same turn are reported by the same
+        // epoll_wait, so their callbacks run back to back with no other JS
+        // in between: only the callback scope of napi_make_callback can
+        // run the first one's microtasks before the second callback.
         const log: string[] = [];
         await new Promise<void>((resolve) => {
           let calls = 0;
-          const h = native.poll(pair.client, WRITABLE, () => {
+          const cb = (h: () => PollHandle) => () => {
             calls++;
             log.push(`cb${calls}`);
+            h().close();
             if (calls === 1) {
               void Promise.resolve().then(() => log.push('then1'));
               process.nextTick(() => log.push('tick1'));
             } else {
-              h.close();
               resolve();
             }
-          });
+          };
+          const h1: PollHandle = native.poll(pair.client, WRITABLE, cb(() => h1));
+          const h2: PollHandle = native.poll(pair.server, WRITABLE, cb(() => h2));
         });
         assert.deepEqual(log, ['cb1', 'tick1', 'then1', 'cb2']);
       } finally {

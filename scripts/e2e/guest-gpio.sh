@@ -93,6 +93,15 @@ wait_for() {
 hex() {
   printf '0x%x' "$1"
 }
+hex2() {
+  printf '0x%02x' "$1"
+}
+hex3() {
+  printf '0x%03x' "$1"
+}
+hex4() {
+  printf '0x%04x' "$1"
+}
 
 # ------------------------------------------------------------- the device --
 # PCI enumeration is over before /init runs; the retries only cover a late hotplug.
@@ -136,7 +145,7 @@ cfg32() {
   echo $(($(cfg16 "$1") | ($(cfg16 $(($1 + 2))) << 16)))
 }
 status=$(cfg16 6)
-check "config size=$config_size command=$(hex "$(cfg16 4)") status=$(hex "$status") header=$(hex "$(cfg8 14)")"
+check "config size=$config_size command=$(hex4 "$(cfg16 4)") status=$(hex4 "$status") header=$(hex2 "$(cfg8 14)")"
 
 # BARs from the resource file: "start end flags" per line; lines 0-5 are the BARs, 6 the ROM.
 n=0
@@ -163,9 +172,8 @@ while read -r start end flags; do
   [ "$n" -eq 2 ] && bar2_start=$start
   n=$((n + 1))
 done <"$dev/resource"
-[ "${bar2_start:-0}" -ne 0 ] || fail "BAR2 is not assigned (start 0)"
 
-check "irq pin=$(hex "$(cfg8 0x3d)") line=$(hex "$(cfg8 0x3c)") irq=$(cat "$dev/irq")"
+check "irq pin=$(hex2 "$(cfg8 0x3d)") line=$(hex2 "$(cfg8 0x3c)") irq=$(cat "$dev/irq")"
 
 # Capability list: status bit 4, first pointer at 0x34; each entry is id, next.
 caps=
@@ -177,8 +185,8 @@ if [ $((status & 0x10)) -ne 0 ]; then
       fail "capability pointer $(hex "$ptr") out of range"
     fi
     id=$(cfg8 "$ptr")
-    check "cap $(hex "$ptr") id=$(hex "$id")"
-    caps="$caps $(hex "$id")@$(hex "$ptr")"
+    check "cap $(hex2 "$ptr") id=$(hex2 "$id")"
+    caps="$caps $(hex2 "$id")@$(hex2 "$ptr")"
     ptr=$(($(cfg8 $((ptr + 1))) & 0xfc))
     guard=$((guard - 1))
   done
@@ -197,13 +205,15 @@ if [ "$config_size" -gt 256 ]; then
       break
     fi
     id=$((header & 0xffff))
-    check "ecap $(hex "$ptr") id=$(hex "$id") ver=$(((header >> 16) & 0xf))"
-    ecaps="$ecaps $(hex "$id")@$(hex "$ptr")"
+    check "ecap $(hex3 "$ptr") id=$(hex4 "$id") ver=$(((header >> 16) & 0xf))"
+    ecaps="$ecaps $(hex4 "$id")@$(hex3 "$ptr")"
     ptr=$(((header >> 20) & 0xffc))
     guard=$((guard - 1))
   done
   check "ecaps${ecaps:- none}"
 fi
+
+[ "${bar2_start:-0}" -ne 0 ] || fail "BAR2 is not assigned (start 0)"
 
 # ----------------------------------------------------------------- driver --
 while read -r module; do

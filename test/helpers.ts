@@ -1,0 +1,61 @@
+/** Shared by the tests: temporary sockets, server processes, descriptor counts. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** dist/ (tests run from dist/test). */
+export const dist = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const cli = join(dist, 'src', 'cli', 'main.js');
+export const fixture = (name: string): string => join(dist, 'test', 'fixtures', name);
+
+/** Open descriptors of a process, from /proc. */
+export function fdCount(pid: number = process.pid): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** Polls `condition` every 10 ms until it holds or `timeoutMs` passes. */
+export async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export interface TempDir {
+  path: string;
+  socket(name?: string): string;
+  remove(): void;
+}
+export function tempDir(): TempDir {
+  const path = mkdtempSync(join(tmpdir(), 'muser-test-'));
+  return { path, socket: (name = 'dev.sock') => join(path, name), remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export interface ServerProcess {
+  child: ChildProcess;
+  /** Everything the server wrote to stderr so far. */
+  stderr(): string;
+  stop(): Promise<number | null>;
+}
+
+/** Runs `muser serve <module> --socket <socket>` in its own process and waits for the socket. */
+export async function startServer(module: string, socket: string, extra: string[] = []): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [cli, 'serve', module, '--socket', socket, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  await waitFor(() => existsSync(socket) || child.exitCode !== null, 10_000, `server socket ${socket}`);
+  if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${err}`);
+  return {
+    child,
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
