@@ -351,7 +351,7 @@ function getLE(data: Uint8Array, at: number, size: AccessSize): number {
 }
 function checkValue(v: unknown, offset: number, size: number): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) {
-    throw new TypeError(`read handler at offset 0x${offset.toString(16)} (size ${size}) returned ${String(v)}, not a number`);
+    throw new TypeError(`read handler at offset 0x${offset.toString(16)} (size ${size}) returned ${JSON.stringify(v) ?? String(v)} instead of a number`);
   }
   return v;
 }
