@@ -4,11 +4,10 @@
  * registers sit in a 256-byte I/O BAR2, laid out as Linux's gpio-pci-idio-16
  * driver uses them:
  *
- *   0  outputs 0-7 (read back what was written)   4  outputs 8-15
- *   1  inputs 0-7                                  5  inputs 8-15
- *   2  interrupt control: a read enables the change-of-state interrupt,
- *      a write disables it and clears a pending one
- *   3  input filter control (write-only)           6  interrupt status
+ *   0  outputs 0-7 (reads back what was written)  4  outputs 8-15
+ *   1  read: inputs 0-7; write: clear interrupt    5  inputs 8-15
+ *   2  read: enable interrupt; write: disable it   6  interrupt status
+ *   3  write: deactivate input filters
  *
  * Input line 0 keeps MUSER's original behaviour: it toggles every three reads
  * of the input register, so twelve reads give 0 0 0 1 1 1 0 0 0 1 1 1.
@@ -51,9 +50,11 @@ export const gpio = definePciDevice({
           case 0:
             state.out[0] = value & 0xff;
             break;
+          case 1:
+            state.irqPending = false;
+            break;
           case 2:
             state.irqEnabled = false;
-            state.irqPending = false;
             break;
           case 3:
             state.filtersOff = true;
