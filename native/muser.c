@@ -392,6 +392,10 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
     throw_range(env, "fds must have room for the count (length >= 1)");
     return NULL;
   }
+  if (len == 0) { /* a 0-byte read would look like EOF */
+    throw_range(env, "recvmsg length must be > 0");
+    return NULL;
+  }
   int32_t *fds = fds_data;
   size_t capacity = fds_len - 1;
 

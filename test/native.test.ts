@@ -273,6 +273,7 @@ describe('sendmsg / recvmsg', () => {
         assert.throws(() => native.sendmsg(pair.client, b, -1, 1), RangeError);
         assert.throws(() => native.recvmsg(pair.server, b, 9, 0, fds), RangeError);
         assert.throws(() => native.recvmsg(pair.server, b, 0, 9, fds), RangeError);
+        assert.throws(() => native.recvmsg(pair.server, b, 0, 0, fds), RangeError, '0 bytes would look like EOF');
         assert.throws(() => native.recvmsg(pair.server, b, 0, 8, new Int32Array(0)), RangeError);
         assert.throws(() => native.recvmsg(pair.server, b, 0, 8, new Uint32Array(2) as unknown as Int32Array), TypeError);
         assert.throws(() => native.sendmsg(pair.client, new Uint16Array(4) as unknown as Uint8Array, 0, 1), TypeError);

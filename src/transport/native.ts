@@ -49,7 +49,7 @@ export interface Native {
    * recvmsg(fd, buf[offset..offset+length], MSG_CMSG_CLOEXEC|MSG_DONTWAIT).
    * Returns bytes (>0), 0 on EOF, or -errno (-EAGAIN). Received descriptors:
    * count in fds[0] (always written), the fds in fds[1..]; any that do not
-   * fit are closed. fds.length must be >= 1.
+   * fit are closed. fds.length and length must be >= 1 (RangeError).
    */
   recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: Int32Array): number;
   /**
@@ -62,8 +62,9 @@ export interface Native {
   sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds?: readonly number[] | null): number;
   /**
    * Watch fd readiness on the event loop (uv_poll; sets fd non-blocking).
-   * Only one handle per fd. An open handle is never garbage collected: it
-   * stays alive until close().
+   * Only one handle per fd (else EEXIST); close() the handle before closing
+   * the fd. An open handle is never garbage collected: it stays alive (and
+   * its callback keeps firing) until close().
    */
   poll(fd: number, events: number, cb: PollCallback): PollHandle;
   /** close(fd); throws on EBADF. */
