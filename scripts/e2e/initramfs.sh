@@ -7,6 +7,7 @@
 #   /lib/modules/          the cached .ko.xz modules, modules.order (all, in load
 #                          order), <module>.order (one module's load chain) and
 #                          kernel-release
+#   /lib/muser/guest-lib.sh the helpers the guest-*.sh inits source
 #   /dev/console, /dev/null device nodes (written directly into the archive, so
 #                          no root or mknod is needed), /proc, /sys, /tmp, /run
 #   extra files            each argument SRC or SRC:DEST; DEST (absolute, inside
@@ -54,6 +55,8 @@ cp "$MUSER_CACHE"/guest/modules/* "$stage/lib/modules/"
 cp "$MUSER_CACHE/guest/kernel-release" "$stage/lib/modules/kernel-release"
 cp "$init_script" "$stage/init"
 chmod 755 "$stage/init"
+mkdir -p "$stage/lib/muser"
+cp "$here/guest-lib.sh" "$stage/lib/muser/guest-lib.sh"
 
 for extra in "$@"; do
   src=${extra%%:*}

@@ -11,13 +11,14 @@ import {
   errnoName,
   Errno,
   Flag,
+  HEADER_SIZE,
   IrqSetFlag,
   PROTOCOL_MAJOR,
   PROTOCOL_MINOR,
   RegionIndex,
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { encodeMessage, isReply, type Header } from '../protocol/header.js';
+import { encodeMessage, isReply, writeHeader, type Header } from '../protocol/header.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -103,6 +104,19 @@ export class Interrupt {
   }
 }
 
+interface Pending {
+  command: number;
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+  parse(h: Header, payload: Buffer, fds: number[]): unknown;
+  /** Date.now() after which the request fails; 0 for never. */
+  deadline: number;
+}
+
+/** The default reply parser: a copy that outlives the receive buffer. */
+const copyReply = (header: Header, payload: Buffer, fds: number[]): Reply => ({ header, payload: Buffer.from(payload), fds });
+const NO_DATA = Buffer.alloc(0);
+
 const QEMU_CAPABILITIES: Capabilities = {
   maxMsgFds: 16,
   maxDataXferSize: 1 << 20,
@@ -118,10 +132,12 @@ export class Client {
   /** The server's VERSION reply capabilities. */
   serverCapabilities: Capabilities = {};
   private nextId = 0;
-  private readonly pending = new Map<number, { resolve(r: Reply): void; reject(e: Error): void; timer?: NodeJS.Timeout }>();
+  /** Requests awaiting a reply, oldest first (Map keeps insertion order). */
+  private readonly pending = new Map<number, Pending>();
   private readonly memory: GuestMemory[] = [];
   private readonly interrupts: Interrupt[] = [];
   private readonly timeout: number;
+  private timer: NodeJS.Timeout | undefined;
   private flushQueued = false;
   private closeError: Error | undefined;
 
@@ -163,27 +179,40 @@ export class Client {
 
   /** Sends a command and resolves with its reply; an error reply rejects with VfioUserError. */
   request(command: number, payload?: Uint8Array, fds?: readonly number[], flags = 0): Promise<Reply> {
+    return this.call(command, payload?.length ?? 0, (out, at) => payload && out.set(payload, at), fds, flags, copyReply);
+  }
+
+  /**
+   * Sends a command whose payload `write` puts in place, and resolves with
+   * `parse` applied to the reply (called while the reply is still in the receive buffer).
+   */
+  private call<T>(
+    command: number,
+    payloadLength: number,
+    write: (out: Buffer, at: number) => unknown,
+    fds: readonly number[] | undefined,
+    flags: number,
+    parse: (h: Header, payload: Buffer, fds: number[]) => T,
+  ): Promise<T> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
-    const promise = new Promise<Reply>((resolve, reject) => {
-      const entry: { resolve(r: Reply): void; reject(e: Error): void; timer?: NodeJS.Timeout } = { resolve, reject };
-      if (this.timeout > 0) {
-        entry.timer = setTimeout(() => {
-          this.pending.delete(id);
-          reject(new Error(`${commandName(command)} #${id}: no reply within ${this.timeout} ms`));
-        }, this.timeout);
-      }
-      this.pending.set(id, entry);
+    const id = this.takeId();
+    const promise = new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 });
     });
-    this.post(command, id, flags, payload, fds);
+    if (this.timeout > 0 && !this.timer) this.armTimer();
+    this.send(command, id, flags, payloadLength, write, fds);
     return promise;
   }
 
-  /** Sends a command that asks for no reply (a posted write). */
-  post(command: number, id: number, flags: number, payload?: Uint8Array, fds?: readonly number[]): void {
-    // Commands sent in one tick leave in one sendmsg.
-    if (!this.flushQueued && !(fds && fds.length)) {
+  private takeId(): number {
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) & 0xffff;
+    return id;
+  }
+
+  /** Queues one message; everything sent in one tick leaves in one sendmsg. */
+  private send(command: number, id: number, flags: number, payloadLength: number, write: (out: Buffer, at: number) => unknown, fds?: readonly number[]): void {
+    if (!this.flushQueued) {
       this.flushQueued = true;
       this.channel.cork();
       queueMicrotask(() => {
@@ -191,7 +220,29 @@ export class Client {
         this.channel.uncork();
       });
     }
-    this.channel.send(encodeMessage({ id, command, flags, error: 0 }, payload), fds);
+    const size = HEADER_SIZE + payloadLength;
+    const at = this.channel.reserve(size);
+    const out = this.channel.txBuffer;
+    writeHeader(out, at, { id, command, size, flags, error: 0 });
+    write(out, at + HEADER_SIZE);
+    this.channel.commit(at, size, fds);
+  }
+
+  /** One timer for all requests: it fires at the oldest deadline and fails what is overdue. */
+  private armTimer(): void {
+    const oldest = this.pending.values().next().value as Pending | undefined;
+    if (!oldest) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const now = Date.now();
+      for (const [id, p] of this.pending) {
+        if (p.deadline > now) break;
+        this.pending.delete(id);
+        p.reject(new Error(`${commandName(p.command)} #${id}: no reply within ${this.timeout} ms`));
+      }
+      this.armTimer();
+    }, Math.max(0, oldest.deadline - Date.now()));
+    this.timer.unref();
   }
 
   private onMessage(h: Header, payload: Buffer, fds: number[]): void {
@@ -202,20 +253,22 @@ export class Client {
       return;
     }
     this.pending.delete(h.id);
-    if (entry.timer) clearTimeout(entry.timer);
     if (h.flags & Flag.ERROR) {
       closeAll(fds);
-      entry.reject(new VfioUserError(h.command, h.error));
-    } else entry.resolve({ header: h, payload: Buffer.from(payload), fds });
+      return entry.reject(new VfioUserError(h.command, h.error));
+    }
+    try {
+      entry.resolve(entry.parse(h, payload, fds));
+    } catch (e) {
+      entry.reject(e as Error);
+    }
   }
 
   private onClosed(error?: Error): void {
     this.closeError = new Error(`the server closed the connection${error ? `: ${error.message}` : ''}`);
-    for (const [, e] of this.pending) {
-      if (e.timer) clearTimeout(e.timer);
-      e.reject(this.closeError);
-    }
+    for (const e of this.pending.values()) e.reject(this.closeError);
     this.pending.clear();
+    if (this.timer) clearTimeout(this.timer);
   }
 
   // ---------------------------------------------------------------- device, regions, interrupts
@@ -248,20 +301,19 @@ export class Client {
     return msg.decodeIrqInfo(r.payload);
   }
 
-  async regionRead(region: number, offset: number, count: number): Promise<Buffer> {
-    const r = await this.request(Command.REGION_READ, msg.encodeRegionAccess({ offset, region, count, data: Buffer.alloc(0) }));
-    return msg.decodeRegionAccess(r.payload, true).data;
+  /** Reads `count` bytes of a region (the trapped access path: encoded in place, one copy of the reply data). */
+  regionRead(region: number, offset: number, count: number): Promise<Buffer> {
+    const write = (out: Buffer, at: number) => msg.writeRegionAccess(out, at, { offset, region, count, data: NO_DATA });
+    return this.call(Command.REGION_READ, msg.REGION_ACCESS_SIZE, write, undefined, 0, (_, p) => Buffer.from(msg.decodeRegionAccess(p, true).data));
   }
 
   /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */
   async regionWrite(region: number, offset: number, data: Uint8Array, options: { posted?: boolean } = {}): Promise<void> {
-    const payload = msg.encodeRegionAccess({ offset, region, count: data.length, data: Buffer.from(data) });
-    if (options.posted) {
-      const id = this.nextId;
-      this.nextId = (this.nextId + 1) & 0xffff;
-      return this.post(Command.REGION_WRITE, id, Flag.NO_REPLY, payload);
-    }
-    await this.request(Command.REGION_WRITE, payload);
+    const access = { offset, region, count: data.length, data: data as Buffer };
+    const write = (out: Buffer, at: number) => msg.writeRegionAccess(out, at, access);
+    const length = msg.REGION_ACCESS_SIZE + data.length;
+    if (options.posted) return this.send(Command.REGION_WRITE, this.takeId(), Flag.NO_REPLY, length, write);
+    await this.call(Command.REGION_WRITE, length, write, undefined, 0, () => undefined);
   }
 
   /** Coalesced small writes (REGION_WRITE_MULTI); resolves with the count the server did. */

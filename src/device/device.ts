@@ -46,7 +46,8 @@ export class PciDevice {
   private readonly rom?: Uint8Array;
   private readonly spec: PciDeviceSpec;
   private host?: DeviceHost;
-  private readonly scratch = Buffer.alloc(8);
+  /** Reused result buffers for 1-, 2- and 4-byte trapped reads, indexed by size. */
+  private readonly scratch: Buffer[] = [1, 1, 2, 2, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
 
   constructor(spec: PciDeviceSpec) {
@@ -208,7 +209,7 @@ export class PciDevice {
     if (bar.memory && inside(bar.memory.areas, offset, count)) return bar.memory.bytes.subarray(offset, offset + count);
     if (!bar.spec.read) {
       if (bar.memory) return bar.memory.bytes.subarray(offset, offset + count);
-      return count <= 8 ? this.scratch.fill(0).subarray(0, count) : new Uint8Array(count);
+      return new Uint8Array(count);
     }
     return this.trappedRead(bar.spec, offset, count);
   }
@@ -260,19 +261,26 @@ export class PciDevice {
   }
 
   private trappedRead(spec: BarSpec, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
-    const out = count <= 8 ? this.scratch.subarray(0, count) : Buffer.alloc(count);
-    let waiting: Promise<void>[] | undefined;
-    let own: Buffer | undefined;
+    // The common case, one naturally aligned register, without building a list of pieces.
+    if ((count === 1 || count === 2 || count === 4) && offset % count === 0) {
+      const v = spec.read!(offset, count);
+      const out = this.scratch[count];
+      if (typeof v === 'number') {
+        putLE(out, 0, count, v);
+        return out;
+      }
+      if (isThenable(v)) return Promise.resolve(v).then((x) => putLE(Buffer.alloc(count), 0, count, checkValue(x, offset, count)));
+      checkValue(v, offset, count);
+    }
+    const out = Buffer.alloc(count);
+    let waiting: Promise<unknown>[] | undefined;
     for (const [at, size] of split(offset, count)) {
       const v = spec.read!(at, size);
       if (typeof v === 'number') putLE(out, at - offset, size, v);
-      else if (isThenable(v)) (waiting ??= []).push(Promise.resolve(v).then((x) => putLE(own!, at - offset, size, checkValue(x, at, size))));
+      else if (isThenable(v)) (waiting ??= []).push(Promise.resolve(v).then((x) => putLE(out, at - offset, size, checkValue(x, at, size))));
       else checkValue(v, at, size);
     }
-    if (!waiting) return out;
-    // The scratch buffer is reused by later accesses before these promises settle.
-    own = Buffer.from(out);
-    return Promise.all(waiting).then(() => own!);
+    return waiting ? Promise.all(waiting).then(() => out) : out;
   }
 
   private trappedWrite(spec: BarSpec, offset: number, data: Uint8Array): void | Promise<void> {
@@ -341,8 +349,9 @@ function split(offset: number, count: number): [number, AccessSize][] {
   return pieces;
 }
 
-function putLE(out: Uint8Array, at: number, size: AccessSize, value: number): void {
+function putLE<T extends Uint8Array>(out: T, at: number, size: number, value: number): T {
   for (let i = 0; i < size; i++) out[at + i] = (value >>> (8 * i)) & 0xff;
+  return out;
 }
 function getLE(data: Uint8Array, at: number, size: AccessSize): number {
   let v = 0;

@@ -12,6 +12,8 @@ import { DmaFlag, FeatureFlag, IrqSetFlag } from './constants.js';
 import { check, ProtocolError } from './errors.js';
 
 const U64_MAX = (1n << 64n) - 1n;
+/** The `data` of messages that carry none (shared, never written). */
+const NO_DATA = Buffer.alloc(0);
 
 function exactly(p: Uint8Array, n: number, what: string): void {
   check(p.length === n, 'EINVAL', `${what} payload must be ${n} bytes, got ${p.length}`);
@@ -20,7 +22,7 @@ function atLeast(p: Uint8Array, n: number, what: string): void {
   check(p.length >= n, 'EINVAL', `${what} payload must be at least ${n} bytes, got ${p.length}`);
 }
 function buf(p: Uint8Array): Buffer {
-  return Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+  return p instanceof Buffer ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength);
 }
 /** A u64 read as a number; values past 2^53 are refused, they cannot address a region. */
 function readOffset(p: Buffer, at: number, what: string): number {
@@ -41,7 +43,8 @@ export interface Version {
   /** The JSON text without its terminating NUL; undefined when the message carries none. */
   json?: string;
 }
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM keeps a leading byte-order mark in the text, so that decoding and encoding give back the same bytes.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export function decodeVersion(payload: Uint8Array): Version {
   const p = buf(payload);
@@ -453,15 +456,16 @@ export const REGION_ACCESS_SIZE = 16;
 export function decodeRegionAccess(payload: Uint8Array, withData: boolean): RegionAccess {
   const p = buf(payload);
   atLeast(p, REGION_ACCESS_SIZE, 'region access');
-  const a: RegionAccess = {
+  const count = p.readUInt32LE(12);
+  const expected = withData ? count : 0;
+  const carried = p.length - REGION_ACCESS_SIZE;
+  check(carried === expected, 'EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
+  return {
     offset: readOffset(p, 0, 'region offset'),
     region: p.readUInt32LE(8),
-    count: p.readUInt32LE(12),
-    data: p.subarray(REGION_ACCESS_SIZE),
+    count,
+    data: carried === 0 ? NO_DATA : p.subarray(REGION_ACCESS_SIZE),
   };
-  const expected = withData ? a.count : 0;
-  check(a.data.length === expected, 'EINVAL', `region access carries ${a.data.length} data bytes, count says ${expected}`);
-  return a;
 }
 
 /** Writes a region access (header part and data) into `out` at `at`; returns the bytes written. */

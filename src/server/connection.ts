@@ -364,11 +364,15 @@ export class Connection implements DeviceHost {
     return data.then((d) => this.replyRead(h, a, d));
   }
 
-  /** Encodes the REGION_READ reply straight into the send buffer (the hot path). */
   private replyRead(h: Header, a: msg.RegionAccess, data: Uint8Array): void {
     check(data.length === a.count, 'EIO', `device returned ${data.length} bytes for a ${a.count}-byte read`);
+    this.replyAccess(h, a, data);
+  }
+
+  /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
+  private replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
     if (h.flags & Flag.NO_REPLY) return;
-    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + a.count;
+    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
     const at = this.channel.reserve(size);
     const out = this.channel.txBuffer;
     writeHeader(out, at, { id: h.id, command: h.command, size, flags: Flag.REPLY, error: 0 });
@@ -376,7 +380,7 @@ export class Connection implements DeviceHost {
     out.writeUInt32LE(Math.floor(a.offset / 0x1_0000_0000), at + 20);
     out.writeUInt32LE(a.region, at + 24);
     out.writeUInt32LE(a.count, at + 28);
-    out.set(data, at + 32);
+    if (data) out.set(data, at + 32);
     this.channel.commit(at, size);
   }
 
@@ -384,7 +388,7 @@ export class Connection implements DeviceHost {
     const a = msg.decodeRegionAccess(p, true);
     this.checkAccess(a, true);
     const done = this.device.regionWrite(a.region, a.offset, a.data);
-    const ack = (): void => this.reply(h, msg.encodeRegionAccess({ ...a, data: Buffer.alloc(0) }));
+    const ack = (): void => this.replyAccess(h, a);
     if (done) return done.then(ack);
     ack();
   }
@@ -392,7 +396,7 @@ export class Connection implements DeviceHost {
   private regionWriteMulti(h: Header, p: Buffer): Promise<void> | void {
     check(this.limits!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
     const writes = msg.decodeRegionWriteMulti(p);
-    for (const w of writes) this.checkAccess({ ...w, data: w.data.subarray(0, w.count) }, true);
+    for (const w of writes) this.checkAccess(w, true);
     let i = 0;
     const next = (): Promise<void> | void => {
       for (; i < writes.length; i++) {
