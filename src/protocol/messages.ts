@@ -15,11 +15,12 @@ const U64_MAX = (1n << 64n) - 1n;
 /** The `data` of messages that carry none (shared, never written). */
 const NO_DATA = Buffer.alloc(0);
 
+// The checks on the per-access path build their message only when they fail.
 function exactly(p: Uint8Array, n: number, what: string): void {
-  check(p.length === n, 'EINVAL', `${what} payload must be ${n} bytes, got ${p.length}`);
+  if (p.length !== n) throw new ProtocolError('EINVAL', `${what} payload must be ${n} bytes, got ${p.length}`);
 }
 function atLeast(p: Uint8Array, n: number, what: string): void {
-  check(p.length >= n, 'EINVAL', `${what} payload must be at least ${n} bytes, got ${p.length}`);
+  if (p.length < n) throw new ProtocolError('EINVAL', `${what} payload must be at least ${n} bytes, got ${p.length}`);
 }
 function buf(p: Uint8Array): Buffer {
   return p instanceof Buffer ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength);
@@ -27,7 +28,7 @@ function buf(p: Uint8Array): Buffer {
 /** A u64 read as a number; values past 2^53 are refused, they cannot address a region. */
 function readOffset(p: Buffer, at: number, what: string): number {
   const hi = p.readUInt32LE(at + 4);
-  check(hi < 0x200000, 'EINVAL', `${what} 0x${p.readBigUInt64LE(at).toString(16)} is beyond any region`);
+  if (hi >= 0x200000) throw new ProtocolError('EINVAL', `${what} 0x${p.readBigUInt64LE(at).toString(16)} is beyond any region`);
   return hi * 0x1_0000_0000 + p.readUInt32LE(at);
 }
 function writeOffset(p: Buffer, at: number, value: number): void {
@@ -459,7 +460,7 @@ export function decodeRegionAccess(payload: Uint8Array, withData: boolean): Regi
   const count = p.readUInt32LE(12);
   const expected = withData ? count : 0;
   const carried = p.length - REGION_ACCESS_SIZE;
-  check(carried === expected, 'EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
+  if (carried !== expected) throw new ProtocolError('EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
   return {
     offset: readOffset(p, 0, 'region offset'),
     region: p.readUInt32LE(8),

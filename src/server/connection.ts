@@ -150,12 +150,13 @@ export class Connection implements DeviceHost {
   /** Answers a command; returns a Promise when the answer waits for the device. */
   private execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
     try {
-      check((h.flags & Flag.TYPE_MASK) === Flag.COMMAND, 'EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
-      check(h.error === 0, 'EINVAL', 'the error field of a command must be zero');
-      if (h.command !== Command.DMA_MAP && h.command !== Command.DEVICE_SET_IRQS) {
-        check(fds.length === 0, 'EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
+      // Checks on the per-message path build their message only when they fail.
+      if ((h.flags & Flag.TYPE_MASK) !== Flag.COMMAND) throw new ProtocolError('EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
+      if (h.error !== 0) throw new ProtocolError('EINVAL', 'the error field of a command must be zero');
+      if (fds.length > 0 && h.command !== Command.DMA_MAP && h.command !== Command.DEVICE_SET_IRQS) {
+        throw new ProtocolError('EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
       }
-      if (h.command !== Command.VERSION) check(this.limits !== undefined, 'EINVAL', `${commandName(h.command)} before VERSION`);
+      if (this.limits === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
       const result = this.command(h, p, fds);
       if (result) return result.catch((e: unknown) => this.fail(h, e));
     } catch (e) {
@@ -344,16 +345,19 @@ export class Connection implements DeviceHost {
   /** The region, and a check that the client may use it. */
   private region(index: number) {
     const region = this.device.regions[index];
-    check(region !== undefined, 'EINVAL', `region ${index} does not exist (0..${this.device.regions.length - 1})`);
+    if (region === undefined) throw new ProtocolError('EINVAL', `region ${index} does not exist (0..${this.device.regions.length - 1})`);
     return region;
   }
 
-  private checkAccess(a: msg.RegionAccess, write: boolean) {
+  private checkAccess(a: msg.RegionAccess, write: boolean): void {
     const region = this.region(a.region);
-    check(write ? region.writable : region.readable, 'EINVAL', `region ${a.region} cannot be ${write ? 'written' : 'read'}`);
-    check(a.count > 0, 'EINVAL', 'region access of zero bytes');
-    check(a.count <= this.limits!.maxDataXferSize, 'E2BIG', `region access of ${a.count} bytes is above max_data_xfer_size ${this.limits!.maxDataXferSize}`);
-    check(a.offset + a.count <= region.size, 'EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
+    const max = this.limits!.maxDataXferSize;
+    if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${a.region} cannot be ${write ? 'written' : 'read'}`);
+    if (a.count === 0) throw new ProtocolError('EINVAL', 'region access of zero bytes');
+    if (a.count > max) throw new ProtocolError('E2BIG', `region access of ${a.count} bytes is above max_data_xfer_size ${max}`);
+    if (a.offset + a.count > region.size) {
+      throw new ProtocolError('EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
+    }
   }
 
   private regionRead(h: Header, p: Buffer): Promise<void> | void {
@@ -365,7 +369,7 @@ export class Connection implements DeviceHost {
   }
 
   private replyRead(h: Header, a: msg.RegionAccess, data: Uint8Array): void {
-    check(data.length === a.count, 'EIO', `device returned ${data.length} bytes for a ${a.count}-byte read`);
+    if (data.length !== a.count) throw new ProtocolError('EIO', `device returned ${data.length} bytes for a ${a.count}-byte read`);
     this.replyAccess(h, a, data);
   }
 
