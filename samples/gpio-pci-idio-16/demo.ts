@@ -2,8 +2,12 @@
  * The demo: serves the GPIO card in its own process with `muser serve`,
  * connects the TypeScript client to it as a VMM would, and reads input line 0
  * twelve times. Prints 0 0 0 1 1 1 0 0 0 1 1 1.
+ *
+ * With --vm, the same card is attached to a real VM instead: QEMU's
+ * vfio-user-pci and a Linux guest whose gpio-pci-idio-16 driver reads it
+ * (the GPIO part of npm run test:e2e; downloads QEMU and a kernel once).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -11,6 +15,10 @@ import { fileURLToPath } from 'node:url';
 import { Client } from 'muser';
 
 const here = dirname(fileURLToPath(import.meta.url));
+if (process.argv.includes('--vm')) {
+  const script = join(here, '..', '..', '..', 'scripts', 'e2e', 'run.sh');
+  process.exit(spawnSync('bash', [script, '--only', 'gpio'], { stdio: 'inherit' }).status ?? 1);
+}
 const cli = join(here, '..', '..', 'src', 'cli', 'main.js');
 const dir = mkdtempSync(join(tmpdir(), 'muser-demo-'));
 const socket = join(dir, 'gpio.sock');
