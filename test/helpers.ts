@@ -45,10 +45,12 @@ export interface ServerProcess {
 export async function startServer(module: string, socket: string, extra: string[] = []): Promise<ServerProcess> {
   const child = spawn(process.execPath, [cli, 'serve', module, '--socket', socket, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
+  let out = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  child.stdout!.resume();
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  await waitFor(() => existsSync(socket) || child.exitCode !== null, 10_000, `server socket ${socket}`);
+  // The socket file alone proves nothing: a stale one may be there before the server starts.
+  await waitFor(() => (out.includes('muser: serving') && existsSync(socket)) || child.exitCode !== null, 10_000, `server on ${socket}`);
   if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${err}`);
   return {
     child,

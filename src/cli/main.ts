@@ -73,7 +73,8 @@ async function main(argv: string[]): Promise<void> {
       },
     });
   } catch (e) {
-    throw new UsageError(`${(e as Error).message.replace(/\.$/, '')}; run muser --help for the options`);
+    // Node's parser explains at length; its first sentence is what the person needs.
+    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser --help for the options`);
   }
   const { values, positionals } = parsed;
   if (values.version) return void console.log(version());

@@ -315,13 +315,13 @@ export function definePciDevice(spec: PciDeviceSpec): PciDevice {
 
 function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
   const size = spec.size;
+  if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
   const areas = spec.memory === true ? [{ offset: 0, size }] : spec.memory!.areas;
   for (const a of areas) {
     if (a.offset % PAGE || a.size % PAGE || a.offset + a.size > size || a.size === 0) {
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);
     }
   }
-  if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
   const fd = native.memfd(`muser:${name}:bar${index}`, size);
   const bytes = Buffer.from(native.mmap(fd, 0, size, true));
   return { fd, bytes, areas };

@@ -1,0 +1,95 @@
+/** `muser serve`: what a person sees when they get it right, and when they get it wrong. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { native } from '../src/transport/native.js';
+import { cli, dist, startServer, tempDir, type TempDir } from './helpers.js';
+
+const gpio = join(dist, 'samples', 'gpio-pci-idio-16', 'index.js');
+
+function muser(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 10_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A usage mistake: exit status 2 and exactly one line on stderr, matching `pattern`. */
+function refuses(args: string[], pattern: RegExp): void {
+  const r = muser(...args);
+  assert.equal(r.status, 2, `exit status for ${args.join(' ')}: ${r.stderr}`);
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `one line, got: ${r.stderr}`);
+  assert.match(lines[0], pattern);
+}
+
+describe('muser serve', () => {
+  let dir: TempDir;
+  before(() => {
+    dir = tempDir();
+  });
+  after(() => dir.remove());
+
+  it('prints its usage with no arguments and with --help', () => {
+    for (const args of [[], ['--help']]) {
+      const r = muser(...args);
+      assert.equal(r.status, 0);
+      assert.match(r.stdout, /usage: muser serve <device module> --socket <path>/);
+      assert.match(r.stdout, /vfio-user-pci/);
+    }
+  });
+
+  it('says in one line what is wrong with the command line', () => {
+    refuses(['serve', join(dir.path, 'nope.js'), '--socket', dir.socket()], /^muser: device module .*nope\.js does not exist; give the path of a \.js file/);
+    refuses(['serve', gpio], /^muser: muser serve needs --socket <path>/);
+    refuses(['serve', '--socket', dir.socket()], /^muser: muser serve needs a device module/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--bogus'], /^muser: Unknown option '--bogus'; run muser --help for the options$/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--mode', '999'], /^muser: --mode 999 is not an octal permission like 600 or 660$/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--log', 'loud'], /^muser: --log loud is not one of silent, error, warn, info, debug$/);
+    refuses(['start', gpio], /^muser: unknown command "start"/);
+    refuses(['serve', gpio, 'extra', '--socket', dir.socket()], /^muser: unexpected argument "extra"/);
+  });
+
+  it('refuses modules that are not JavaScript devices', () => {
+    const ts = join(dir.path, 'device.ts');
+    writeFileSync(ts, 'export default 1;\n');
+    refuses(['serve', ts, '--socket', dir.socket()], /^muser: .*device\.ts is TypeScript, which this Node\.js cannot load; compile it/);
+    const empty = join(dir.path, 'empty.mjs');
+    writeFileSync(empty, 'export const answer = 42;\n');
+    refuses(['serve', empty, '--socket', dir.socket()], /^muser: device module .*empty\.mjs exports no device; export default definePciDevice/);
+    const broken = join(dir.path, 'broken.mjs');
+    writeFileSync(broken, 'export default definePciDevice(;\n');
+    refuses(['serve', broken, '--socket', dir.socket()], /^muser: device module .*broken\.mjs failed to load: /);
+  });
+
+  it('refuses a socket path a live server uses, and one that is not a socket', async () => {
+    const socket = dir.socket('live.sock');
+    const first = await startServer(gpio, socket);
+    try {
+      refuses(['serve', gpio, '--socket', socket], /^muser: socket .*live\.sock is in use by another running server; stop it or choose another --socket path$/);
+    } finally {
+      await first.stop();
+    }
+    const file = join(dir.path, 'plain-file');
+    writeFileSync(file, '');
+    refuses(['serve', gpio, '--socket', file], /^muser: .*plain-file exists and is not a socket; remove it or choose another --socket path$/);
+    refuses(['serve', gpio, '--socket', join(dir.path, 'missing-dir', 'x.sock')], /^muser: cannot listen on .*x\.sock: ENOENT/);
+  });
+
+  it('replaces a stale socket, creates it owner-only, and removes it on SIGTERM', async () => {
+    const socket = dir.socket('stale.sock');
+    native.close(native.listen(socket, 0o600, 1)); // a socket file nobody listens on any more
+    assert.ok(existsSync(socket));
+    const server = await startServer(gpio, socket);
+    assert.equal(statSync(socket).mode & 0o777, 0o600);
+    assert.equal(await server.stop(), 0);
+    assert.equal(existsSync(socket), false);
+  });
+
+  it('honours --mode', async () => {
+    const socket = dir.socket('shared.sock');
+    const server = await startServer(gpio, socket, ['--mode', '660']);
+    assert.equal(statSync(socket).mode & 0o777, 0o660);
+    await server.stop();
+  });
+});
