@@ -9,7 +9,7 @@
  * Each case runs R rounds (default 5) and reports the median.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,6 +83,16 @@ async function muser(client: Client, total: number, window: number): Promise<num
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/** CPU time (user + system) a process has used, in µs, from /proc (clock ticks of 10 ms: use long runs). */
+function cpuMicros(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+const ownCpuMicros = (): number => {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+};
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'muser-bench-'));
   const echoSocket = join(dir, 'echo.sock');
@@ -99,18 +109,31 @@ async function main(): Promise<void> {
     await floor(echoSocket, 5000, 32);
     await muser(client, 5000, 32);
     console.log(`trapped 4-byte REGION_READ, client and server in separate processes; median of ${ROUNDS} rounds`);
-    console.log('case                 | floor µs/msg | muser µs/access | muser accesses/s | muser / floor');
+    console.log('case                 | floor µs/msg | muser µs/access | muser accesses/s | muser / floor | CPU µs per message, server + client: floor, muser');
     for (const c of cases) {
       const f: number[] = [];
       const m: number[] = [];
+      let serverCpu = 0;
+      let clientCpu = 0;
+      let echoCpu = 0;
+      let floorClientCpu = 0;
       for (let r = 0; r < ROUNDS; r++) {
+        const e0 = cpuMicros(echo.pid!);
+        const f0 = ownCpuMicros();
         f.push(await floor(echoSocket, c.total, c.window));
+        echoCpu += cpuMicros(echo.pid!) - e0;
+        floorClientCpu += ownCpuMicros() - f0;
+        const s0 = cpuMicros(server.pid!);
+        const c0 = ownCpuMicros();
         m.push(await muser(client, c.total, c.window));
+        serverCpu += cpuMicros(server.pid!) - s0;
+        clientCpu += ownCpuMicros() - c0;
       }
       const fl = median(f) / 1000;
       const mu = median(m) / 1000;
+      const n = c.total * ROUNDS;
       console.log(
-        `${c.name.padEnd(20)} | ${fl.toFixed(2).padStart(12)} | ${mu.toFixed(2).padStart(15)} | ${Math.round(1e6 / mu).toString().padStart(16)} | ${(mu / fl).toFixed(2).padStart(13)}`,
+        `${c.name.padEnd(20)} | ${fl.toFixed(2).padStart(12)} | ${mu.toFixed(2).padStart(15)} | ${Math.round(1e6 / mu).toString().padStart(16)} | ${(mu / fl).toFixed(2).padStart(13)} | ${(echoCpu / n).toFixed(2)} + ${(floorClientCpu / n).toFixed(2)}, ${(serverCpu / n).toFixed(2)} + ${(clientCpu / n).toFixed(2)}`,
       );
     }
   } finally {

@@ -18,7 +18,8 @@ import {
   RegionIndex,
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { encodeMessage, isReply, writeHeader, type Header } from '../protocol/header.js';
+import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
+import { put32, put64 } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -115,7 +116,16 @@ interface Pending {
 
 /** The default reply parser: a copy that outlives the receive buffer. */
 const copyReply = (header: Header, payload: Buffer, fds: number[]): Reply => ({ header, payload: Buffer.from(payload), fds });
-const NO_DATA = Buffer.alloc(0);
+
+/** The data of a REGION_READ reply, copied out of the receive buffer. */
+function readReplyData(_: Header, payload: Buffer): Buffer {
+  const count = payload.length - msg.REGION_ACCESS_SIZE;
+  if (count < 0 || payload.readUInt32LE(12) !== count) msg.decodeRegionAccess(payload, true); // throws the precise error
+  const data = Buffer.allocUnsafe(count);
+  if (count <= 16) for (let i = 0; i < count; i++) data[i] = payload[msg.REGION_ACCESS_SIZE + i];
+  else payload.copy(data, 0, msg.REGION_ACCESS_SIZE);
+  return data;
+}
 
 const QEMU_CAPABILITIES: Capabilities = {
   maxMsgFds: 16,
@@ -132,8 +142,9 @@ export class Client {
   /** The server's VERSION reply capabilities. */
   serverCapabilities: Capabilities = {};
   private nextId = 0;
-  /** Requests awaiting a reply, oldest first (Map keeps insertion order). */
-  private readonly pending = new Map<number, Pending>();
+  /** Requests awaiting a reply, by message ID; IDs are handed out in order, so `oldest` walks forward. */
+  private readonly pending: (Pending | undefined)[] = new Array(0x10000);
+  private oldest = 0;
   private readonly memory: GuestMemory[] = [];
   private readonly interrupts: Interrupt[] = [];
   private readonly timeout: number;
@@ -196,11 +207,18 @@ export class Client {
   ): Promise<T> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
     const id = this.takeId();
+    const promise = this.expect(id, command, parse);
+    this.send(command, id, flags, payloadLength, write, fds);
+    return promise;
+  }
+
+  /** Registers the wait for the reply to request `id`. */
+  private expect<T>(id: number, command: number, parse: (h: Header, payload: Buffer, fds: number[]) => T): Promise<T> {
+    if (this.pending[id]) return Promise.reject(new Error(`${commandName(command)}: 65536 requests are already waiting for replies`));
     const promise = new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 });
+      this.pending[id] = { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 };
     });
     if (this.timeout > 0 && !this.timer) this.armTimer();
-    this.send(command, id, flags, payloadLength, write, fds);
     return promise;
   }
 
@@ -212,47 +230,59 @@ export class Client {
 
   /** Queues one message; everything sent in one tick leaves in one sendmsg. */
   private send(command: number, id: number, flags: number, payloadLength: number, write: (out: Buffer, at: number) => unknown, fds?: readonly number[]): void {
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      this.channel.cork();
-      queueMicrotask(() => {
-        this.flushQueued = false;
-        this.channel.uncork();
-      });
-    }
     const size = HEADER_SIZE + payloadLength;
-    const at = this.channel.reserve(size);
+    const at = this.begin(size);
     const out = this.channel.txBuffer;
-    writeHeader(out, at, { id, command, size, flags, error: 0 });
+    putHeader(out, at, id, command, size, flags, 0);
     write(out, at + HEADER_SIZE);
     this.channel.commit(at, size, fds);
   }
 
+  /** Room for a `size`-byte message in the send buffer, flushed once this tick's work is done. */
+  private begin(size: number): number {
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      this.channel.cork();
+      process.nextTick(this.uncork);
+    }
+    return this.channel.reserve(size);
+  }
+
+  private readonly uncork = (): void => {
+    this.flushQueued = false;
+    this.channel.uncork();
+  };
+
   /** One timer for all requests: it fires at the oldest deadline and fails what is overdue. */
   private armTimer(): void {
-    const oldest = this.pending.values().next().value as Pending | undefined;
+    const oldest = this.oldestPending();
     if (!oldest) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       const now = Date.now();
-      for (const [id, p] of this.pending) {
-        if (p.deadline > now) break;
-        this.pending.delete(id);
-        p.reject(new Error(`${commandName(p.command)} #${id}: no reply within ${this.timeout} ms`));
+      for (let p = this.oldestPending(); p && p.deadline <= now; p = this.oldestPending()) {
+        this.pending[this.oldest] = undefined;
+        p.reject(new Error(`${commandName(p.command)} #${this.oldest}: no reply within ${this.timeout} ms`));
       }
       this.armTimer();
     }, Math.max(0, oldest.deadline - Date.now()));
     this.timer.unref();
   }
 
+  /** The oldest request still waiting, with `oldest` moved up to it. */
+  private oldestPending(): Pending | undefined {
+    while (this.oldest !== this.nextId && this.pending[this.oldest] === undefined) this.oldest = (this.oldest + 1) & 0xffff;
+    return this.pending[this.oldest];
+  }
+
   private onMessage(h: Header, payload: Buffer, fds: number[]): void {
     if (!isReply(h.flags)) return this.serve(h, payload, fds);
-    const entry = this.pending.get(h.id);
+    const entry = this.pending[h.id];
     if (!entry) {
       closeAll(fds);
       return;
     }
-    this.pending.delete(h.id);
+    this.pending[h.id] = undefined;
     if (h.flags & Flag.ERROR) {
       closeAll(fds);
       return entry.reject(new VfioUserError(h.command, h.error));
@@ -266,8 +296,10 @@ export class Client {
 
   private onClosed(error?: Error): void {
     this.closeError = new Error(`the server closed the connection${error ? `: ${error.message}` : ''}`);
-    for (const e of this.pending.values()) e.reject(this.closeError);
-    this.pending.clear();
+    for (let p = this.oldestPending(); p; p = this.oldestPending()) {
+      this.pending[this.oldest] = undefined;
+      p.reject(this.closeError);
+    }
     if (this.timer) clearTimeout(this.timer);
   }
 
@@ -301,10 +333,20 @@ export class Client {
     return msg.decodeIrqInfo(r.payload);
   }
 
-  /** Reads `count` bytes of a region (the trapped access path: encoded in place, one copy of the reply data). */
+  /** Reads `count` bytes of a region: the trapped access path, encoded in place, one copy of the reply data. */
   regionRead(region: number, offset: number, count: number): Promise<Buffer> {
-    const write = (out: Buffer, at: number) => msg.writeRegionAccess(out, at, { offset, region, count, data: NO_DATA });
-    return this.call(Command.REGION_READ, msg.REGION_ACCESS_SIZE, write, undefined, 0, (_, p) => Buffer.from(msg.decodeRegionAccess(p, true).data));
+    if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
+    const id = this.takeId();
+    const promise = this.expect(id, Command.REGION_READ, readReplyData);
+    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE;
+    const at = this.begin(size);
+    const out = this.channel.txBuffer;
+    putHeader(out, at, id, Command.REGION_READ, size, 0, 0);
+    put64(out, at + 16, offset);
+    put32(out, at + 24, region);
+    put32(out, at + 28, count);
+    this.channel.commit(at, size);
+    return promise;
   }
 
   /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */

@@ -1,5 +1,6 @@
 import { Flag, HEADER_SIZE } from './constants.js';
 import { check } from './errors.js';
+import { get16, get32, put16, put32 } from './le.js';
 
 /** The 16-byte header in front of every message. */
 export interface Header {
@@ -17,33 +18,33 @@ export interface Header {
 export function decodeHeader(buf: Buffer, offset = 0): Header {
   check(buf.length - offset >= HEADER_SIZE, 'EINVAL', `header needs ${HEADER_SIZE} bytes, got ${buf.length - offset}`);
   return {
-    id: buf.readUInt16LE(offset),
-    command: buf.readUInt16LE(offset + 2),
-    size: buf.readUInt32LE(offset + 4),
-    flags: buf.readUInt32LE(offset + 8),
-    error: buf.readUInt32LE(offset + 12),
+    id: get16(buf, offset),
+    command: get16(buf, offset + 2),
+    size: get32(buf, offset + 4),
+    flags: get32(buf, offset + 8),
+    error: get32(buf, offset + 12),
   };
 }
 
 /** Writes a header into `buf` at `offset`. */
 export function writeHeader(buf: Buffer, offset: number, h: Header): void {
-  buf.writeUInt16LE(h.id, offset);
-  buf.writeUInt16LE(h.command, offset + 2);
-  buf.writeUInt32LE(h.size, offset + 4);
-  buf.writeUInt32LE(h.flags >>> 0, offset + 8);
-  buf.writeUInt32LE(h.error >>> 0, offset + 12);
+  putHeader(buf, offset, h.id, h.command, h.size, h.flags, h.error);
+}
+
+/** writeHeader without the object, for the per-message path. */
+export function putHeader(buf: Uint8Array, at: number, id: number, command: number, size: number, flags: number, error: number): void {
+  put16(buf, at, id);
+  put16(buf, at + 2, command);
+  put32(buf, at + 4, size);
+  put32(buf, at + 8, flags);
+  put32(buf, at + 12, error);
 }
 
 /** A whole message: header followed by `payload`. */
 export function encodeMessage(h: Omit<Header, 'size'>, payload?: Uint8Array): Buffer {
   const size = HEADER_SIZE + (payload?.length ?? 0);
   const buf = Buffer.allocUnsafe(size);
-  // Fields written one by one: an object spread here costs more than the rest of the message.
-  buf.writeUInt16LE(h.id, 0);
-  buf.writeUInt16LE(h.command, 2);
-  buf.writeUInt32LE(size, 4);
-  buf.writeUInt32LE(h.flags >>> 0, 8);
-  buf.writeUInt32LE(h.error >>> 0, 12);
+  putHeader(buf, 0, h.id, h.command, size, h.flags, h.error);
   if (payload) buf.set(payload, HEADER_SIZE);
   return buf;
 }

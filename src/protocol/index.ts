@@ -3,3 +3,4 @@ export * from './errors.js';
 export * from './header.js';
 export * from './messages.js';
 export * from './capabilities.js';
+export * from './le.js';

@@ -10,6 +10,7 @@
  */
 import { DmaFlag, FeatureFlag, IrqSetFlag } from './constants.js';
 import { check, ProtocolError } from './errors.js';
+import { get32 } from './le.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 /** The `data` of messages that carry none (shared, never written). */
@@ -27,9 +28,9 @@ function buf(p: Uint8Array): Buffer {
 }
 /** A u64 read as a number; values past 2^53 are refused, they cannot address a region. */
 function readOffset(p: Buffer, at: number, what: string): number {
-  const hi = p.readUInt32LE(at + 4);
+  const hi = get32(p, at + 4);
   if (hi >= 0x200000) throw new ProtocolError('EINVAL', `${what} 0x${p.readBigUInt64LE(at).toString(16)} is beyond any region`);
-  return hi * 0x1_0000_0000 + p.readUInt32LE(at);
+  return hi * 0x1_0000_0000 + get32(p, at);
 }
 function writeOffset(p: Buffer, at: number, value: number): void {
   p.writeUInt32LE(value % 0x1_0000_0000, at);
@@ -457,13 +458,13 @@ export const REGION_ACCESS_SIZE = 16;
 export function decodeRegionAccess(payload: Uint8Array, withData: boolean): RegionAccess {
   const p = buf(payload);
   atLeast(p, REGION_ACCESS_SIZE, 'region access');
-  const count = p.readUInt32LE(12);
+  const count = get32(p, 12);
   const expected = withData ? count : 0;
   const carried = p.length - REGION_ACCESS_SIZE;
   if (carried !== expected) throw new ProtocolError('EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
   return {
     offset: readOffset(p, 0, 'region offset'),
-    region: p.readUInt32LE(8),
+    region: get32(p, 8),
     count,
     data: carried === 0 ? NO_DATA : p.subarray(REGION_ACCESS_SIZE),
   };

@@ -24,7 +24,8 @@ import {
   RegionIndex,
 } from '../protocol/constants.js';
 import { ProtocolError, check } from '../protocol/errors.js';
-import { isReply, writeHeader, encodeMessage, type Header } from '../protocol/header.js';
+import { isReply, putHeader, encodeMessage, type Header } from '../protocol/header.js';
+import { copyInto, put32, put64 } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -379,12 +380,11 @@ export class Connection implements DeviceHost {
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
     const at = this.channel.reserve(size);
     const out = this.channel.txBuffer;
-    writeHeader(out, at, { id: h.id, command: h.command, size, flags: Flag.REPLY, error: 0 });
-    out.writeUInt32LE(a.offset % 0x1_0000_0000, at + 16);
-    out.writeUInt32LE(Math.floor(a.offset / 0x1_0000_0000), at + 20);
-    out.writeUInt32LE(a.region, at + 24);
-    out.writeUInt32LE(a.count, at + 28);
-    if (data) out.set(data, at + 32);
+    putHeader(out, at, h.id, h.command, size, Flag.REPLY, 0);
+    put64(out, at + 16, a.offset);
+    put32(out, at + 24, a.region);
+    put32(out, at + 28, a.count);
+    if (data) copyInto(out, at + 32, data);
     this.channel.commit(at, size);
   }
 

@@ -17,6 +17,7 @@
 import { HEADER_SIZE } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { decodeHeader, type Header } from '../protocol/header.js';
+import { get32 } from '../protocol/le.js';
 import { native, type PollHandle } from './native.js';
 
 export interface ChannelEvents {
@@ -212,7 +213,7 @@ export class Channel {
     let broken: { header: Header; error: ProtocolError } | undefined;
     this.cork();
     while (!this.isClosed && this.end - this.start >= HEADER_SIZE) {
-      const size = this.rx.readUInt32LE(this.start + 4);
+      const size = get32(this.rx, this.start + 4);
       if (size < HEADER_SIZE || size > this.maxMessageSize) {
         const error =
           size < HEADER_SIZE

@@ -1,0 +1,37 @@
+/**
+ * Little-endian stores for the per-message path. Buffer.writeUInt32LE checks
+ * its arguments on every call; these trust the caller (values already valid)
+ * and compile to plain byte stores.
+ */
+export function put16(b: Uint8Array, at: number, v: number): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+}
+
+export function put32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+  b[at + 2] = v >>> 16;
+  b[at + 3] = v >>> 24;
+}
+
+/** A u64 below 2^53. */
+export function put64(b: Uint8Array, at: number, v: number): void {
+  put32(b, at, v % 0x1_0000_0000);
+  put32(b, at + 4, Math.floor(v / 0x1_0000_0000));
+}
+
+/** Copies `src` into `dst` at `at`; a byte loop beats TypedArray.set for the few bytes of a register. */
+export function copyInto(dst: Uint8Array, at: number, src: Uint8Array): void {
+  const n = src.length;
+  if (n <= 16) for (let i = 0; i < n; i++) dst[at + i] = src[i];
+  else dst.set(src, at);
+}
+
+export function get16(b: Uint8Array, at: number): number {
+  return b[at] | (b[at + 1] << 8);
+}
+
+export function get32(b: Uint8Array, at: number): number {
+  return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
+}
