@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Client, definePciDevice, serve, type Server } from '../src/index.js';
+import { Client, definePciDevice, protocol, serve, type Server } from '../src/index.js';
 import { gpio } from '../samples/gpio-pci-idio-16/index.js';
 import { device as testDevice } from './fixtures/test-device.js';
 import { tempDir, type TempDir } from './helpers.js';
+
+const { IrqIndex } = protocol;
 
 describe('devices served in this process', () => {
   let dir: TempDir;
@@ -53,6 +55,36 @@ describe('devices served in this process', () => {
     } finally {
       a.close();
       b.close();
+    }
+  });
+
+  it('holds MSI-X vectors back while masked and delivers them on unmask', async () => {
+    const c = await Client.connect(dir.socket('test.sock'));
+    try {
+      const [v0, v1] = await Promise.all([c.irq(IrqIndex.MSIX, 0), c.irq(IrqIndex.MSIX, 1)]);
+      const cap = testDevice.config.capabilityOffset(0x11)!;
+      const table = (await c.config.read(cap + 4, 4)) >>> 0;
+      const pba = (await c.config.read(cap + 8, 4)) >>> 0;
+      const [bar, tableAt, pbaAt] = [table & 7, table & ~7, pba & ~7];
+      await c.config.write(cap + 2, 2, 0xc000); // enable, function masked
+      assert.equal(testDevice.irq(0), false);
+      assert.equal((await c.regionRead(bar, pbaAt, 8)).readBigUInt64LE(0), 1n, 'vector 0 pending in the PBA');
+      await c.config.write(cap + 2, 2, 0x8000); // function mask off: the pending vector goes out
+      await v0.wait(0);
+      assert.equal((await c.regionRead(bar, pbaAt, 8)).readBigUInt64LE(0), 0n);
+      // A client that never writes the table (QEMU emulates it) gets vectors although entries power on masked.
+      assert.equal(testDevice.irq(1), true);
+      await v1.wait(0);
+      // Once the client uses the table, its per-vector mask holds the vector until it is cleared.
+      await c.regionWrite(bar, tableAt + 16 + 12, Buffer.from([1, 0, 0, 0]));
+      assert.equal(testDevice.irq(1), false);
+      assert.equal(v1.count, 1);
+      await c.regionWrite(bar, tableAt + 16 + 12, Buffer.from([0, 0, 0, 0]));
+      await v1.wait(1);
+      assert.equal(v1.count, 2);
+      await c.reset();
+    } finally {
+      c.close();
     }
   });
 

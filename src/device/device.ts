@@ -42,6 +42,12 @@ export class PciDevice {
   /** MSI-X table and pending bits, when the device has MSI-X. */
   readonly msixTable?: MsixTable;
   private readonly msixPlace?: { bar: number; tableOffset: number; pbaOffset: number };
+  /**
+   * Whether the client writes the MSI-X table in the BAR. QEMU emulates the
+   * table itself and never forwards those writes (it masks on its side), so
+   * until the client touches the table, only the function mask holds vectors back.
+   */
+  private msixTableInUse = false;
   private readonly bars: (Bar | undefined)[] = [];
   private readonly rom?: Uint8Array;
   private readonly spec: PciDeviceSpec;
@@ -88,6 +94,7 @@ export class PciDevice {
       if (s) this.bars[i] = { spec: s, size: s.size, memory: s.memory ? sharedMemory(this.name, i, s) : undefined };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
+    this.msixTable?.onUnmask((vector) => this.deliverPendingMsix(vector));
     this.regions = this.layout();
   }
 
@@ -132,7 +139,7 @@ export class PciDevice {
     const msix = this.config.msix();
     if (msix?.enabled && this.msixTable) {
       if (vector >= msix.tableSize) throw new RangeError(`${this.name} has ${msix.tableSize} MSI-X vectors, not ${vector + 1}`);
-      if (msix.functionMask || this.msixTable.isMasked(vector)) {
+      if (msix.functionMask || (this.msixTableInUse && this.msixTable.isMasked(vector))) {
         this.msixTable.setPending(vector, true);
         return false;
       }
@@ -155,6 +162,19 @@ export class PciDevice {
       return false;
     }
     return this.signal(IrqIndex.INTX, 0);
+  }
+
+  /** Sends MSI-X interrupts held back by a mask that is now clear: one vector, or all. */
+  private deliverPendingMsix(only?: number): void {
+    const table = this.msixTable!;
+    const msix = this.config.msix();
+    if (!msix?.enabled || msix.functionMask) return;
+    for (let v = only ?? 0; v < (only === undefined ? table.tableSize : only + 1); v++) {
+      if (table.isPending(v) && !(this.msixTableInUse && table.isMasked(v))) {
+        table.setPending(v, false);
+        this.signal(IrqIndex.MSIX, v);
+      }
+    }
   }
 
   /** Lowers the INTx line (clears the status register's interrupt bit). */
@@ -180,6 +200,7 @@ export class PciDevice {
   reset(): void | Promise<void> {
     this.config.reset();
     this.msixTable?.reset();
+    this.msixTableInUse = false;
     this.intxPending = false;
     return this.spec.reset?.();
   }
@@ -218,8 +239,10 @@ export class PciDevice {
   regionWrite(index: number, offset: number, data: Uint8Array): void | Promise<void> {
     if (index === RegionIndex.CONFIG) {
       const wasDisabled = this.config.interruptDisabled;
+      const wasMasked = this.config.msix()?.functionMask;
       this.config.write(offset, data);
       if (wasDisabled && !this.config.interruptDisabled) this.intxEnabled();
+      if (wasMasked && !this.config.msix()!.functionMask) this.deliverPendingMsix();
       return;
     }
     if (index === RegionIndex.ROM) return;
@@ -251,7 +274,13 @@ export class PciDevice {
     if (!place || !table || place.bar !== index) return undefined;
     if (offset >= place.tableOffset && offset + count <= place.tableOffset + table.tableBytes) {
       const at = offset - place.tableOffset;
-      return { read: (n: number) => table.readTable(at, n), write: (d: Uint8Array) => table.writeTable(at, d) };
+      return {
+        read: (n: number) => table.readTable(at, n),
+        write: (d: Uint8Array) => {
+          this.msixTableInUse = true;
+          table.writeTable(at, d);
+        },
+      };
     }
     if (offset >= place.pbaOffset && offset + count <= place.pbaOffset + table.pbaBytes) {
       const at = offset - place.pbaOffset;
