@@ -40,12 +40,15 @@ function isObject(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 function count(x: unknown, name: string, max: number): number {
-  check(
-    typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= max,
-    'EINVAL',
-    `capability ${name} must be an integer in 0..${max}, got ${JSON.stringify(x)}`,
-  );
-  return x;
+  if (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= max) return x;
+  throw new ProtocolError('EINVAL', `capability ${name} must be an integer in 0..${max}, got ${shortly(x)}`);
+}
+
+/** A value for an error message; nested JSON from a client is only named, never printed (it may be deep). */
+function shortly(x: unknown): string {
+  if (typeof x === 'string') return JSON.stringify(x.length > 40 ? `${x.slice(0, 40)}...` : x);
+  if (typeof x === 'object' && x !== null) return Array.isArray(x) ? 'an array' : 'an object';
+  return String(x);
 }
 
 /**

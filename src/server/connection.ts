@@ -8,6 +8,7 @@
  * replies from the client keep being processed, so a handler may await DMA
  * messages without deadlock.
  */
+import { fstatSync, ftruncateSync } from 'node:fs';
 import {
   Command,
   commandName,
@@ -30,27 +31,48 @@ import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
-import type { PciDevice } from '../device/device.js';
-import { DmaMapTable } from './dma.js';
+import type { PciDevice, RegionLayout } from '../device/device.js';
+import { checkBacking, DmaMapTable } from './dma.js';
 import { IrqTable } from './irqs.js';
 import type { Logger } from './log.js';
 
 export interface Limits {
   /** Largest data count in one region or DMA message we accept (capped by what the client says). */
   maxDataXferSize: number;
-  /** Most DMA ranges mapped at once. */
+  /** Most DMA ranges mapped at once; DMA_MAP beyond it is answered ENOSPC. */
   maxDmaMaps: number;
   /** Most commands waiting behind a slow (Promise-returning) handler before the connection is dropped. */
   maxQueuedCommands: number;
+  /**
+   * Milliseconds a device handler's Promise may take before its access is
+   * answered ETIMEDOUT (and logged, with the region, offset, size and
+   * direction), so that later commands proceed; whatever the handler does
+   * afterwards is not answered. Default 4000, under QEMU's 5 s reply timeout;
+   * 0 waits forever.
+   */
+  handlerTimeoutMs: number;
 }
 
-export const defaultLimits: Limits = { maxDataXferSize: 1 << 20, maxDmaMaps: 65535, maxQueuedCommands: 4096 };
+export const defaultLimits: Limits = { maxDataXferSize: 1 << 20, maxDmaMaps: 65535, maxQueuedCommands: 4096, handlerTimeoutMs: 4000 };
 
 /** Most descriptors we accept in one message; QEMU refuses a server that claims more than 16. */
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
 /** Largest message before negotiation: VERSION and its JSON. */
 const PRE_NEGOTIATION_MAX = 64 * 1024;
+/**
+ * Reply bytes the client has not read above which we stop reading its
+ * commands until it does: one 32-byte REGION_READ asks for up to a megabyte,
+ * so a client that never reads would otherwise make us buffer without bound.
+ */
+const MAX_PENDING_OUTPUT = 4 << 20;
+/**
+ * Bytes of commands waiting behind a slow handler above which the connection
+ * is dropped. They are copied out of the receive buffer (replies behind them
+ * must still be read), so without a cap maxQueuedCommands messages of a
+ * megabyte each would be gigabytes.
+ */
+const MAX_QUEUED_BYTES = 64 << 20;
 
 interface Queued {
   header: Header;
@@ -63,13 +85,26 @@ interface Outstanding {
   reject(error: Error): void;
 }
 
+/** The command whose handler went asynchronous, with the timer that gives up on it. */
+interface Running {
+  header: Header;
+  /** What it was, for the log if it times out (the payload is gone by then). */
+  what: string;
+  timer?: NodeJS.Timeout;
+}
+
 export class Connection implements DeviceHost {
   readonly channel: Channel;
   readonly dma: DmaMapTable;
   readonly irqs: IrqTable;
   private limits: Negotiated | undefined;
   private queue: Queued[] = [];
+  private queuedBytes = 0;
   private busy = false;
+  private running: Running | undefined;
+  /** Commands answered ETIMEDOUT: whatever their handlers send later is dropped. Weak: a handler that never finishes is collected. */
+  private readonly abandoned = new WeakSet<Header>();
+  private anyAbandoned = false;
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
@@ -95,7 +130,7 @@ export class Connection implements DeviceHost {
         },
         closed: (e) => this.closed(e),
       },
-      { maxMessageSize: PRE_NEGOTIATION_MAX },
+      { maxMessageSize: PRE_NEGOTIATION_MAX, maxPendingOutput: MAX_PENDING_OUTPUT },
     );
     device.attach(this);
   }
@@ -114,26 +149,49 @@ export class Connection implements DeviceHost {
   private onMessage(header: Header, payload: Buffer, fds: number[]): void {
     if (isReply(header.flags)) return this.onReply(header, payload, fds);
     if (this.busy || this.queue.length > 0) {
-      if (this.queue.length >= this.options.maxQueuedCommands) {
+      if (this.queue.length >= this.options.maxQueuedCommands || this.queuedBytes + payload.length > MAX_QUEUED_BYTES) {
         closeAll(fds);
-        this.log.warn(`client has more than ${this.options.maxQueuedCommands} commands waiting; closing the connection`);
+        const what = this.queue.length >= this.options.maxQueuedCommands ? `${this.options.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
+        this.log.warn(`client has more than ${what} waiting; closing the connection`);
         return this.channel.close();
       }
+      this.queuedBytes += payload.length;
       this.queue.push({ header, payload: Buffer.from(payload), fds });
       return;
     }
     this.run(header, payload, fds);
   }
 
-  /** Runs one command; if it goes asynchronous, holds the others until it is answered. */
+  /** Runs one command; if it goes asynchronous, holds the others until it is answered or times out. */
   private run(header: Header, payload: Buffer, fds: number[]): void {
     const pending = this.execute(header, payload, fds);
     if (!pending) return;
     this.busy = true;
+    const running: Running = { header, what: describe(header, payload) };
+    this.running = running;
+    const ms = this.options.handlerTimeoutMs;
+    if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
     void pending.then(() => {
+      // It timed out and was answered; later commands already went on.
+      if (this.running !== running) return;
+      clearTimeout(running.timer);
+      this.running = undefined;
       this.busy = false;
       this.drain();
     });
+  }
+
+  /** A handler took too long: answer for it, and let the commands behind it go on. */
+  private timedOut(running: Running): void {
+    if (this.running !== running || this.channel.closed) return;
+    const ms = this.options.handlerTimeoutMs;
+    this.log.error(`${this.device.name}: ${running.what} did not finish within ${ms} ms; answered ETIMEDOUT, and whatever it does later is ignored`);
+    this.replyError(running.header, Errno.ETIMEDOUT);
+    this.abandoned.add(running.header);
+    this.anyAbandoned = true;
+    this.running = undefined;
+    this.busy = false;
+    this.drain();
   }
 
   private drain(): void {
@@ -141,6 +199,7 @@ export class Connection implements DeviceHost {
     try {
       while (!this.busy && this.queue.length > 0 && !this.channel.closed) {
         const q = this.queue.shift()!;
+        this.queuedBytes -= q.payload.length;
         this.run(q.header, q.payload, q.fds);
       }
     } finally {
@@ -168,6 +227,16 @@ export class Connection implements DeviceHost {
   }
 
   private fail(h: Header, e: unknown): void {
+    try {
+      this.report(h, e);
+    } catch {
+      // Only a thrown value that defeats even instanceof (a revoked Proxy) gets here.
+      this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id} failed in the device with a value that cannot be inspected`);
+      this.replyError(h, Errno.EIO);
+    }
+  }
+
+  private report(h: Header, e: unknown): void {
     if (e instanceof ProtocolError) {
       this.log.debug(`${commandName(h.command)} #${h.id}: ${e.toString()}`);
       return this.replyError(h, e.errno);
@@ -176,8 +245,7 @@ export class Connection implements DeviceHost {
       this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id}: ${e.message}`);
       return this.replyError(h, Errno.EFAULT);
     }
-    const err = e instanceof Error ? e : new Error(String(e));
-    this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id} failed in the device: ${err.stack ?? err.message}`);
+    this.log.error(`${this.device.name}: ${commandName(h.command)} #${h.id} failed in the device: ${explain(e)}`);
     this.replyError(h, Errno.EIO);
   }
 
@@ -224,7 +292,7 @@ export class Connection implements DeviceHost {
     check(this.limits === undefined, 'EINVAL', 'VERSION was already negotiated');
     const v = msg.decodeVersion(p);
     check(v.major === PROTOCOL_MAJOR, 'EINVAL', `protocol major version ${v.major} is not supported (only ${PROTOCOL_MAJOR})`);
-    const theirs = parseCapabilities(v.json);
+    const theirs = capabilitiesOf(v.json);
     const peer = negotiated(theirs);
     const ours: Capabilities = {};
     // The reply names only capabilities the client proposed (the spec wants a subset).
@@ -359,6 +427,19 @@ export class Connection implements DeviceHost {
     if (a.offset + a.count > region.size) {
       throw new ProtocolError('EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
     }
+    if (region.mmap) this.keepSharedMemory(region);
+  }
+
+  /**
+   * The client holds the descriptor of a memory BAR and may shrink the file;
+   * touching a page past its end would kill this process with SIGBUS, so the
+   * size is put back before the device touches it (the cut-off bytes read as zero).
+   */
+  private keepSharedMemory(region: RegionLayout): void {
+    const fd = region.mmap!.fd;
+    if (fstatSync(fd).size >= region.size) return;
+    this.log.warn(`client shrank the shared memory of region ${region.index}; restored its ${region.size} bytes, the cut-off part reads as zero`);
+    ftruncateSync(fd, region.size);
   }
 
   private regionRead(h: Header, p: Buffer): Promise<void> | void {
@@ -376,7 +457,7 @@ export class Connection implements DeviceHost {
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
   private replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
-    if (h.flags & Flag.NO_REPLY) return;
+    if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
     const at = this.channel.reserve(size);
     const out = this.channel.txBuffer;
@@ -418,16 +499,31 @@ export class Connection implements DeviceHost {
     return next();
   }
 
+  /** keepSharedMemory where nobody waits for an answer: a failure is only logged. */
+  private keepSharedMemoryQuietly(region: RegionLayout): void {
+    try {
+      this.keepSharedMemory(region);
+    } catch (e) {
+      this.log.error(`${this.device.name}: cannot restore the shared memory of region ${region.index}: ${(e as Error).message}`);
+    }
+  }
+
   // ---------------------------------------------------------------- replies
 
   private reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
-    if (h.flags & Flag.NO_REPLY) return;
+    if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
   }
 
   private replyError(h: Header, errno: number): void {
+    if (this.isAbandoned(h)) return;
     // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
+  }
+
+  /** Whether the command was answered ETIMEDOUT already (no lookup on a connection where nothing timed out). */
+  private isAbandoned(h: Header): boolean {
+    return this.anyAbandoned && this.abandoned.has(h);
   }
 
   // ---------------------------------------------------------------- server-to-client requests (DMA by message)
@@ -460,12 +556,17 @@ export class Connection implements DeviceHost {
 
   async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
     const pieces = this.dma.resolve(iova, length, false);
-    if (pieces.length === 1 && pieces[0].bytes) return Buffer.from(pieces[0].bytes);
+    if (pieces.length === 1 && pieces[0].bytes) {
+      checkBacking(pieces[0]);
+      return Buffer.from(pieces[0].bytes);
+    }
     const out = Buffer.alloc(length);
     let at = 0;
     for (const piece of pieces) {
-      if (piece.bytes) out.set(piece.bytes, at);
-      else {
+      if (piece.bytes) {
+        checkBacking(piece);
+        out.set(piece.bytes, at);
+      } else {
         for (let done = 0; done < piece.length; ) {
           const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
           const addr = piece.iova + BigInt(done);
@@ -485,8 +586,10 @@ export class Connection implements DeviceHost {
     let at = 0;
     for (const piece of pieces) {
       const part = data.subarray(at, at + piece.length);
-      if (piece.bytes) piece.bytes.set(part);
-      else {
+      if (piece.bytes) {
+        checkBacking(piece);
+        piece.bytes.set(part);
+      } else {
         for (let done = 0; done < piece.length; ) {
           const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
           const chunk = Buffer.from(part.subarray(done, done + n));
@@ -504,13 +607,48 @@ export class Connection implements DeviceHost {
     if (error && !(error instanceof ProtocolError)) this.log.warn(`connection closed: ${error.message}`);
     for (const q of this.queue) closeAll(q.fds);
     this.queue = [];
+    this.queuedBytes = 0;
+    clearTimeout(this.running?.timer);
+    this.running = undefined;
     for (const w of this.outstanding.values()) w.reject(new DmaError('the client disconnected'));
     this.outstanding.clear();
     this.dma.unmapAll();
     this.irqs.releaseAll();
+    for (const region of this.device.regions) if (region.mmap) this.keepSharedMemoryQuietly(region);
     this.device.attach(undefined);
     const cb = this.onClosed;
     this.onClosed = undefined;
     cb?.();
+  }
+}
+
+/** The client's capabilities; JSON that defeats the parser (nested past the stack, say) is the client's mistake too. */
+function capabilitiesOf(json: string | undefined): Capabilities {
+  try {
+    return parseCapabilities(json);
+  } catch (e) {
+    if (e instanceof ProtocolError) throw e;
+    throw new ProtocolError('EINVAL', `VERSION capabilities cannot be read: ${(e as Error).message}`);
+  }
+}
+
+/** What a command was, for a log line: region accesses say where and how much. */
+function describe(h: Header, p: Buffer): string {
+  const what = `${commandName(h.command)} #${h.id}`;
+  if ((h.command !== Command.REGION_READ && h.command !== Command.REGION_WRITE) || p.length < msg.REGION_ACCESS_SIZE) return what;
+  const offset = p.readBigUInt64LE(0);
+  const region = p.readUInt32LE(8);
+  const count = p.readUInt32LE(12);
+  const name = region <= RegionIndex.BAR5 ? `BAR${region}` : region === RegionIndex.CONFIG ? 'config space' : `region ${region}`;
+  return `${what} (${h.command === Command.REGION_READ ? 'read' : 'write'} of ${count} bytes at ${name} offset 0x${offset.toString(16)})`;
+}
+
+/** A thrown value as text; device code may throw anything, even objects that refuse to become strings. */
+function explain(e: unknown): string {
+  if (e instanceof Error) return e.stack ?? e.message;
+  try {
+    return `${String(e)} (thrown, not an Error)`;
+  } catch {
+    return 'a value that cannot be shown (thrown, not an Error)';
   }
 }

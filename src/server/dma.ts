@@ -4,7 +4,7 @@
  */
 import { fstatSync } from 'node:fs';
 import { DmaFlag } from '../protocol/constants.js';
-import { check } from '../protocol/errors.js';
+import { check, ProtocolError } from '../protocol/errors.js';
 import type { DmaMap } from '../protocol/messages.js';
 import { native } from '../transport/native.js';
 import { closeAll } from '../transport/channel.js';
@@ -18,10 +18,12 @@ export interface DmaMapping {
   /** The client's descriptor and our mapping of it; absent for ranges reached by DMA_READ/DMA_WRITE messages. */
   fd?: number;
   bytes?: Buffer;
+  /** For a regular file: the file size the mapping needs (offset + size), checked before each access. */
+  fileEnd?: bigint;
 }
 
-/** One piece of a DMA access: a mapped slice, or a range to move by message. */
-export type DmaPiece = { iova: bigint; length: number; bytes?: Buffer };
+/** One piece of a DMA access: a mapped slice (with its mapping), or a range to move by message. */
+export type DmaPiece = { iova: bigint; length: number; bytes?: Buffer; mapping?: DmaMapping };
 
 const U64_END = 1n << 64n;
 
@@ -54,16 +56,19 @@ export class DmaMapTable {
     if (fd !== undefined) {
       check(m.offset % page === 0n, 'EINVAL', `DMA_MAP file offset 0x${m.offset.toString(16)} must be a multiple of ${this.pageSize}`);
       const st = fstatSync(fd);
+      // Guest memory is a file (memfd, tmpfs, hugetlbfs) or a memory character device (device DAX).
+      // Sockets, pipes, eventfds and block devices are not, and a block device's end cannot be checked.
+      check(st.isFile() || st.isCharacterDevice(), 'EINVAL', 'DMA_MAP descriptor is not a memory file');
       // Touching a mapping past the end of the file would kill this process with SIGBUS.
       check(
-        !(st.isFile() || st.size > 0) || m.offset + m.size <= BigInt(st.size),
+        !st.isFile() || m.offset + m.size <= BigInt(st.size),
         'EINVAL',
         `DMA_MAP range 0x${m.offset.toString(16)}+0x${m.size.toString(16)} runs past the end of its ${st.size}-byte file`,
       );
       check(m.size <= BigInt(Number.MAX_SAFE_INTEGER), 'EINVAL', 'DMA_MAP range is too large to map');
-      const ab = native.mmap(fd, Number(m.offset), Number(m.size), (m.flags & DmaFlag.WRITE) !== 0);
+      mapping.bytes = mapClientMemory(fd, m);
       mapping.fd = fd;
-      mapping.bytes = Buffer.from(ab);
+      if (st.isFile()) mapping.fileEnd = m.offset + m.size;
     }
     this.maps.splice(at, 0, mapping);
     return mapping;
@@ -105,7 +110,7 @@ export class DmaMapTable {
       }
       const n = min(left, m.iova + m.size - at);
       const offset = Number(at - m.iova);
-      pieces.push({ iova: at, length: Number(n), bytes: m.bytes?.subarray(offset, offset + Number(n)) });
+      pieces.push({ iova: at, length: Number(n), bytes: m.bytes?.subarray(offset, offset + Number(n)), mapping: m.bytes ? m : undefined });
       at += n;
       left -= n;
     }
@@ -127,6 +132,39 @@ export class DmaMapTable {
       else hi = mid;
     }
     return lo;
+  }
+}
+
+/**
+ * Throws DmaError unless the piece's memory can be touched now. The client
+ * keeps its descriptor and may shrink the file under our mapping; touching a
+ * page past the new end would kill this process with SIGBUS. Call it right
+ * before each copy, with no await in between.
+ */
+export function checkBacking(piece: DmaPiece): void {
+  const m = piece.mapping;
+  if (!m || m.fileEnd === undefined) return;
+  if (m.fd === undefined || !m.bytes || m.bytes.length === 0) throw new DmaError(`DMA at 0x${piece.iova.toString(16)}: the range was unmapped`);
+  const size = fstatSync(m.fd, { bigint: true }).size;
+  if (size < m.fileEnd) {
+    throw new DmaError(`DMA at 0x${piece.iova.toString(16)}: the client shrank the file behind its DMA map to ${size} bytes, below the ${m.fileEnd} the map needs`);
+  }
+}
+
+/** mmap of a client's descriptor; a refusal by the kernel is the client's mistake, answered EINVAL. */
+function mapClientMemory(fd: number, m: DmaMap): Buffer {
+  let ab: ArrayBuffer;
+  try {
+    ab = native.mmap(fd, Number(m.offset), Number(m.size), (m.flags & DmaFlag.WRITE) !== 0);
+  } catch (e) {
+    throw new ProtocolError('EINVAL', `DMA_MAP cannot map the descriptor: ${(e as Error).message}`);
+  }
+  try {
+    return Buffer.from(ab);
+  } catch (e) {
+    // Longer than a Buffer may be on this Node.js.
+    native.munmap(ab);
+    throw new ProtocolError('EINVAL', `DMA_MAP range of ${m.size} bytes cannot be mapped here: ${(e as Error).message}`);
   }
 }
 

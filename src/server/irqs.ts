@@ -2,6 +2,7 @@
  * The interrupt eventfds a client set with DEVICE_SET_IRQS, and the mask and
  * pending state of each vector, per VFIO interrupt index.
  */
+import { readFileSync, readlinkSync } from 'node:fs';
 import { IrqIndex, IrqSetFlag } from '../protocol/constants.js';
 import { check } from '../protocol/errors.js';
 import type { SetIrqs } from '../protocol/messages.js';
@@ -15,6 +16,27 @@ interface Vector {
 }
 
 const INDEX_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];
+const O_NONBLOCK = 0o4000;
+
+/**
+ * A trigger must be a non-blocking eventfd: we write 8 bytes to it on every
+ * interrupt, on the event loop. Into a pipe, socket or file that write
+ * corrupts the client's stream or blocks; on a blocking eventfd whose counter
+ * the client ran up to the maximum it blocks this process for good.
+ * (QEMU's event notifiers are non-blocking eventfds.)
+ */
+function checkEventfd(fd: number): void {
+  let kind = '';
+  let flags = 0;
+  try {
+    kind = readlinkSync(`/proc/self/fd/${fd}`);
+    flags = parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? '0', 8);
+  } catch {
+    // An unreadable descriptor is refused below like any other non-eventfd.
+  }
+  check(kind === 'anon_inode:[eventfd]', 'EINVAL', `DEVICE_SET_IRQS descriptor is ${kind || 'unknown'}, not an eventfd`);
+  check((flags & O_NONBLOCK) !== 0, 'EINVAL', 'DEVICE_SET_IRQS eventfd must be non-blocking (EFD_NONBLOCK)');
+}
 
 export class IrqTable {
   private readonly vectors: Vector[][];
@@ -48,6 +70,7 @@ export class IrqTable {
     if (dataType === IrqSetFlag.DATA_EVENTFD) {
       check(fds.length === 0 || fds.length === s.count, 'EINVAL', `DEVICE_SET_IRQS for ${s.count} vectors carries ${fds.length} descriptors`);
       check(action === IrqSetFlag.ACTION_TRIGGER, 'EINVAL', 'only ACTION_TRIGGER takes eventfds');
+      fds.forEach(checkEventfd);
       for (let i = 0; i < s.count; i++) {
         const v = vectors[s.start + i];
         if (v.trigger !== undefined) closeAll([v.trigger]);

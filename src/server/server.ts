@@ -43,6 +43,7 @@ export class Server {
       maxDataXferSize: options.maxDataXferSize ?? defaultLimits.maxDataXferSize,
       maxDmaMaps: options.maxDmaMaps ?? defaultLimits.maxDmaMaps,
       maxQueuedCommands: options.maxQueuedCommands ?? defaultLimits.maxQueuedCommands,
+      handlerTimeoutMs: options.handlerTimeoutMs ?? defaultLimits.handlerTimeoutMs,
     };
     removeStaleSocket(this.socket);
     try {

@@ -35,9 +35,18 @@ export interface ChannelEvents {
 export interface ChannelOptions {
   /** Largest message accepted, header included. */
   maxMessageSize: number;
+  /**
+   * Output bytes the peer has not taken yet above which no further message is
+   * read or dispatched, until the peer catches up. Without it a peer that
+   * sends requests and never reads the replies makes us buffer without bound.
+   * Default: no limit.
+   */
+  maxPendingOutput?: number;
 }
 
 const MAX_FDS_PER_READ = 253; // SCM_MAX_FD
+/** A message carries at most SCM_MAX_FD descriptors; more waiting for unfinished messages means a peer hoarding our descriptor table. */
+const MAX_PENDING_FDS = MAX_FDS_PER_READ;
 const INITIAL_BUFFER = 256 * 1024;
 
 export class Channel {
@@ -61,11 +70,16 @@ export class Channel {
   private corks = 0;
   private wantWritable = false;
   private isClosed = false;
+  private readonly outputLimit: number;
+  /** Reading and dispatching paused until the peer takes our output (see maxPendingOutput). */
+  private throttled = false;
+  private resumeQueued = false;
 
   constructor(fd: number, events: ChannelEvents, options: ChannelOptions) {
     this.fd = fd;
     this.events = events;
     this.maxMessageSize = options.maxMessageSize;
+    this.outputLimit = options.maxPendingOutput ?? Infinity;
     this.poll = native.poll(fd, native.READABLE, (ev) => this.onPoll(ev));
   }
 
@@ -146,26 +160,63 @@ export class Channel {
         n = native.sendmsg(this.fd, this.tx, this.txStart, stop - this.txStart, null);
       }
       if (n < 0) {
-        if (n === -native.errno.EAGAIN) return this.waitWritable(true);
+        if (n === -native.errno.EAGAIN) {
+          this.waitWritable(true);
+          return this.resumeIfDrained();
+        }
         return this.close(new Error(`sendmsg on the vfio-user socket failed: ${errnoText(-n)}`));
       }
       this.txStart += n;
     }
     if (this.txStart === this.txEnd) this.txStart = this.txEnd = 0;
     this.waitWritable(false);
+    this.resumeIfDrained();
   }
 
   private waitWritable(on: boolean): void {
     if (on === this.wantWritable || this.isClosed) return;
     this.wantWritable = on;
-    this.poll.update(on ? native.READABLE | native.WRITABLE : native.READABLE);
+    this.updatePoll();
+  }
+
+  private updatePoll(): void {
+    this.poll.update((this.throttled ? 0 : native.READABLE) | (this.wantWritable ? native.WRITABLE : 0));
+  }
+
+  /** Whether the peer has left so much output untaken that we stop taking its input (output is flushed first). */
+  private overOutputLimit(): boolean {
+    if (this.txEnd - this.txStart <= this.outputLimit) return false;
+    this.flush();
+    return !this.isClosed && this.txEnd - this.txStart > this.outputLimit;
+  }
+
+  private throttle(): void {
+    this.throttled = true;
+    this.updatePoll();
+  }
+
+  /**
+   * Once the peer has taken enough output, takes up the messages left in the
+   * receive buffer, and reading. Deferred, because flush() runs inside
+   * dispatch and inside the callee's sends.
+   */
+  private resumeIfDrained(): void {
+    if (!this.throttled || this.resumeQueued || this.txEnd - this.txStart > this.outputLimit) return;
+    this.resumeQueued = true;
+    setImmediate(() => {
+      this.resumeQueued = false;
+      if (this.isClosed || !this.throttled || this.txEnd - this.txStart > this.outputLimit) return;
+      this.throttled = false;
+      this.updatePoll();
+      this.dispatch();
+    });
   }
 
   private onPoll(events: number): void {
     if (this.isClosed) return;
     if (events < 0) return this.close(new Error(`polling the vfio-user socket failed: status ${events}`));
     if (events & native.WRITABLE) this.flush();
-    if (events & native.READABLE) this.receive();
+    if (events & native.READABLE && !this.throttled) this.receive();
   }
 
   private receive(): void {
@@ -182,8 +233,13 @@ export class Channel {
       this.end += n;
       if (fds) this.pendingFds.push({ at: this.base + this.lastMessageStart(), fds });
       this.dispatch();
+      if (this.isClosed) return;
+      if (this.pendingFdCount() > MAX_PENDING_FDS) {
+        // A plain Error, so that the owner logs why the connection went.
+        return this.close(new Error(`peer sent more than ${MAX_PENDING_FDS} descriptors for messages it has not finished`));
+      }
       // A full buffer may hide more bytes; otherwise wait for the next readiness.
-      if (this.isClosed || this.end < this.rx.length) return;
+      if (this.throttled || this.end < this.rx.length) return;
     }
   }
 
@@ -196,6 +252,12 @@ export class Channel {
       if (size < HEADER_SIZE || s + size >= this.end) return s;
       s += size;
     }
+  }
+
+  private pendingFdCount(): number {
+    let n = 0;
+    for (const p of this.pendingFds) n += p.fds.length;
+    return n;
   }
 
   private takeFds(position: number): number[] {
@@ -213,6 +275,10 @@ export class Channel {
     let broken: { header: Header; error: ProtocolError } | undefined;
     this.cork();
     while (!this.isClosed && this.end - this.start >= HEADER_SIZE) {
+      if (this.overOutputLimit()) {
+        this.throttle();
+        break;
+      }
       const size = get32(this.rx, this.start + 4);
       if (size < HEADER_SIZE || size > this.maxMessageSize) {
         const error =
