@@ -518,7 +518,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 
 /* memfd(name, size) -> fd */
 static napi_value js_memfd(napi_env env, napi_callback_info info) {
-  GET_ARGS(2);
+  GET_ARGS(3);
   char name[256];
   size_t name_len;
   uint64_t size;
@@ -538,7 +538,16 @@ static napi_value js_memfd(napi_env env, napi_callback_info info) {
     return NULL;
   }
 
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  bool sealed = false;
+  napi_valuetype t;
+  NAPI_OR_THROW(env, napi_typeof(env, argv[2], &t));
+  if (t != napi_undefined &&
+      napi_get_value_bool(env, argv[2], &sealed) != napi_ok) {
+    throw_type(env, "sealed must be a boolean");
+    return NULL;
+  }
+
+  int fd = memfd_create(name, MFD_CLOEXEC | (sealed ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) {
     throw_errno(env, errno, "memfd_create", NULL);
     return NULL;
@@ -547,10 +556,14 @@ static napi_value js_memfd(napi_env env, napi_callback_info info) {
   do
     r = ftruncate(fd, (off_t)size);
   while (r < 0 && errno == EINTR);
+  /* Sealed: nobody holding the descriptor can resize it any more, so a
+   * mapping of it can never lose pages under us (no SIGBUS). */
+  if (r == 0 && sealed)
+    r = fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
   if (r < 0) {
     int err = errno;
     close(fd);
-    throw_errno(env, err, "ftruncate", NULL);
+    throw_errno(env, err, sealed ? "memfd seal" : "ftruncate", NULL);
     return NULL;
   }
   return make_int(env, fd);
@@ -607,6 +620,17 @@ static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
   while (n < 0 && errno == EINTR);
   if (n < 0) return make_int(env, -errno);
   return make_int(env, n == sizeof value ? 0 : -EIO);
+}
+
+/* seals(fd) -> the F_GET_SEALS bits (F_SEAL_SHRINK = 2, ...) or -errno.
+ * A file sealed against shrinking cannot be cut under a mapping of it, so
+ * the server need not check its size before each access. */
+static napi_value js_seals(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", &fd)) return NULL;
+  int seals = fcntl(fd, F_GET_SEALS);
+  return make_int(env, seals < 0 ? -errno : seals);
 }
 
 /* ------------------------------------------------------------------ mmap */
@@ -1068,6 +1092,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("eventfd", js_eventfd, NULL),
       METHOD("eventfdRead", js_eventfd_read, NULL),
       METHOD("eventfdWrite", js_eventfd_write, NULL),
+      METHOD("seals", js_seals, NULL),
       METHOD("mmap", js_mmap, NULL),
       METHOD("munmap", js_munmap, NULL),
       VALUE("READABLE", readable),

@@ -423,7 +423,8 @@ export class Client {
     const flags = options.flags ?? DmaFlag.READ | DmaFlag.WRITE;
     let mem: GuestMemory;
     if (shared) {
-      const fd = native.memfd('muser-guest-memory', size);
+      // Sealed, as QEMU's memory-backend-memfd is by default.
+      const fd = native.memfd('muser-guest-memory', size, true);
       mem = { iova: BigInt(iova), size, bytes: Buffer.from(native.mmap(fd, 0, size, true)), fd };
     } else {
       mem = { iova: BigInt(iova), size, bytes: Buffer.alloc(size) };

@@ -351,7 +351,8 @@ function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<B
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);
     }
   }
-  const fd = native.memfd(`muser:${name}:bar${index}`, size);
+  // Sealed against resizing: the client gets this descriptor and must not be able to cut pages from under the device.
+  const fd = native.memfd(`muser:${name}:bar${index}`, size, true);
   const bytes = Buffer.from(native.mmap(fd, 0, size, true));
   return { fd, bytes, areas };
 }

@@ -8,7 +8,6 @@
  * replies from the client keep being processed, so a handler may await DMA
  * messages without deadlock.
  */
-import { fstatSync, ftruncateSync } from 'node:fs';
 import {
   Command,
   commandName,
@@ -31,7 +30,7 @@ import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
-import type { PciDevice, RegionLayout } from '../device/device.js';
+import type { PciDevice } from '../device/device.js';
 import { checkBacking, DmaMapTable } from './dma.js';
 import { IrqTable } from './irqs.js';
 import type { Logger } from './log.js';
@@ -427,19 +426,6 @@ export class Connection implements DeviceHost {
     if (a.offset + a.count > region.size) {
       throw new ProtocolError('EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
     }
-    if (region.mmap) this.keepSharedMemory(region);
-  }
-
-  /**
-   * The client holds the descriptor of a memory BAR and may shrink the file;
-   * touching a page past its end would kill this process with SIGBUS, so the
-   * size is put back before the device touches it (the cut-off bytes read as zero).
-   */
-  private keepSharedMemory(region: RegionLayout): void {
-    const fd = region.mmap!.fd;
-    if (fstatSync(fd).size >= region.size) return;
-    this.log.warn(`client shrank the shared memory of region ${region.index}; restored its ${region.size} bytes, the cut-off part reads as zero`);
-    ftruncateSync(fd, region.size);
   }
 
   private regionRead(h: Header, p: Buffer): Promise<void> | void {
@@ -497,15 +483,6 @@ export class Connection implements DeviceHost {
     // The payload is a view of the receive buffer: keep a copy if a handler goes asynchronous.
     for (const w of writes) w.data = Buffer.from(w.data);
     return next();
-  }
-
-  /** keepSharedMemory where nobody waits for an answer: a failure is only logged. */
-  private keepSharedMemoryQuietly(region: RegionLayout): void {
-    try {
-      this.keepSharedMemory(region);
-    } catch (e) {
-      this.log.error(`${this.device.name}: cannot restore the shared memory of region ${region.index}: ${(e as Error).message}`);
-    }
   }
 
   // ---------------------------------------------------------------- replies
@@ -614,7 +591,6 @@ export class Connection implements DeviceHost {
     this.outstanding.clear();
     this.dma.unmapAll();
     this.irqs.releaseAll();
-    for (const region of this.device.regions) if (region.mmap) this.keepSharedMemoryQuietly(region);
     this.device.attach(undefined);
     const cb = this.onClosed;
     this.onClosed = undefined;

@@ -26,6 +26,7 @@ export interface DmaMapping {
 export type DmaPiece = { iova: bigint; length: number; bytes?: Buffer; mapping?: DmaMapping };
 
 const U64_END = 1n << 64n;
+const F_SEAL_SHRINK = 2;
 
 export class DmaMapTable {
   /** Sorted by iova, never overlapping. */
@@ -56,19 +57,21 @@ export class DmaMapTable {
     if (fd !== undefined) {
       check(m.offset % page === 0n, 'EINVAL', `DMA_MAP file offset 0x${m.offset.toString(16)} must be a multiple of ${this.pageSize}`);
       const st = fstatSync(fd);
-      // Guest memory is a file (memfd, tmpfs, hugetlbfs) or a memory character device (device DAX).
-      // Sockets, pipes, eventfds and block devices are not, and a block device's end cannot be checked.
-      check(st.isFile() || st.isCharacterDevice(), 'EINVAL', 'DMA_MAP descriptor is not a memory file');
+      // Guest memory must be a regular file (memfds, shared memory, hugetlbfs): their end can be checked. A device file
+      // such as /dev/zero maps without complaint and then faults with SIGBUS.
+      check(st.isFile(), 'EINVAL', 'DMA_MAP descriptor is not a memory file');
       // Touching a mapping past the end of the file would kill this process with SIGBUS.
       check(
-        !st.isFile() || m.offset + m.size <= BigInt(st.size),
+        m.offset + m.size <= BigInt(st.size),
         'EINVAL',
         `DMA_MAP range 0x${m.offset.toString(16)}+0x${m.size.toString(16)} runs past the end of its ${st.size}-byte file`,
       );
       check(m.size <= BigInt(Number.MAX_SAFE_INTEGER), 'EINVAL', 'DMA_MAP range is too large to map');
       mapping.bytes = mapClientMemory(fd, m);
       mapping.fd = fd;
-      if (st.isFile()) mapping.fileEnd = m.offset + m.size;
+      // A memfd sealed against shrinking (QEMU seals its guest memory) cannot be cut under us; others are checked before each access.
+      const seals = native.seals(fd);
+      if (seals < 0 || (seals & F_SEAL_SHRINK) === 0) mapping.fileEnd = m.offset + m.size;
     }
     this.maps.splice(at, 0, mapping);
     return mapping;

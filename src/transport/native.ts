@@ -69,14 +69,20 @@ export interface Native {
   poll(fd: number, events: number, cb: PollCallback): PollHandle;
   /** close(fd); throws on EBADF. */
   close(fd: number): void;
-  /** memfd_create(name, MFD_CLOEXEC) then ftruncate(size). Throws. */
-  memfd(name: string, size: number): number;
+  /**
+   * memfd_create(name, MFD_CLOEXEC) then ftruncate(size). With `sealed`, also
+   * F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: no holder of the descriptor can
+   * resize it again. Throws.
+   */
+  memfd(name: string, size: number, sealed?: boolean): number;
   /** eventfd(initval, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0)). Throws. */
   eventfd(initval: number, nonblock: boolean): number;
   /** Read an eventfd's counter (exact up to 2^53), or -errno (-EAGAIN). */
   eventfdRead(fd: number): number;
   /** Add value to an eventfd's counter. Returns 0 or -errno. */
   eventfdWrite(fd: number, value: number): number;
+  /** fcntl(fd, F_GET_SEALS): the seal bits (F_SEAL_SHRINK is 2), or -errno (-EINVAL for a file that cannot be sealed). */
+  seals(fd: number): number;
   /**
    * mmap(NULL, length, PROT_READ|(writable?PROT_WRITE:0), MAP_SHARED, fd,
    * offset) as an external ArrayBuffer, unmapped by munmap() or else by its
