@@ -145,6 +145,8 @@ export class Client {
   /** Requests awaiting a reply, by message ID; IDs are handed out in order, so `oldest` walks forward. */
   private readonly pending: (Pending | undefined)[] = new Array(0x10000);
   private oldest = 0;
+  /** Requests waiting; while there are any, the socket keeps the process alive (an idle client does not). */
+  private waiting = 0;
   private readonly memory: GuestMemory[] = [];
   private readonly interrupts: Interrupt[] = [];
   private readonly timeout: number;
@@ -218,6 +220,7 @@ export class Client {
     const promise = new Promise<T>((resolve, reject) => {
       this.pending[id] = { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 };
     });
+    if (this.waiting++ === 0) this.channel.ref();
     if (this.timeout > 0 && !this.timer) this.armTimer();
     return promise;
   }
@@ -261,12 +264,17 @@ export class Client {
       this.timer = undefined;
       const now = Date.now();
       for (let p = this.oldestPending(); p && p.deadline <= now; p = this.oldestPending()) {
-        this.pending[this.oldest] = undefined;
+        this.settled(this.oldest);
         p.reject(new Error(`${commandName(p.command)} #${this.oldest}: no reply within ${this.timeout} ms`));
       }
       this.armTimer();
     }, Math.max(0, oldest.deadline - Date.now()));
     this.timer.unref();
+  }
+
+  private settled(id: number): void {
+    this.pending[id] = undefined;
+    if (--this.waiting === 0 && !this.channel.closed) this.channel.unref();
   }
 
   /** The oldest request still waiting, with `oldest` moved up to it. */
@@ -282,7 +290,7 @@ export class Client {
       closeAll(fds);
       return;
     }
-    this.pending[h.id] = undefined;
+    this.settled(h.id);
     if (h.flags & Flag.ERROR) {
       closeAll(fds);
       return entry.reject(new VfioUserError(h.command, h.error));
@@ -297,7 +305,7 @@ export class Client {
   private onClosed(error?: Error): void {
     this.closeError = new Error(`the server closed the connection${error ? `: ${error.message}` : ''}`);
     for (let p = this.oldestPending(); p; p = this.oldestPending()) {
-      this.pending[this.oldest] = undefined;
+      this.settled(this.oldest);
       p.reject(this.closeError);
     }
     if (this.timer) clearTimeout(this.timer);

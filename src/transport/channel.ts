@@ -214,7 +214,12 @@ export class Channel {
 
   private onPoll(events: number): void {
     if (this.isClosed) return;
-    if (events < 0) return this.close(new Error(`polling the vfio-user socket failed: status ${events}`));
+    if (events < 0) {
+      // libuv reports a peer that went away (POLLERR/POLLHUP after a reset) as a poll error:
+      // take what it sent before going, then close as for any hang-up.
+      this.receive();
+      return this.close();
+    }
     if (events & native.WRITABLE) this.flush();
     if (events & native.READABLE && !this.throttled) this.receive();
   }
