@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # The real-VM end-to-end test (npm run test:e2e): provisions QEMU and a guest
-# kernel (cached), builds the initramfses, then boots a Linux guest twice, each
-# time against a freshly started muser server on a socket in a temporary folder:
+# kernel (cached), builds the initramfses, then boots a Linux guest three times,
+# each time against a freshly started muser server on a socket in a temporary
+# folder:
 #
 #   gpio    the PCI-IDIO-16 sample (dist/samples/gpio-pci-idio-16/index.js),
 #           driven by Linux's gpio-pci-idio-16 driver (guest-gpio.sh); then the
@@ -10,6 +11,13 @@
 #           before QEMU connected, and still serve a new client.
 #   config  test/fixtures/fidelity-device.ts; the guest prints its config space
 #           (guest-config.sh) and host-check.js compares it with the declared one.
+#   nvme    the NVMe sample (dist/samples/nvme/index.js) on a 64 MiB backing file
+#           holding a host-written pattern; Linux's nvme driver binds, and the
+#           guest (guest-nvme.sh) reads that pattern, writes another with
+#           O_DIRECT in 1 MiB and 4 KiB requests, discards half a MiB, syncs and
+#           powers off (the driver's shutdown makes the device fsync); then
+#           the backing file must hold what the guest wrote, and the server
+#           checks of gpio follow.
 #
 # Prints one "ok <what>" or "FAIL <what>: expected .. got .." line per check and
 # the time of each phase. On a failure it prints the guest console, the
@@ -22,9 +30,9 @@
 # empty cache) it says so loudly and exits 0, except in CI (CI=true), where that
 # is a failure: in CI it never skips.
 #
-# Usage: scripts/e2e/run.sh [--keep] [--only gpio|config]
+# Usage: scripts/e2e/run.sh [--keep] [--only gpio|config|nvme]
 #   --keep    keep the work folder (logs, initramfses) even when all checks pass
-#   --only T  run one of the two guest tests (npm run demo -- --vm runs gpio)
+#   --only T  run one of the three guest tests (npm run demo -- --vm runs gpio)
 # Environment:
 #   MUSER_CACHE          cache folder of provision.sh (default: ~/.cache/muser)
 #   MUSER_E2E_TIMEOUT    seconds one boot may take before QEMU is killed (default 300)
@@ -41,17 +49,17 @@ usage() {
 }
 
 keep=0
-tests=(gpio config)
+tests=(gpio config nvme)
 while (($#)); do
   case $1 in
     --keep) keep=1 ;;
     --only)
-      [[ ${2:-} == gpio || ${2:-} == config ]] || die "--only takes gpio or config" "usage: $0 [--keep] [--only gpio|config]"
+      [[ ${2:-} == gpio || ${2:-} == config || ${2:-} == nvme ]] || die "--only takes gpio, config or nvme" "usage: $0 [--keep] [--only gpio|config|nvme]"
       tests=("$2")
       shift
       ;;
     -h | --help) usage; exit 0 ;;
-    *) die "unknown argument: $1" "usage: $0 [--keep] [--only gpio|config]" ;;
+    *) die "unknown argument: $1" "usage: $0 [--keep] [--only gpio|config|nvme]" ;;
   esac
   shift
 done
@@ -134,6 +142,7 @@ cannot_run() {
 cli=$root/dist/src/cli/main.js
 gpio_module=$root/dist/samples/gpio-pci-idio-16/index.js
 fidelity_module=$root/dist/test/fixtures/fidelity-device.js
+nvme_module=$root/dist/samples/nvme/index.js
 host_check_js=$root/dist/scripts/e2e/host-check.js
 
 if [[ ! -f $cli ]]; then
@@ -144,7 +153,7 @@ if [[ ! -f $root/build/Release/muser.node ]]; then
   printf 'FAIL e2e: the native addon build/Release/muser.node is missing: run npm install first\n'
   exit 1
 fi
-for file in "$gpio_module" "$fidelity_module" "$host_check_js"; do
+for file in "$gpio_module" "$fidelity_module" "$nvme_module" "$host_check_js"; do
   if [[ ! -f $file ]]; then
     printf 'FAIL e2e: %s is missing: run npm run build (dist/ is older than the e2e sources)\n' "${file#"$root"/}"
     exit 1
@@ -196,7 +205,15 @@ phase_end provision
 # --------------------------------------------------------------- initramfs --
 phase_begin initramfs
 for t in "${tests[@]}"; do
-  if ! "$here/initramfs.sh" "$here/guest-$t.sh" "$work/$t.cpio.gz"; then
+  extra=()
+  if [[ $t == nvme ]]; then
+    # Two 1 MiB patterns: A goes into the backing file before boot, for the
+    # guest to read; B is what the guest writes.
+    head -c 1048576 /dev/urandom >"$work/pattern-a.bin"
+    head -c 1048576 /dev/urandom >"$work/pattern-b.bin"
+    extra=("$work/pattern-a.bin:/pattern-a.bin" "$work/pattern-b.bin:/pattern-b.bin")
+  fi
+  if ! "$here/initramfs.sh" "$here/guest-$t.sh" "$work/$t.cpio.gz" "${extra[@]}"; then
     failed "building the $t initramfs" "an archive" "initramfs.sh failing (see its messages above)"
     exit 1
   fi
@@ -441,6 +458,77 @@ config_test() {
   host_check config "$fidelity_module" "$console"
 
   check_server_after_qemu "$fds_before" config
+  stop_server "$socket"
+}
+
+# ------------------------------------------------------------ test: nvme --
+# Whether $2 bytes of file $1 at byte $3 equal those of file $4 at byte $5 (offsets and sizes in 64 KiB units).
+same_bytes() {
+  cmp -s <(dd if="$1" bs=65536 skip=$(($3 / 65536)) count=$(($2 / 65536)) status=none) \
+    <(dd if="$4" bs=65536 skip=$(($5 / 65536)) count=$(($2 / 65536)) status=none)
+}
+
+nvme_test() {
+  local socket=$work/nvme.sock disk=$work/nvme-disk.img fds_before line bar0 start size type mib=1048576
+  # The backing file: 64 MiB, sparse, with pattern A at 8 MiB.
+  rm -f "$disk"
+  truncate -s $((64 * mib)) "$disk"
+  dd if="$work/pattern-a.bin" of="$disk" bs=$mib seek=8 conv=notrunc status=none
+  export MUSER_NVME_FILE=$disk MUSER_NVME_SIZE=64M
+  start_server "$nvme_module" "$socket" || { unset MUSER_NVME_FILE MUSER_NVME_SIZE; return 0; }
+  unset MUSER_NVME_FILE MUSER_NVME_SIZE
+  fds_before=$(steady_fds "$server_pid")
+  fd_listing "$server_pid" >"$work/nvme-fds-before.txt"
+  printf 'note server descriptors before QEMU connects: %s\n' "$fds_before"
+
+  boot_guest nvme "$socket"
+
+  line=$(console_check pci)
+  expect "guest: device enumerated as 1de5:4e56, class 010802" "vendor=0x1de5 device=0x4e56 class=0x010802" \
+    "$(sed -n 's/^[^ ]* \(vendor=[^ ]* device=[^ ]* class=[^ ]*\).*/\1/p' <<<"$line")" "MUSER-CHECK pci $line"
+  bar0=$(console_check 'bar 0')
+  start=$(sed -n 's/.*start=\([^ ]*\).*/\1/p' <<<"$bar0")
+  size=$(sed -n 's/.*size=\([^ ]*\).*/\1/p' <<<"$bar0")
+  type=$(sed -n 's/.*type=\([^ ]*\).*/\1/p' <<<"$bar0")
+  if [[ -n $start && $start != 0x0 ]]; then start=assigned; fi
+  expect "guest: BAR0 assigned, 16 KiB of 64-bit memory" "assigned size=0x4000 type=mem64" "${start:-none} size=${size:-none} type=${type:-none}" \
+    "MUSER-CHECK bar 0 $bar0"
+  expect "guest: driver bound" "nvme" "$(console_check driver)" "MUSER-CHECK driver $(console_check driver)"
+  line=$(console_check disk)
+  expect "guest: namespace of 64 MiB in 512-byte blocks" "size=67108864 logical-block=512" \
+    "$(sed -n 's/^[^ ]* \(size=[^ ]* logical-block=[^ ]*\).*/\1/p' <<<"$line")" "MUSER-CHECK disk $line"
+  line=$(console_check irqs)
+  if [[ $line =~ ^[0-9]+\ .*nvme0q0:PCI-MSIX.*nvme0q1:PCI-MSIX ]]; then
+    ok "guest: admin and I/O queue interrupts are MSI-X: MUSER-CHECK irqs $line"
+  else
+    failed "guest: queue interrupts" "nvme0q0 and nvme0q1 on PCI-MSIX" "${line:-no irqs line}"
+  fi
+  for what in read-host write-1m write-4k discard; do
+    line=$(console_check "$what")
+    expect "guest: $what" ok "$line" "MUSER-CHECK $what $line"
+  done
+  if console_done; then
+    ok "guest: MUSER-CHECK done"
+  else
+    guest_failure=$(console_check fail)
+    failed "guest" "MUSER-CHECK done" "${guest_failure:+MUSER-CHECK fail }${guest_failure:-no done line}"
+  fi
+
+  if grep -q '^nvme: shutdown complete' "$server_out"; then
+    ok "server: the guest shut the controller down: $(grep -m1 '^nvme: shutdown complete' "$server_out")"
+  else
+    failed "server: controller shutdown" "a 'nvme: shutdown complete' line" "none"
+  fi
+  # What the guest wrote is in the backing file.
+  expect "backing file: pattern B at 16 MiB (1 MiB writes)" same "$(same_bytes "$disk" $mib $((16 * mib)) "$work/pattern-b.bin" 0 && echo same || echo different)"
+  expect "backing file: pattern B at 32 MiB (4 KiB writes)" same "$(same_bytes "$disk" $mib $((32 * mib)) "$work/pattern-b.bin" 0 && echo same || echo different)"
+  expect "backing file: zeros at 40 MiB (discarded half)" same "$(same_bytes "$disk" $((mib / 2)) $((40 * mib)) /dev/zero 0 && echo same || echo different)"
+  expect "backing file: pattern B's second half at 40.5 MiB" same \
+    "$(same_bytes "$disk" $((mib / 2)) $((40 * mib + mib / 2)) "$work/pattern-b.bin" $((mib / 2)) && echo same || echo different)"
+  expect "backing file: pattern A still at 8 MiB" same "$(same_bytes "$disk" $mib $((8 * mib)) "$work/pattern-a.bin" 0 && echo same || echo different)"
+
+  check_server_after_qemu "$fds_before" nvme
+  host_check client "$socket" 0x1de5
   stop_server "$socket"
 }
 

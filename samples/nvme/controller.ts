@@ -1,0 +1,864 @@
+/**
+ * The NVMe controller: BAR0 registers, the admin and I/O queues, command
+ * execution against the backing file, completions and interrupts. It knows
+ * the PCI function only through a ControllerHost (DMA and interrupts), so
+ * that the queue logic reads on its own.
+ *
+ * Flow of a command: the host writes an SQ tail doorbell; the register write
+ * only records the tail and schedules the queue (a microtask later), so the
+ * write is answered at once. The queue's drain loop copies entries from guest
+ * memory in batches and starts them in order: admin commands one after
+ * another, I/O commands without waiting for each other. Each finished command
+ * takes the next CQ slot at once (tail and phase advance synchronously, so
+ * concurrent commands never share a slot), is written to guest memory, and
+ * asks for the CQ's interrupt; interrupts go out once per CQ after the work of
+ * the current event-loop turn. A full CQ keeps completions in order in a
+ * backlog until the host moves its head. A controller reset bumps an epoch:
+ * work started before it posts nothing afterwards.
+ */
+import { BackingFile } from './backing.js';
+import {
+  activeNamespaceList,
+  errorLog,
+  firmwareSlotLog,
+  identifyCommonNamespace,
+  identifyController,
+  identifyNamespace,
+  IDENTIFY_SIZE,
+  namespaceDescriptors,
+  smartLog,
+  type ControllerIdentity,
+  type NamespaceIdentity,
+} from './identify.js';
+import { CommandError, gather, prpSegments, scatter, type Dma } from './prp.js';
+import {
+  AdminOpcode,
+  CC,
+  Cns,
+  CQE_SIZE,
+  CSTS,
+  decodeCommand,
+  encodeCompletion,
+  Feature,
+  Generic,
+  genericError,
+  IoOpcode,
+  LBA,
+  LBA_SHIFT,
+  LogPage,
+  OK,
+  PAGE,
+  Reg,
+  Specific,
+  specificError,
+  SQE_SIZE,
+  type Command,
+  type Completion,
+} from './spec.js';
+
+/** What the controller needs from the PCI function around it. */
+export interface ControllerHost extends Dma {
+  /** Whether MSI-X is enabled: one vector per CQ, and INTMS/INTMC do not apply. */
+  msixEnabled(): boolean;
+  /** Raises MSI-X `vector`, or (without MSI-X) the single INTx/MSI interrupt. */
+  interrupt(vector: number): void;
+  /** No completion is waiting: lowers INTx. */
+  interruptDone(): void;
+}
+
+export interface ControllerOptions {
+  backing: BackingFile;
+  /** I/O queue pairs the controller offers (Set Features, Number of Queues). */
+  ioQueues: number;
+  /** MSI-X vectors the function has (a CQ's vector must be below). */
+  vectors: number;
+  identity: ControllerIdentity;
+  namespace: Omit<NamespaceIdentity, 'blocks'>;
+  /** Warnings (a fatal controller state, a bad doorbell); default stderr. */
+  warn?: (message: string) => void;
+  /** State changes: enabled, reset, shut down. Default: dropped. */
+  info?: (message: string) => void;
+}
+
+/** Result of a command: status and DW0, or null for an Asynchronous Event Request left outstanding. */
+type Outcome = { status: number; result: number } | null;
+const done = (status: number, result = 0): Outcome => ({ status, result });
+
+class CompletionQueue {
+  head = 0;
+  tail = 0;
+  phase = 1;
+  /** Completions waiting for room, in order. */
+  readonly backlog: Completion[] = [];
+  /** Submission queues that post here. */
+  sqs = 0;
+  deleted = false;
+  constructor(
+    readonly id: number,
+    readonly base: bigint,
+    readonly size: number,
+    readonly vector: number,
+    readonly interrupts: boolean,
+  ) {}
+  get full(): boolean {
+    return (this.tail + 1) % this.size === this.head;
+  }
+  get pending(): boolean {
+    return this.head !== this.tail || this.backlog.length > 0;
+  }
+}
+
+class SubmissionQueue {
+  head = 0;
+  tail = 0;
+  /** The drain loop is running. */
+  running = false;
+  deleted = false;
+  /** Commands started and not yet completed. */
+  inflight = 0;
+  /** Called when the queue has no running loop and nothing in flight. */
+  idleWaiters: (() => void)[] = [];
+  constructor(
+    readonly id: number,
+    readonly base: bigint,
+    readonly size: number,
+    readonly cq: CompletionQueue,
+  ) {}
+  get idle(): boolean {
+    return !this.running && this.inflight === 0;
+  }
+  wakeIfIdle(): void {
+    if (this.idle) for (const w of this.idleWaiters.splice(0)) w();
+  }
+}
+
+/** Entries fetched from guest memory at once. */
+const FETCH_BATCH = 64;
+const CAP_TIMEOUT_500MS = 30; // CAP.TO: 15 s for CSTS.RDY (a guest under TCG is slow)
+
+export class NvmeController {
+  // Registers.
+  private cc = 0;
+  private csts = 0;
+  private aqa = 0;
+  private asq = 0n;
+  private acq = 0n;
+  private intms = 0;
+
+  private sqs: (SubmissionQueue | undefined)[] = [];
+  private cqs: (CompletionQueue | undefined)[] = [];
+  /** Bumped by every controller reset; work of an older epoch posts nothing. */
+  private epoch = 0;
+  /** Command IDs of outstanding Asynchronous Event Requests. */
+  private asyncEvents: number[] = [];
+  /** I/O queues granted by Set Features (Number of Queues). */
+  private grantedSqs: number;
+  private grantedCqs: number;
+  private features = new Map<number, number>();
+  private temperatureThresholds = new Map<number, number>();
+  private writeCache = true;
+  /** CQs whose interrupt is due at the end of this event-loop turn. */
+  private readonly due = new Set<CompletionQueue>();
+  private interruptScheduled = false;
+  private legacyAsserted = false;
+
+  readonly backing: BackingFile;
+  private readonly blocks: number;
+  private readonly ioQueues: number;
+  private readonly vectors: number;
+  private readonly identity: ControllerIdentity;
+  private readonly ns: NamespaceIdentity;
+  private readonly maxTransfer: number;
+  private readonly warn: (message: string) => void;
+  private readonly info: (message: string) => void;
+  /** Counters, for tests and curiosity. */
+  readonly stats = { commands: 0, completions: 0, interrupts: 0, backlogged: 0, shutdowns: 0, resets: 0 };
+
+  constructor(
+    private readonly host: ControllerHost,
+    options: ControllerOptions,
+  ) {
+    this.backing = options.backing;
+    this.blocks = Math.floor(options.backing.size / LBA);
+    this.ioQueues = options.ioQueues;
+    this.vectors = options.vectors;
+    this.identity = options.identity;
+    this.ns = { ...options.namespace, blocks: this.blocks };
+    this.maxTransfer = PAGE << options.identity.mdts;
+    this.warn = options.warn ?? ((m) => process.stderr.write(`nvme: ${m}\n`));
+    this.info = options.info ?? (() => undefined);
+    this.grantedSqs = this.ioQueues;
+    this.grantedCqs = this.ioQueues;
+  }
+
+  // ---------------------------------------------------------------- registers
+
+  private get cap(): bigint {
+    const mqes = BigInt(this.identity.maxQueueEntries - 1);
+    const cqr = 1n << 16n; // queues must be physically contiguous
+    const to = BigInt(CAP_TIMEOUT_500MS) << 24n;
+    const cssNvm = 1n << 37n;
+    return mqes | cqr | to | cssNvm; // DSTRD 0, MPSMIN = MPSMAX = 0 (4 KiB)
+  }
+
+  /** Whether CSTS.RDY is set. */
+  get ready(): boolean {
+    return (this.csts & CSTS.RDY) !== 0;
+  }
+
+  /** A BAR0 read of `size` bytes at `offset`. */
+  readRegister(offset: number, size: number): number {
+    const dword = this.dword(offset & ~3);
+    if (size === 4) return dword;
+    return (dword >>> ((offset & 3) * 8)) & (2 ** (size * 8) - 1);
+  }
+
+  private dword(offset: number): number {
+    switch (offset) {
+      case Reg.CAP:
+        return Number(this.cap & 0xffffffffn);
+      case Reg.CAP + 4:
+        return Number(this.cap >> 32n);
+      case Reg.VS:
+        return 0x00010400;
+      case Reg.INTMS:
+      case Reg.INTMC:
+        return this.intms >>> 0;
+      case Reg.CC:
+        return this.cc >>> 0;
+      case Reg.CSTS:
+        return this.csts >>> 0;
+      case Reg.AQA:
+        return this.aqa >>> 0;
+      case Reg.ASQ:
+        return Number(this.asq & 0xffffffffn);
+      case Reg.ASQ + 4:
+        return Number(this.asq >> 32n);
+      case Reg.ACQ:
+        return Number(this.acq & 0xffffffffn);
+      case Reg.ACQ + 4:
+        return Number(this.acq >> 32n);
+      default:
+        return 0; // reserved registers, CMBLOC/CMBSZ (no memory buffer), doorbells
+    }
+  }
+
+  /** A BAR0 write. Returns at once: doorbells only schedule work. */
+  writeRegister(offset: number, value: number, size: number): void {
+    const at = offset & ~3;
+    let v = value >>> 0;
+    if (size < 4) {
+      const shift = (offset & 3) * 8;
+      const mask = ((2 ** (size * 8) - 1) << shift) >>> 0;
+      v = ((this.dword(at) & ~mask) | ((v << shift) & mask)) >>> 0;
+    }
+    if (at >= Reg.DOORBELLS) return this.doorbell((at - Reg.DOORBELLS) >> 2, v);
+    switch (at) {
+      case Reg.INTMS:
+        this.intms = (this.intms | v) >>> 0;
+        return;
+      case Reg.INTMC:
+        this.intms = (this.intms & ~v) >>> 0;
+        this.updateLegacyInterrupt();
+        return;
+      case Reg.CC:
+        return this.writeCc(v);
+      case Reg.AQA:
+        this.aqa = v & 0x0fff0fff;
+        return;
+      case Reg.ASQ:
+        this.asq = (this.asq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
+        return;
+      case Reg.ASQ + 4:
+        this.asq = (this.asq & 0xffffffffn) | (BigInt(v) << 32n);
+        return;
+      case Reg.ACQ:
+        this.acq = (this.acq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
+        return;
+      case Reg.ACQ + 4:
+        this.acq = (this.acq & 0xffffffffn) | (BigInt(v) << 32n);
+        return;
+      default:
+        return; // read-only or reserved; NSSR: no subsystem reset (CAP.NSSRS = 0)
+    }
+  }
+
+  private writeCc(v: number): void {
+    const old = this.cc;
+    this.cc = v;
+    const wasEnabled = (old & CC.EN) !== 0;
+    const enabled = (v & CC.EN) !== 0;
+    if (!wasEnabled && enabled) this.enable();
+    else if (wasEnabled && !enabled) this.controllerReset();
+    const shn = (v >> CC.SHN_SHIFT) & 3;
+    const oldShn = (old >> CC.SHN_SHIFT) & 3;
+    if (shn !== 0 && oldShn === 0) void this.shutdown();
+  }
+
+  /** CC.EN 0 to 1: checks the configuration and brings up the admin queue. */
+  private enable(): void {
+    const fail = (why: string): void => {
+      this.warn(`cannot enable the controller: ${why}; CSTS.CFS set`);
+      this.csts |= CSTS.CFS;
+    };
+    const mps = (this.cc >> CC.MPS_SHIFT) & 0xf;
+    const css = (this.cc >> CC.CSS_SHIFT) & 7;
+    const ams = (this.cc >> CC.AMS_SHIFT) & 7;
+    const sqEntries = (this.aqa & 0xfff) + 1;
+    const cqEntries = ((this.aqa >>> 16) & 0xfff) + 1;
+    if (mps !== 0) return fail(`CC.MPS ${mps} asks for ${PAGE << mps}-byte pages; only 4096 is supported`);
+    if (css !== 0) return fail(`CC.CSS ${css} is not the NVM command set`);
+    if (ams !== 0) return fail(`CC.AMS ${ams} is not round robin`);
+    if (sqEntries < 2 || cqEntries < 2) return fail(`AQA asks for ${sqEntries} admin SQ and ${cqEntries} admin CQ entries; at least 2 each`);
+    if (this.asq === 0n || this.acq === 0n) return fail('ASQ or ACQ is zero');
+    const cq = new CompletionQueue(0, this.acq, cqEntries, 0, true);
+    const sq = new SubmissionQueue(0, this.asq, sqEntries, cq);
+    cq.sqs = 1;
+    this.cqs = [cq];
+    this.sqs = [sq];
+    this.csts = CSTS.RDY;
+    this.info(`controller enabled: admin queues of ${sqEntries} and ${cqEntries} entries`);
+  }
+
+  /** CC.EN 1 to 0: every queue goes, outstanding commands are dropped, registers but AQA/ASQ/ACQ/CC reset. */
+  private controllerReset(): void {
+    if (this.csts & CSTS.RDY) this.info('controller reset');
+    this.epoch++;
+    this.stats.resets++;
+    for (const sq of this.sqs) if (sq) sq.deleted = true;
+    for (const cq of this.cqs) if (cq) cq.deleted = true;
+    this.sqs = [];
+    this.cqs = [];
+    this.asyncEvents = [];
+    this.grantedSqs = this.ioQueues;
+    this.grantedCqs = this.ioQueues;
+    this.features.clear();
+    this.temperatureThresholds.clear();
+    this.writeCache = true;
+    this.intms = 0;
+    this.csts = 0;
+    this.due.clear();
+    this.legacyAsserted = false;
+    this.host.interruptDone();
+  }
+
+  /** Power-on state (a PCI function reset). */
+  powerOn(): void {
+    this.controllerReset();
+    this.cc = 0;
+    this.aqa = 0;
+    this.asq = 0n;
+    this.acq = 0n;
+  }
+
+  /** CC.SHN: waits for commands in flight, fsyncs the file, then reports the shutdown complete. */
+  private async shutdown(): Promise<void> {
+    const epoch = this.epoch;
+    this.stats.shutdowns++;
+    this.setShst(CSTS.SHST_OCCURRING);
+    await Promise.all(this.sqs.filter((sq): sq is SubmissionQueue => sq !== undefined).map((sq) => this.whenIdle(sq)));
+    try {
+      if (!this.backing.closed) await this.backing.sync();
+    } catch (e) {
+      this.warn(`fsync of ${this.backing.path} at shutdown failed: ${(e as Error).message}`);
+    }
+    if (epoch === this.epoch && ((this.cc >> CC.SHN_SHIFT) & 3) !== 0) {
+      this.setShst(CSTS.SHST_COMPLETE);
+      this.info(`shutdown complete: ${this.backing.path} synced`);
+    }
+  }
+
+  private setShst(value: number): void {
+    this.csts = (this.csts & ~(3 << CSTS.SHST_SHIFT)) | (value << CSTS.SHST_SHIFT);
+  }
+
+  private fatal(why: string): void {
+    if (!(this.csts & CSTS.CFS)) this.warn(`controller fatal status: ${why}`);
+    this.csts |= CSTS.CFS;
+  }
+
+  // ---------------------------------------------------------------- doorbells
+
+  private doorbell(index: number, value: number): void {
+    if (!this.ready || this.csts & CSTS.CFS) return;
+    const qid = index >> 1;
+    if (index & 1) {
+      const cq = this.cqs[qid];
+      if (!cq || value >= cq.size) return this.warn(`ignored CQ ${qid} head doorbell ${value}: ${cq ? `the queue has ${cq.size} entries` : 'no such queue'}`);
+      cq.head = value;
+      this.flushBacklog(cq);
+      if (!this.host.msixEnabled()) this.updateLegacyInterrupt();
+    } else {
+      const sq = this.sqs[qid];
+      if (!sq || value >= sq.size) return this.warn(`ignored SQ ${qid} tail doorbell ${value}: ${sq ? `the queue has ${sq.size} entries` : 'no such queue'}`);
+      sq.tail = value;
+      if (!sq.running) {
+        sq.running = true;
+        queueMicrotask(() => void this.drain(sq));
+      }
+    }
+  }
+
+  /** Fetches and starts commands until the queue is empty. */
+  private async drain(sq: SubmissionQueue): Promise<void> {
+    const epoch = this.epoch;
+    const live = (): boolean => !sq.deleted && epoch === this.epoch;
+    try {
+      while (live() && sq.head !== sq.tail) {
+        const contiguous = sq.tail > sq.head ? sq.tail - sq.head : sq.size - sq.head;
+        const n = Math.min(contiguous, FETCH_BATCH);
+        const raw = await this.host.read(sq.base + BigInt(sq.head * SQE_SIZE), n * SQE_SIZE);
+        for (let i = 0; i < n && live(); i++) {
+          const cmd = decodeCommand(raw, i * SQE_SIZE);
+          sq.head = (sq.head + 1) % sq.size;
+          this.stats.commands++;
+          if (sq.id === 0) await this.runAdmin(sq, cmd, epoch);
+          else this.runIo(sq, cmd, epoch);
+        }
+      }
+    } catch (e) {
+      if (live()) this.fatal(`fetching from SQ ${sq.id}: ${(e as Error).message}`);
+    } finally {
+      sq.running = false;
+      sq.wakeIfIdle();
+    }
+  }
+
+  private whenIdle(sq: SubmissionQueue): Promise<void> {
+    if (sq.idle) return Promise.resolve();
+    return new Promise((resolve) => sq.idleWaiters.push(resolve));
+  }
+
+  private async runAdmin(sq: SubmissionQueue, cmd: Command, epoch: number): Promise<void> {
+    let outcome: Outcome;
+    try {
+      outcome = await this.admin(cmd);
+    } catch (e) {
+      outcome = done(this.failure(e, cmd));
+    }
+    if (outcome) this.complete(sq, cmd.cid, outcome, epoch);
+  }
+
+  private runIo(sq: SubmissionQueue, cmd: Command, epoch: number): void {
+    sq.inflight++;
+    this.io(cmd)
+      .catch((e: unknown) => done(this.failure(e, cmd)))
+      .then((outcome) => {
+        if (outcome) this.complete(sq, cmd.cid, outcome, epoch);
+        sq.inflight--;
+        sq.wakeIfIdle();
+      });
+  }
+
+  /** The status for a command that threw: its own, or a data transfer error for DMA trouble. */
+  private failure(e: unknown, cmd: Command): number {
+    if (e instanceof CommandError) return e.status;
+    const name = (e as Error)?.name;
+    if (name === 'DmaError') {
+      this.warn(`opcode 0x${cmd.opcode.toString(16)} cid ${cmd.cid}: ${(e as Error).message}`);
+      return genericError(Generic.DATA_TRANSFER_ERROR);
+    }
+    this.warn(`opcode 0x${cmd.opcode.toString(16)} cid ${cmd.cid} failed: ${(e as Error)?.stack ?? String(e)}`);
+    return genericError(Generic.INTERNAL_ERROR);
+  }
+
+  // ---------------------------------------------------------------- completions and interrupts
+
+  private complete(sq: SubmissionQueue, cid: number, outcome: { status: number; result: number }, epoch: number): void {
+    if (epoch !== this.epoch || sq.cq.deleted) return;
+    this.post(sq.cq, { result: outcome.result, sqHead: sq.head, sqId: sq.id, cid, phase: 0, status: outcome.status });
+  }
+
+  private post(cq: CompletionQueue, entry: Completion): void {
+    if (cq.backlog.length > 0 || cq.full) {
+      cq.backlog.push(entry);
+      this.stats.backlogged++;
+      return;
+    }
+    this.write(cq, entry);
+  }
+
+  /** Takes the CQ's next slot now, then writes the entry and asks for the interrupt. */
+  private write(cq: CompletionQueue, entry: Completion): void {
+    const slot = cq.tail;
+    entry.phase = cq.phase;
+    cq.tail = (cq.tail + 1) % cq.size;
+    if (cq.tail === 0) cq.phase ^= 1;
+    const bytes = new Uint8Array(CQE_SIZE);
+    encodeCompletion(bytes, 0, entry);
+    const epoch = this.epoch;
+    this.host.write(cq.base + BigInt(slot * CQE_SIZE), bytes).then(
+      () => {
+        if (epoch !== this.epoch || cq.deleted) return;
+        this.stats.completions++;
+        this.interruptFor(cq);
+      },
+      (e: unknown) => {
+        if (epoch === this.epoch) this.fatal(`posting to CQ ${cq.id}: ${(e as Error).message}`);
+      },
+    );
+  }
+
+  private flushBacklog(cq: CompletionQueue): void {
+    while (cq.backlog.length > 0 && !cq.full) this.write(cq, cq.backlog.shift()!);
+  }
+
+  private interruptFor(cq: CompletionQueue): void {
+    if (!cq.interrupts) return;
+    this.due.add(cq);
+    if (!this.interruptScheduled) {
+      this.interruptScheduled = true;
+      // After the completions of this turn are written: one interrupt per CQ.
+      setImmediate(this.sendInterrupts);
+    }
+  }
+
+  private readonly sendInterrupts = (): void => {
+    this.interruptScheduled = false;
+    if (this.due.size === 0) return;
+    if (!this.host.msixEnabled()) {
+      this.due.clear();
+      return this.updateLegacyInterrupt();
+    }
+    for (const cq of this.due) {
+      if (!cq.deleted) {
+        this.stats.interrupts++;
+        this.host.interrupt(cq.vector);
+      }
+    }
+    this.due.clear();
+  };
+
+  /**
+   * INTx: the line is up while a CQ with interrupts enabled holds entries the
+   * host has not consumed, unless INTMS masks it. Signalled again on every
+   * change while up (new entries, a head doorbell that leaves entries,
+   * INTMC): the VMM lowers the line at the end of each interrupt, and a
+   * signal it has masked waits for its unmask.
+   */
+  private updateLegacyInterrupt(): void {
+    if (this.host.msixEnabled()) return;
+    const pending = this.cqs.some((cq) => cq !== undefined && cq.interrupts && cq.pending);
+    if (!pending) {
+      if (this.legacyAsserted) this.host.interruptDone();
+      this.legacyAsserted = false;
+      return;
+    }
+    if (this.intms & 1) return;
+    this.legacyAsserted = true;
+    this.stats.interrupts++;
+    this.host.interrupt(0);
+  }
+
+  // ---------------------------------------------------------------- admin commands
+
+  private async admin(cmd: Command): Promise<Outcome> {
+    if (cmd.flags !== 0) return done(genericError(Generic.INVALID_FIELD)); // fused operations, SGLs
+    switch (cmd.opcode) {
+      case AdminOpcode.CREATE_IO_CQ:
+        return this.createCq(cmd);
+      case AdminOpcode.CREATE_IO_SQ:
+        return this.createSq(cmd);
+      case AdminOpcode.DELETE_IO_SQ:
+        return this.deleteSq(cmd);
+      case AdminOpcode.DELETE_IO_CQ:
+        return this.deleteCq(cmd);
+      case AdminOpcode.IDENTIFY:
+        return this.identify(cmd);
+      case AdminOpcode.GET_LOG_PAGE:
+        return this.getLogPage(cmd);
+      case AdminOpcode.SET_FEATURES:
+        return this.setFeatures(cmd);
+      case AdminOpcode.GET_FEATURES:
+        return this.getFeatures(cmd);
+      case AdminOpcode.ABORT:
+        return done(OK, 1); // DW0 bit 0: the command was not aborted
+      case AdminOpcode.ASYNC_EVENT_REQUEST:
+        if (this.asyncEvents.length >= this.identity.asyncEventLimit) return done(specificError(Specific.ASYNC_EVENT_LIMIT_EXCEEDED));
+        // Kept until a reset: this controller reports no events.
+        this.asyncEvents.push(cmd.cid);
+        return null;
+      default:
+        return done(genericError(Generic.INVALID_OPCODE));
+    }
+  }
+
+  private queueFields(cmd: Command): { qid: number; entries: number; contiguous: boolean } {
+    return { qid: cmd.cdw10 & 0xffff, entries: (cmd.cdw10 >>> 16) + 1, contiguous: (cmd.cdw11 & 1) !== 0 };
+  }
+
+  private checkQueue(entries: number, contiguous: boolean, base: bigint, entrySizeField: number, entrySize: number): Outcome | undefined {
+    if (entries < 2 || entries > this.identity.maxQueueEntries) return done(specificError(Specific.INVALID_QUEUE_SIZE));
+    if (!contiguous) return done(genericError(Generic.INVALID_FIELD)); // CAP.CQR: queues must be contiguous
+    if (base === 0n || base & BigInt(PAGE - 1)) return done(genericError(Generic.INVALID_FIELD));
+    if (1 << entrySizeField !== entrySize) return done(genericError(Generic.INVALID_FIELD)); // CC.IOSQES / IOCQES
+    return undefined;
+  }
+
+  private createCq(cmd: Command): Outcome {
+    const { qid, entries, contiguous } = this.queueFields(cmd);
+    if (qid === 0 || qid > this.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOCQES_SHIFT) & 0xf, CQE_SIZE);
+    if (bad) return bad;
+    const interrupts = (cmd.cdw11 & 2) !== 0;
+    const vector = cmd.cdw11 >>> 16;
+    if (interrupts && vector >= this.vectors) return done(specificError(Specific.INVALID_INTERRUPT_VECTOR));
+    this.cqs[qid] = new CompletionQueue(qid, cmd.prp1, entries, vector, interrupts);
+    return done(OK);
+  }
+
+  private createSq(cmd: Command): Outcome {
+    const { qid, entries, contiguous } = this.queueFields(cmd);
+    const cqid = cmd.cdw11 >>> 16;
+    if (qid === 0 || qid > this.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    const cq = cqid === 0 ? undefined : this.cqs[cqid];
+    if (!cq) return done(specificError(Specific.COMPLETION_QUEUE_INVALID));
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOSQES_SHIFT) & 0xf, SQE_SIZE);
+    if (bad) return bad;
+    this.sqs[qid] = new SubmissionQueue(qid, cmd.prp1, entries, cq);
+    cq.sqs++;
+    return done(OK);
+  }
+
+  /**
+   * Deleting an SQ lets its commands in flight complete, then completes
+   * the ones the host submitted but the controller had not fetched with
+   * "aborted due to SQ deletion".
+   */
+  private async deleteSq(cmd: Command): Promise<Outcome> {
+    const qid = cmd.cdw10 & 0xffff;
+    const sq = qid === 0 ? undefined : this.sqs[qid];
+    if (!sq) return done(specificError(Specific.INVALID_QUEUE_ID));
+    const epoch = this.epoch;
+    sq.deleted = true;
+    this.sqs[qid] = undefined;
+    await this.whenIdle(sq);
+    if (epoch !== this.epoch) return null;
+    while (sq.head !== sq.tail && !sq.cq.deleted) {
+      const raw = await this.host.read(sq.base + BigInt(sq.head * SQE_SIZE), SQE_SIZE);
+      sq.head = (sq.head + 1) % sq.size;
+      this.complete(sq, decodeCommand(raw, 0).cid, done(genericError(Generic.ABORTED_SQ_DELETION))!, epoch);
+    }
+    sq.cq.sqs--;
+    return done(OK);
+  }
+
+  private deleteCq(cmd: Command): Outcome {
+    const qid = cmd.cdw10 & 0xffff;
+    const cq = qid === 0 ? undefined : this.cqs[qid];
+    if (!cq) return done(specificError(Specific.INVALID_QUEUE_ID));
+    if (cq.sqs > 0) return done(specificError(Specific.INVALID_QUEUE_DELETION));
+    cq.deleted = true;
+    this.cqs[qid] = undefined;
+    this.due.delete(cq);
+    return done(OK);
+  }
+
+  /** Copies `data` to the command's PRPs (`length` bytes: the rest of a short structure reads as zeros). */
+  private async dataOut(cmd: Command, data: Uint8Array, length = data.length): Promise<void> {
+    const segments = await prpSegments(this.host, cmd.prp1, cmd.prp2, length);
+    let out = data;
+    if (data.length < length) {
+      out = new Uint8Array(length);
+      out.set(data);
+    }
+    await scatter(this.host, segments, out.subarray(0, length));
+  }
+
+  private async identify(cmd: Command): Promise<Outcome> {
+    const cns = cmd.cdw10 & 0xff;
+    const nsid = cmd.nsid >>> 0;
+    let data: Uint8Array;
+    switch (cns) {
+      case Cns.NAMESPACE:
+        if (nsid === 0xffffffff) data = identifyCommonNamespace();
+        else if (nsid === 1) data = identifyNamespace(this.ns);
+        else return done(genericError(Generic.INVALID_NAMESPACE));
+        break;
+      case Cns.CONTROLLER:
+        data = identifyController(this.identity);
+        break;
+      case Cns.ACTIVE_NAMESPACES:
+        if (nsid >= 0xfffffffe) return done(genericError(Generic.INVALID_NAMESPACE));
+        data = activeNamespaceList(nsid);
+        break;
+      case Cns.NAMESPACE_DESCRIPTORS:
+        if (nsid !== 1) return done(genericError(Generic.INVALID_NAMESPACE));
+        data = namespaceDescriptors(this.ns);
+        break;
+      case Cns.CS_NAMESPACE:
+      case Cns.CS_CONTROLLER: {
+        // The NVM command set's own structures: nothing beyond the defaults, so all zeros.
+        const csi = cmd.cdw11 >>> 24;
+        if (csi !== 0) return done(genericError(Generic.INVALID_FIELD));
+        if (cns === Cns.CS_NAMESPACE && nsid !== 1) return done(genericError(Generic.INVALID_NAMESPACE));
+        data = new Uint8Array(IDENTIFY_SIZE);
+        break;
+      }
+      default:
+        return done(genericError(Generic.INVALID_FIELD));
+    }
+    await this.dataOut(cmd, data);
+    return done(OK);
+  }
+
+  private async getLogPage(cmd: Command): Promise<Outcome> {
+    const lid = cmd.cdw10 & 0xff;
+    const dwords = (cmd.cdw10 >>> 16) + (cmd.cdw11 & 0xffff) * 65536 + 1;
+    const offset = cmd.cdw12 + cmd.cdw13 * 2 ** 32;
+    let log: Uint8Array;
+    switch (lid) {
+      case LogPage.ERROR:
+        log = errorLog();
+        break;
+      case LogPage.SMART:
+        log = smartLog();
+        break;
+      case LogPage.FIRMWARE_SLOT:
+        log = firmwareSlotLog(this.identity.firmware);
+        break;
+      default:
+        return done(specificError(Specific.INVALID_LOG_PAGE));
+    }
+    const length = dwords * 4;
+    if (offset % 4 !== 0 || offset >= log.length) return done(genericError(Generic.INVALID_FIELD));
+    if (length > this.maxTransfer) return done(genericError(Generic.INVALID_FIELD));
+    await this.dataOut(cmd, log.subarray(offset, offset + length), length);
+    return done(OK);
+  }
+
+  private setFeatures(cmd: Command): Outcome {
+    const fid = cmd.cdw10 & 0xff;
+    if (cmd.cdw10 >>> 31) return done(specificError(Specific.FEATURE_NOT_SAVEABLE));
+    const v = cmd.cdw11 >>> 0;
+    switch (fid) {
+      case Feature.NUMBER_OF_QUEUES: {
+        const sqs = v & 0xffff;
+        const cqs = v >>> 16;
+        if (sqs === 0xffff || cqs === 0xffff) return done(genericError(Generic.INVALID_FIELD));
+        this.grantedSqs = Math.min(sqs + 1, this.ioQueues);
+        this.grantedCqs = Math.min(cqs + 1, this.ioQueues);
+        return done(OK, this.queuesResult());
+      }
+      case Feature.POWER_MANAGEMENT:
+        if ((v & 0x1f) !== 0) return done(genericError(Generic.INVALID_FIELD)); // one power state
+        this.features.set(fid, v);
+        return done(OK);
+      case Feature.VOLATILE_WRITE_CACHE:
+        this.writeCache = (v & 1) !== 0;
+        return done(OK);
+      case Feature.TEMPERATURE_THRESHOLD:
+        this.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
+        return done(OK);
+      case Feature.ARBITRATION:
+      case Feature.ERROR_RECOVERY:
+      case Feature.INTERRUPT_COALESCING: // accepted; completions are not held back
+      case Feature.INTERRUPT_VECTOR_CONFIG:
+      case Feature.WRITE_ATOMICITY:
+      case Feature.ASYNC_EVENT_CONFIG:
+        this.features.set(fid, v);
+        return done(OK);
+      default:
+        return done(genericError(Generic.INVALID_FIELD));
+    }
+  }
+
+  private getFeatures(cmd: Command): Outcome {
+    const fid = cmd.cdw10 & 0xff;
+    const select = (cmd.cdw10 >>> 8) & 7;
+    const known = [
+      Feature.ARBITRATION,
+      Feature.POWER_MANAGEMENT,
+      Feature.TEMPERATURE_THRESHOLD,
+      Feature.ERROR_RECOVERY,
+      Feature.VOLATILE_WRITE_CACHE,
+      Feature.NUMBER_OF_QUEUES,
+      Feature.INTERRUPT_COALESCING,
+      Feature.INTERRUPT_VECTOR_CONFIG,
+      Feature.WRITE_ATOMICITY,
+      Feature.ASYNC_EVENT_CONFIG,
+    ] as number[];
+    if (!known.includes(fid)) return done(genericError(Generic.INVALID_FIELD));
+    if (select === 3) return done(OK, 1 << 2); // supported capabilities: changeable, not saveable
+    if (select > 3) return done(genericError(Generic.INVALID_FIELD));
+    const current = select === 0;
+    switch (fid) {
+      case Feature.NUMBER_OF_QUEUES:
+        return done(OK, current ? this.queuesResult() : ((this.ioQueues - 1) | ((this.ioQueues - 1) << 16)) >>> 0);
+      case Feature.VOLATILE_WRITE_CACHE:
+        return done(OK, !current || this.writeCache ? 1 : 0);
+      case Feature.TEMPERATURE_THRESHOLD: {
+        const selector = (cmd.cdw11 >>> 16) & 0x3f;
+        const under = (selector & 0x30) === 0x10;
+        const fallback = under ? 0 : 0x157; // over: 343 K; under: 0 K
+        return done(OK, (current ? this.temperatureThresholds.get(selector) : undefined) ?? fallback);
+      }
+      case Feature.INTERRUPT_VECTOR_CONFIG:
+        return done(OK, cmd.cdw11 & 0xffff); // this vector, coalescing not disabled
+      default:
+        return done(OK, (current ? this.features.get(fid) : undefined) ?? 0);
+    }
+  }
+
+  private queuesResult(): number {
+    return ((this.grantedSqs - 1) | ((this.grantedCqs - 1) << 16)) >>> 0;
+  }
+
+  // ---------------------------------------------------------------- I/O commands
+
+  private async io(cmd: Command): Promise<Outcome> {
+    if (cmd.flags !== 0) return done(genericError(Generic.INVALID_FIELD));
+    const nsid = cmd.nsid >>> 0;
+    if (cmd.opcode === IoOpcode.FLUSH) {
+      if (nsid !== 1 && nsid !== 0xffffffff) return done(genericError(Generic.INVALID_NAMESPACE));
+      await this.backing.flush();
+      return done(OK);
+    }
+    const known = cmd.opcode === IoOpcode.READ || cmd.opcode === IoOpcode.WRITE || cmd.opcode === IoOpcode.WRITE_ZEROES || cmd.opcode === IoOpcode.DATASET_MANAGEMENT;
+    if (!known) return done(genericError(Generic.INVALID_OPCODE));
+    if (nsid !== 1) return done(genericError(Generic.INVALID_NAMESPACE));
+    if (cmd.opcode === IoOpcode.DATASET_MANAGEMENT) return this.datasetManagement(cmd);
+
+    const slba = cmd.cdw10 + cmd.cdw11 * 2 ** 32;
+    const blocks = (cmd.cdw12 & 0xffff) + 1;
+    if (slba + blocks > this.blocks) return done(genericError(Generic.LBA_OUT_OF_RANGE));
+    const position = slba * LBA;
+    const length = blocks << LBA_SHIFT;
+    if (cmd.opcode === IoOpcode.WRITE_ZEROES) {
+      await this.backing.zero(position, length);
+      return done(OK);
+    }
+    if (length > this.maxTransfer) return done(genericError(Generic.INVALID_FIELD));
+    const segments = await prpSegments(this.host, cmd.prp1, cmd.prp2, length);
+    if (cmd.opcode === IoOpcode.READ) {
+      const data = Buffer.allocUnsafe(length);
+      this.backing.read(data, position);
+      await scatter(this.host, segments, data);
+      return done(OK);
+    }
+    const data = await gather(this.host, segments, length);
+    this.backing.write(data, position);
+    const fua = (cmd.cdw12 & (1 << 30)) !== 0;
+    if (fua || !this.writeCache) await this.backing.flush();
+    return done(OK);
+  }
+
+  /** Dataset Management: with the deallocate attribute, the ranges read as zeros afterwards. */
+  private async datasetManagement(cmd: Command): Promise<Outcome> {
+    const ranges = (cmd.cdw10 & 0xff) + 1;
+    const deallocate = (cmd.cdw11 & 4) !== 0;
+    const segments = await prpSegments(this.host, cmd.prp1, cmd.prp2, ranges * 16);
+    const raw = await gather(this.host, segments, ranges * 16);
+    const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    const list: [number, number][] = [];
+    for (let i = 0; i < ranges; i++) {
+      const blocks = dv.getUint32(i * 16 + 4, true);
+      const slba = Number(dv.getBigUint64(i * 16 + 8, true));
+      if (blocks === 0) continue;
+      if (slba + blocks > this.blocks) return done(genericError(Generic.LBA_OUT_OF_RANGE));
+      list.push([slba, blocks]);
+    }
+    if (deallocate) for (const [slba, blocks] of list) await this.backing.zero(slba * LBA, blocks * LBA);
+    return done(OK);
+  }
+}

@@ -1,0 +1,135 @@
+#!/bin/sh
+# /init of the guest for the NVMe end-to-end test (runs under busybox sh, with
+# the helpers of guest-lib.sh, which initramfs.sh adds as /lib/muser/guest-lib.sh).
+#
+# Finds the NVMe controller served over vfio-user (samples/nvme: vendor 0x1de5,
+# device 0x4e56, class 010802), reports what the guest sees of it, loads
+# Linux's in-tree nvme driver (nvme-auth, nvme-core, nvme), and does block I/O
+# on /dev/nvme0n1 with O_DIRECT, so that every byte goes through the device:
+#
+#   read-host   1 MiB at 8 MiB, which the host wrote into the backing file
+#               before boot, must equal /pattern-a.bin
+#   write       /pattern-b.bin (1 MiB) at 16 MiB in 1 MiB writes (the driver
+#               splits them at the device's 256 KiB limit: PRP lists), and at
+#               32 MiB in 4 KiB writes; both read back and compared
+#   discard     /pattern-b.bin at 40 MiB, then blkdiscard of its first 512 KiB
+#               (Dataset Management, deallocate): reads back as zeros, the
+#               second half unchanged
+# then syncs and powers off; the kernel's shutdown of the nvme driver sets
+# CC.SHN, which makes the device fsync its file. The host then checks the
+# backing file. Console lines (besides those of guest-lib.sh's report):
+#   MUSER-CHECK insmod <module> ok
+#   MUSER-CHECK driver <name|none>
+#   MUSER-CHECK disk <name> size=<bytes> logical-block=<bytes> model=.. serial=.. firmware=..
+#   MUSER-CHECK irqs <count> <names>      the nvme interrupts in /proc/interrupts, with their type
+#   MUSER-CHECK read-host ok|differs
+#   MUSER-CHECK write-1m ok|differs
+#   MUSER-CHECK write-4k ok|differs
+#   MUSER-CHECK discard ok|differs
+#   MUSER-CHECK done
+# A failure prints "MUSER-CHECK fail <what>" and powers off; so does the
+# watchdog after muser.timeout seconds (default 60). The guest always powers off.
+#
+# Kernel command line options:
+#   muser.timeout=SECONDS   watchdog (default 60)
+#   muser.nvme_id=VVVV:DDDD the controller to look for (default 1de5:4e56), e.g.
+#                           1b36:0010 to try this script on QEMU's own -device nvme
+
+if [ ! -r /lib/muser/guest-lib.sh ]; then
+  echo "MUSER-CHECK fail no /lib/muser/guest-lib.sh (build the initramfs with initramfs.sh)"
+  poweroff -f
+fi
+# shellcheck source=scripts/e2e/guest-lib.sh
+. /lib/muser/guest-lib.sh
+log_pattern='nvme|pci 0000|vfio'
+
+guest_start
+id=$(cmdline_get muser.nvme_id 1de5:4e56 | tr 'A-F' 'a-f')
+MIB=1048576
+
+# ------------------------------------------------------------- the device --
+find_pci_device "0x${id%%:*}" "0x${id#*:}"
+report_pci_device
+[ "${bar0_start:-0}" -ne 0 ] || fail "BAR0 is not assigned (start 0)"
+for f in /pattern-a.bin /pattern-b.bin; do
+  [ "$(wc -c <"$f")" -eq "$MIB" ] || fail "$f is not 1 MiB (build the initramfs with the patterns)"
+done
+
+# ----------------------------------------------------------------- driver --
+while read -r module; do
+  insmod "/lib/modules/$module" || fail "insmod $module"
+  check "insmod ${module%%.ko*} ok"
+done </lib/modules/nvme.order
+wait_for 100 -e "$dev/driver" || true
+driver=none
+[ -e "$dev/driver" ] && driver=$(basename "$(readlink "$dev/driver")")
+check "driver $driver"
+[ "$driver" = nvme ] || fail "nvme did not bind to $bdf"
+
+# The namespace shows up once the controller is up and scanned (slow under TCG).
+disk=
+tries=300
+while [ -z "$disk" ] && [ "$tries" -gt 0 ]; do
+  for d in /sys/block/nvme*n1; do
+    [ -e "$d/size" ] && disk=${d##*/}
+  done
+  [ -n "$disk" ] && break
+  sleep 0.1
+  tries=$((tries - 1))
+done
+[ -n "$disk" ] || fail "no nvme namespace in /sys/block ($(cd /sys/block && echo *))"
+ctrl=
+for c in "$dev"/nvme/nvme*; do
+  [ -d "$c" ] && ctrl=$c && break
+done
+[ -n "$ctrl" ] || fail "no nvme controller under $dev/nvme"
+blk=/dev/$disk
+wait_for 50 -b "$blk" || fail "no $blk"
+size=$(($(cat "/sys/block/$disk/size") * 512))
+trim() {
+  sed 's/^ *//; s/ *$//' "$1" | tr ' ' '_'
+}
+check "disk $disk size=$size logical-block=$(cat "/sys/block/$disk/queue/logical_block_size")" \
+  "model=$(trim "$ctrl/model") serial=$(trim "$ctrl/serial") firmware=$(trim "$ctrl/firmware_rev")"
+
+# Which interrupts the driver got: "nvme0q0" (admin) and one per I/O queue.
+irqs=$(grep -E 'nvme[0-9]+q[0-9]+' /proc/interrupts | awk '{ printf "%s:%s ", $NF, $(NF-2) }')
+check "irqs $(grep -c -E 'nvme[0-9]+q[0-9]+' /proc/interrupts) ${irqs% }"
+
+# ------------------------------------------------------------------- I/O --
+# Compares $2 bytes of $1 read with O_DIRECT at byte $3 with file $4 at byte $5.
+same() {
+  dd if="$1" of=/tmp/readback bs=65536 skip=$(($3 / 65536)) count=$(($2 / 65536)) iflag=direct 2>/tmp/dd.err ||
+    fail "reading $1 at $3: $(tail -n 1 /tmp/dd.err)"
+  dd if="$4" of=/tmp/expected bs=65536 skip=$(($5 / 65536)) count=$(($2 / 65536)) 2>/dev/null
+  cmp -s /tmp/readback /tmp/expected
+}
+# Sets $line to ok when the command succeeds, else differs.
+result() {
+  if "$@"; then line=ok; else line=differs; fi
+}
+
+result same "$blk" "$MIB" $((8 * MIB)) /pattern-a.bin 0
+check "read-host $line"
+[ "$line" = ok ] || fail "the guest read something else than the host wrote at 8 MiB"
+
+dd if=/pattern-b.bin of="$blk" bs=$MIB seek=16 oflag=direct 2>/tmp/dd.err || fail "1 MiB write at 16 MiB: $(tail -n 1 /tmp/dd.err)"
+result same "$blk" "$MIB" $((16 * MIB)) /pattern-b.bin 0
+check "write-1m $line"
+
+dd if=/pattern-b.bin of="$blk" bs=4096 seek=$((32 * 256)) oflag=direct 2>/tmp/dd.err || fail "4 KiB writes at 32 MiB: $(tail -n 1 /tmp/dd.err)"
+result same "$blk" "$MIB" $((32 * MIB)) /pattern-b.bin 0
+check "write-4k $line"
+
+dd if=/pattern-b.bin of="$blk" bs=$MIB seek=40 oflag=direct 2>/tmp/dd.err || fail "1 MiB write at 40 MiB: $(tail -n 1 /tmp/dd.err)"
+blkdiscard -o $((40 * MIB)) -l $((MIB / 2)) "$blk" || fail "blkdiscard at 40 MiB"
+dd if=/dev/zero of=/tmp/zeros bs=65536 count=8 2>/dev/null
+discarded() {
+  same "$blk" $((MIB / 2)) $((40 * MIB)) /tmp/zeros 0 && same "$blk" $((MIB / 2)) $((40 * MIB + MIB / 2)) /pattern-b.bin $((MIB / 2))
+}
+result discarded
+check "discard $line"
+
+sync
+check "done"
+finish
