@@ -8,7 +8,8 @@ import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, protocol, serve, type Server } from '../src/index.js';
 import { gpio } from '../samples/gpio-pci-idio-16/index.js';
 import { device as testDevice } from './fixtures/test-device.js';
-import { tempDir, type TempDir } from './helpers.js';
+import { native } from '../src/transport/native.js';
+import { tempDir, waitFor, type TempDir } from './helpers.js';
 
 const { IrqIndex } = protocol;
 
@@ -85,6 +86,95 @@ describe('devices served in this process', () => {
       await c.reset();
     } finally {
       c.close();
+    }
+  });
+
+  it('gives the device zero-copy views of shared guest memory, and copies where it is reached by message', async () => {
+    const c = await Client.connect(dir.socket('test.sock'));
+    try {
+      const a = await c.mapMemory(0x100000, 0x2000);
+      const b = await c.mapMemory(0x102000, 0x1000); // adjacent: one range, two maps
+      const slow = await c.mapMemory(0x200000, 0x1000, { shared: false });
+      const views = testDevice.dma.views(0x101ff0, 0x20, { write: true })!;
+      assert.deepEqual(views.map((v) => v.length), [0x10, 0x10]);
+      views[0].fill(0xaa);
+      views[1].fill(0xbb);
+      assert.equal(a.bytes[0x1ff0], 0xaa, 'written in place, seen by the client');
+      assert.equal(b.bytes[0x000f], 0xbb);
+      assert.equal(testDevice.dma.views(0x200000, 16), undefined, 'reached only by message: no view');
+      assert.throws(() => testDevice.dma.views(0x300000, 16), { name: 'DmaError' });
+      assert.throws(() => testDevice.dma.views(0x102ff0, 0x20), /0x103000 is not in any DMA map/);
+      // Scatter-gather across shared and message-only memory, in list order.
+      const list = [
+        { iova: 0x200010, length: 4 },
+        { iova: 0x100000, length: 3 },
+      ];
+      await testDevice.dma.scatter(list, Buffer.from([1, 2, 3, 4, 5, 6, 7]));
+      assert.deepEqual([...slow.bytes.subarray(0x10, 0x14)], [1, 2, 3, 4]);
+      assert.deepEqual([...a.bytes.subarray(0, 3)], [5, 6, 7]);
+      assert.deepEqual([...(await testDevice.dma.gather(list))], [1, 2, 3, 4, 5, 6, 7]);
+      await assert.rejects(testDevice.dma.scatter(list, Buffer.alloc(3)), /holds 7 bytes, the data 3/);
+      // Once the client unmaps, a view kept too long is empty rather than a way into freed memory.
+      const kept = testDevice.dma.views(0x100000, 16)![0];
+      await c.unmapMemory(a);
+      assert.equal(kept.length, 0);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('holds an MSI vector back while its mask bit is set and sends it when cleared', async () => {
+    const c = await Client.connect(dir.socket('test.sock'));
+    try {
+      const v2 = await c.irq(IrqIndex.MSI, 2);
+      await c.irq(IrqIndex.MSI, 0);
+      const cap = testDevice.config.capabilityOffset(0x05)!;
+      await c.config.write(cap + 2, 2, (2 << 4) | 1); // 4 vectors enabled
+      await c.config.write(cap + 16, 4, 1 << 2); // mask vector 2 (64-bit layout: mask bits at 0x10)
+      assert.equal(testDevice.irq(2), false);
+      assert.equal(await c.config.read(cap + 20, 4), 1 << 2, 'pending bit set');
+      assert.equal(v2.count, 0);
+      await c.config.write(cap + 16, 4, 0);
+      await v2.wait(0);
+      assert.equal(await c.config.read(cap + 20, 4), 0);
+      await c.reset();
+    } finally {
+      c.close();
+    }
+  });
+
+  it('notices client writes to shared BAR memory by watching it', async () => {
+    const c = await Client.connect(dir.socket('test.sock'));
+    const seen: [number, number][] = [];
+    const stop = testDevice.watch(2, { offset: 0x1000, length: 64 }, (offset, value) => seen.push([offset, value]));
+    try {
+      const info = await c.regionInfo(2);
+      const page = Buffer.from(native.mmap(info.fd!, 0x1000, 0x1000, true));
+      page.writeUInt32LE(0xd00db311, 8);
+      page.writeUInt32LE(7, 60);
+      await waitFor(() => seen.length === 2, 1000, 'both writes noticed');
+      assert.deepEqual(seen, [[0x1008, 0xd00db311], [0x103c, 7]]);
+      native.munmap(page.buffer as ArrayBuffer);
+      native.close(info.fd!);
+    } finally {
+      stop();
+      c.close();
+    }
+    assert.throws(() => testDevice.watch(2, { offset: 2, length: 4 }, () => undefined), /4-byte aligned/);
+  });
+
+  it('tells the device when a client comes and goes', async () => {
+    const events: string[] = [];
+    const dev = definePciDevice({ id: { vendor: 0x1de5, device: 0x4001 }, connected: () => events.push('connected'), disconnected: () => events.push('disconnected') });
+    const s = await serve(dev, { socket: dir.socket('hooks.sock'), log: 'silent' });
+    try {
+      const c = await Client.connect(dir.socket('hooks.sock'));
+      assert.deepEqual(events, ['connected']);
+      c.close();
+      await s.idle();
+      assert.deepEqual(events, ['connected', 'disconnected']);
+    } finally {
+      await s.close();
     }
   });
 

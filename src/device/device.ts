@@ -7,7 +7,7 @@
 import { IrqIndex, RegionIndex } from '../protocol/constants.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
 import { native } from '../transport/native.js';
-import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type PciDeviceSpec } from './types.js';
+import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
 
 const PAGE = 4096;
 
@@ -131,6 +131,36 @@ export class PciDevice {
   }
 
   /**
+   * Notices client writes to shared memory (a `memory` BAR the client maps,
+   * where no access traps): every `intervalMs` (default 1) it compares the
+   * 4-byte words of [offset, offset+length) with what it saw last and calls
+   * `changed(offset, value)` for each that differs. The cost is a compare of
+   * `length` bytes per interval whether or not anything changed, and up to one
+   * interval of delay: watch small ranges (doorbells), not whole buffers.
+   * Returns the function that stops watching.
+   */
+  watch(index: BarIndex, range: { offset: number; length: number }, changed: (offset: number, value: number) => void, options: { intervalMs?: number } = {}): () => void {
+    const bytes = this.memory(index);
+    const { offset, length } = range;
+    if (offset % 4 || length % 4 || length <= 0 || offset + length > bytes.length) {
+      throw new RangeError(`watch of BAR${index} at 0x${offset.toString(16)}+${length}: the range must be 4-byte aligned, non-empty and inside the BAR`);
+    }
+    const live = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, length / 4);
+    const seen = live.slice();
+    const look = (): void => {
+      for (let i = 0; i < live.length; i++) {
+        if (live[i] !== seen[i]) {
+          seen[i] = live[i];
+          changed(offset + 4 * i, live[i]);
+        }
+      }
+    };
+    const timer = setInterval(look, Math.max(1, options.intervalMs ?? 1));
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  /**
    * Raises interrupt `vector` through what the guest enabled: MSI-X, else MSI,
    * else INTx (vector 0). Returns whether it was delivered now; an interrupt
    * that is masked or disabled is left pending where the mechanism has a pending state.
@@ -177,23 +207,67 @@ export class PciDevice {
     }
   }
 
+  /** Sends MSI interrupts whose mask bit (set in `wasMasked`) the guest just cleared and that were pending. */
+  private deliverPendingMsi(wasMasked: number): void {
+    const msi = this.config.msi()!;
+    if (!msi.enabled) return;
+    const release = wasMasked & ~msi.mask & msi.pending;
+    for (let v = 0; v < msi.vectors; v++) {
+      if (release & (1 << v)) {
+        this.config.setMsiPending(v, false);
+        this.signal(IrqIndex.MSI, v);
+      }
+    }
+  }
+
   /** Lowers the INTx line (clears the status register's interrupt bit). */
   irqDone(): void {
     this.intxPending = false;
     this.config.setInterruptStatus(false);
   }
 
-  /** Guest memory access on the device's behalf (bus mastering). */
+  /**
+   * Guest memory access on the device's behalf (bus mastering). read and
+   * write copy, and work for any DMA map (shared, or reached by message);
+   * views give the shared memory itself, without copying.
+   */
   readonly dma = {
     read: (iova: bigint | number, length: number): Promise<Uint8Array> => this.requireHost().dmaRead(BigInt(iova), length),
     write: (iova: bigint | number, data: Uint8Array): Promise<void> => this.requireHost().dmaWrite(BigInt(iova), data),
+    /**
+     * Zero-copy views of [iova, iova+length), one per DMA map crossed, or
+     * undefined when part of it is reachable only by message (then use
+     * read/write). Use them at once: after an await the client may have
+     * unmapped the range, which empties the views (length 0).
+     */
+    views: (iova: bigint | number, length: number, options: { write?: boolean } = {}): Uint8Array[] | undefined =>
+      this.requireHost().dmaViews(BigInt(iova), length, options.write ?? false),
+    /** Reads a scatter-gather list into one buffer, in list order. */
+    gather: async (ranges: readonly DmaRange[]): Promise<Buffer> => {
+      const parts = await Promise.all(ranges.map((r) => this.dma.read(r.iova, r.length)));
+      return Buffer.concat(parts);
+    },
+    /** Writes `data` across a scatter-gather list, in list order; the list must hold exactly data.length bytes. */
+    scatter: async (ranges: readonly DmaRange[], data: Uint8Array): Promise<void> => {
+      const total = ranges.reduce((n, r) => n + r.length, 0);
+      if (total !== data.length) throw new RangeError(`the scatter-gather list holds ${total} bytes, the data ${data.length}`);
+      let at = 0;
+      const writes = ranges.map((r) => {
+        const part = data.subarray(at, (at += r.length));
+        return this.dma.write(r.iova, part);
+      });
+      await Promise.all(writes);
+    },
   };
 
   // ------------------------------------------------------------------ for the server
 
-  /** Connects the device to a client (or disconnects it with undefined). */
+  /** Connects the device to a client (or disconnects it with undefined), and tells the author. */
   attach(host: DeviceHost | undefined): void {
+    const had = this.host !== undefined;
     this.host = host;
+    if (host && !had) this.spec.connected?.();
+    if (!host && had) this.spec.disconnected?.();
   }
 
   /** Power-on state: config space, MSI-X table, then the author's reset. */
@@ -240,9 +314,11 @@ export class PciDevice {
     if (index === RegionIndex.CONFIG) {
       const wasDisabled = this.config.interruptDisabled;
       const wasMasked = this.config.msix()?.functionMask;
+      const msiMask = this.config.msi()?.mask ?? 0;
       this.config.write(offset, data);
       if (wasDisabled && !this.config.interruptDisabled) this.intxEnabled();
       if (wasMasked && !this.config.msix()!.functionMask) this.deliverPendingMsix();
+      if (msiMask) this.deliverPendingMsi(msiMask);
       return;
     }
     if (index === RegionIndex.ROM) return;

@@ -57,6 +57,10 @@ export interface PciDeviceSpec {
   extendedCapabilities?: ExtendedCapabilityDecl[];
   /** Called on a device reset (after config space went back to power-on values). */
   reset?(): void | Promise<void>;
+  /** Called when a client attaches (its DMA maps and interrupts are not set up yet). */
+  connected?(): void;
+  /** Called when the client went away: its DMA maps and interrupt eventfds are gone; the device keeps its state. */
+  disconnected?(): void;
 }
 
 /** What the side that attaches the device (a vfio-user server) provides to it. */
@@ -67,6 +71,19 @@ export interface DeviceHost {
   dmaRead(iova: bigint, length: number): Promise<Uint8Array>;
   /** Writes guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
   dmaWrite(iova: bigint, data: Uint8Array): Promise<void>;
+  /**
+   * The guest memory at [iova, iova+length) itself, one view per DMA map it
+   * crosses, when all of it is shared with the server and cannot be resized
+   * under it; undefined when some of it is reached only by message. Throws
+   * DmaError outside the DMA maps or against their protection.
+   */
+  dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined;
+}
+
+/** A piece of guest memory in a scatter-gather list. */
+export interface DmaRange {
+  iova: bigint | number;
+  length: number;
 }
 
 /** A DMA access the device asked for that the client's DMA maps do not allow. */

@@ -531,6 +531,13 @@ export class Connection implements DeviceHost {
     return this.irqs.signal(index, vector);
   }
 
+  dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
+    const pieces = this.dma.resolve(iova, length, write);
+    // Views only over memory that cannot shrink under them: a file the client may still cut would turn a later touch into SIGBUS.
+    for (const p of pieces) if (!p.bytes || p.mapping?.fileEnd !== undefined) return undefined;
+    return pieces.map((p) => p.bytes!);
+  }
+
   async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
     const pieces = this.dma.resolve(iova, length, false);
     if (pieces.length === 1 && pieces[0].bytes) {
