@@ -100,12 +100,13 @@ async function main(argv: string[]): Promise<void> {
     if (e instanceof ServeError) throw new UsageError(e.message);
     throw e;
   }
-  console.log(`muser: serving ${device.name} on ${server.socket}`);
+  // Handlers first, then the line that tells a supervisor we are ready: a signal sent on seeing it must find them.
   const stop = (): void => {
     void server.close().then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  console.log(`muser: serving ${device.name} on ${server.socket}`);
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {
