@@ -137,7 +137,7 @@ function mapsMentioning(name: string): number {
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Run an ES module snippet in a child node process that has `native` in scope. */
-function runChild(body: string, args: string[] = [], timeout = 20000) {
+function runChild(body: string, args: string[] = [], timeout = 60000) {
   const script = `import { native } from ${JSON.stringify(nativeModuleUrl)};\n${body}`;
   const r = spawnSync(process.execPath, [...args, '--input-type=module', '-e', script], {
     encoding: 'utf8',
