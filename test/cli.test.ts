@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Client, VfioUserError, protocol } from '../src/index.js';
 import { native } from '../src/transport/native.js';
 import { cli, dist, startServer, tempDir, type TempDir } from './helpers.js';
 
@@ -47,6 +48,8 @@ describe('muser serve', () => {
     refuses(['serve', gpio, '--socket', dir.socket(), '--mode', '999'], /^muser: --mode 999 is not an octal permission like 600 or 660$/);
     refuses(['serve', gpio, '--socket', dir.socket(), '--log', 'loud'], /^muser: --log loud is not one of silent, error, warn, info, debug$/);
     refuses(['start', gpio], /^muser: unknown command "start"/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--max-dma-maps', '0'], /^muser: --max-dma-maps 0 is not a whole number of at least 1$/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--handler-timeout', '1.5'], /^muser: --handler-timeout 1\.5 is not a whole number$/);
     refuses(['serve', gpio, 'extra', '--socket', dir.socket()], /^muser: unexpected argument "extra"/);
   });
 
@@ -91,5 +94,20 @@ describe('muser serve', () => {
     const server = await startServer(gpio, socket, ['--mode', '660']);
     assert.equal(statSync(socket).mode & 0o777, 0o660);
     await server.stop();
+  });
+
+  it('passes its limits to the server', async () => {
+    const socket = dir.socket('limits.sock');
+    const server = await startServer(gpio, socket, ['--max-dma-maps', '1', '--max-data-xfer-size', '4096']);
+    const c = await Client.connect(socket);
+    try {
+      assert.equal(c.limits.maxDataXferSize, 4096);
+      assert.equal(c.limits.maxDmaMaps, 1);
+      await c.mapMemory(0x100000, 0x1000);
+      await assert.rejects(c.mapMemory(0x200000, 0x1000), (e: unknown) => e instanceof VfioUserError && e.errno === protocol.Errno.ENOSPC);
+    } finally {
+      c.close();
+      await server.stop();
+    }
   });
 });

@@ -11,13 +11,17 @@ import { PciDevice } from '../device/device.js';
 import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
 
-const USAGE = `usage: muser serve <device module> --socket <path> [--mode <octal>] [--log <level>]
+const USAGE = `usage: muser serve <device module> --socket <path> [options]
 
   <device module>   a JavaScript module whose default export (or export "device")
                     is a device made with definePciDevice()
   --socket <path>   UNIX socket to create for the vfio-user client (e.g. QEMU)
   --mode <octal>    permissions of the socket file (default 600: owner only)
   --log <level>     silent, error, warn (default), info or debug
+  --max-dma-maps <n>          DMA ranges a client may map at once (default 65535)
+  --max-data-xfer-size <n>    largest region or DMA transfer in one message (default 1048576)
+  --max-queued-commands <n>   commands that may wait behind a slow handler (default 4096)
+  --handler-timeout <ms>      answer a handler still running after this with ETIMEDOUT (default 4000; 0: never)
 
 Attach it to a VM with:
   qemu-system-x86_64 ... -machine memory-backend=mem \\
@@ -58,6 +62,16 @@ function isDeviceLike(x: unknown): boolean {
   return typeof d === 'object' && d !== null && typeof d.regionRead === 'function' && typeof d.attach === 'function' && Array.isArray(d.regions);
 }
 
+/** A whole-number option, or undefined when not given. */
+function count(values: Record<string, unknown>, name: string, min: number): number | undefined {
+  const text = values[name] as string | undefined;
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) < min || !Number.isSafeInteger(Number(text))) {
+    throw new UsageError(`--${name} ${text} is not a whole number${min > 0 ? ` of at least ${min}` : ''}`);
+  }
+  return Number(text);
+}
+
 async function main(argv: string[]): Promise<void> {
   let parsed;
   try {
@@ -68,6 +82,10 @@ async function main(argv: string[]): Promise<void> {
         socket: { type: 'string' },
         mode: { type: 'string' },
         log: { type: 'string' },
+        'max-dma-maps': { type: 'string' },
+        'max-data-xfer-size': { type: 'string' },
+        'max-queued-commands': { type: 'string' },
+        'handler-timeout': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -92,10 +110,21 @@ async function main(argv: string[]): Promise<void> {
   const log = (values.log ?? 'warn') as LogLevel;
   if (!LEVELS.includes(log)) throw new UsageError(`--log ${values.log} is not one of ${LEVELS.join(', ')}`);
 
+  const limits = {
+    maxDmaMaps: count(values, 'max-dma-maps', 1),
+    maxDataXferSize: count(values, 'max-data-xfer-size', 1),
+    maxQueuedCommands: count(values, 'max-queued-commands', 0),
+    handlerTimeoutMs: count(values, 'handler-timeout', 0),
+  };
   const device = await loadDevice(modulePath);
   let server;
   try {
-    server = await serve(device, { socket: values.socket, mode, log });
+    server = await serve(device, {
+      socket: values.socket,
+      mode,
+      log,
+      ...limits,
+    });
   } catch (e) {
     if (e instanceof ServeError) throw new UsageError(e.message);
     throw e;
