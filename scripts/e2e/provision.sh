@@ -22,7 +22,7 @@
 #   --force   provision again even if the cache is complete
 # Environment:
 #   MUSER_CACHE          cache folder (default: ~/.cache/muser)
-#   MUSER_DEBIAN_MIRROR  Debian mirror (default: http://deb.debian.org/debian)
+#   MUSER_DEBIAN_MIRROR  Debian mirror (default: the one the host's own apt uses)
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -43,7 +43,17 @@ while (($#)); do
   shift
 done
 
-MIRROR=${MUSER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian archive the host's apt already uses: the first source URI ending in /debian.
+host_mirror() {
+  {
+    grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ for (i = 2; i <= NF; i++) print $i }'
+    grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{ for (i = 2; i <= NF; i++) if ($i !~ /^\[/) { print $i; break } }'
+  } | grep -m 1 -E '/debian/?$' || true
+}
+
+MIRROR=${MUSER_DEBIAN_MIRROR:-$(host_mirror)}
+[[ -n $MIRROR ]] || die "no Debian archive found in the host's apt sources (/etc/apt)" "set MUSER_DEBIAN_MIRROR to a Debian mirror URL"
+MIRROR=${MIRROR%/}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 GUEST_SUITE=trixie
 QEMU_SUITE=trixie-backports
