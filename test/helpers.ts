@@ -15,6 +15,18 @@ export function fdCount(pid: number = process.pid): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
+/** The server's descriptor count once it has stopped changing (a previous client may still be closing). */
+export async function settledFdCount(pid: number): Promise<number> {
+  let last = fdCount(pid);
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    const now = fdCount(pid);
+    if (now === last && i >= 3) return now;
+    last = now;
+  }
+  return last;
+}
+
 /** Polls `condition` every 10 ms until it holds or `timeoutMs` passes. */
 export async function waitFor(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
   const end = Date.now() + timeoutMs;

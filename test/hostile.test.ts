@@ -14,7 +14,7 @@ import * as msg from '../src/protocol/messages.js';
 import { defaultLimits } from '../src/server/connection.js';
 import { native } from '../src/transport/native.js';
 import { rawMessage, RawConnection, type HeaderFields } from './fixtures/raw.js';
-import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount } from './helpers.js';
 
 const BAR0 = 0;
 const BAR2 = 2;
@@ -71,17 +71,6 @@ async function ignored(c: RawConnection, bytes: Buffer, fds?: number[]): Promise
   assert.ok(await c.quietFor(50), 'the server sent nothing back');
 }
 
-/** The server's descriptor count once it has stopped changing (a previous client may still be closing). */
-async function settledFdCount(pid: number): Promise<number> {
-  let last = fdCount(pid);
-  for (let i = 0; i < 20; i++) {
-    await new Promise((r) => setTimeout(r, 20));
-    const now = fdCount(pid);
-    if (now === last && i >= 3) return now;
-    last = now;
-  }
-  return last;
-}
 
 function rssKiB(pid: number): number {
   return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);

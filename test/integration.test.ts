@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, protocol } from '../src/index.js';
 import { native } from '../src/transport/native.js';
-import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount } from './helpers.js';
 
 const { Command, Errno, IrqIndex, RegionFlag, DeviceFlag, IrqSetFlag } = protocol;
 const BAR0 = 0;
@@ -320,14 +320,3 @@ async function findCap(c: Client, id: number): Promise<number> {
   throw new Error(`capability ${id} not found`);
 }
 
-/** The server's descriptor count once it has stopped changing (a previous client may still be closing). */
-async function settledFdCount(pid: number): Promise<number> {
-  let last = fdCount(pid);
-  for (let i = 0; i < 20; i++) {
-    await new Promise((r) => setTimeout(r, 20));
-    const now = fdCount(pid);
-    if (now === last && i >= 3) return now;
-    last = now;
-  }
-  return last;
-}

@@ -351,6 +351,18 @@ console_check() {
   sed -n "s/\r\$//; /MUSER-CHECK $1 /{s/^.*MUSER-CHECK $1 //p;q}" "$console"
 }
 
+# Checks that the guest assigned BAR $1 with `size=.. type=..` ($2), e.g.
+# expect_bar 2 "size=0x100 type=io" "256 bytes of I/O".
+expect_bar() {
+  local line start size type
+  line=$(console_check "bar $1")
+  start=$(sed -n 's/.*start=\([^ ]*\).*/\1/p' <<<"$line")
+  size=$(sed -n 's/.*size=\([^ ]*\).*/\1/p' <<<"$line")
+  type=$(sed -n 's/.*type=\([^ ]*\).*/\1/p' <<<"$line")
+  if [[ -n $start && $start != 0x0 ]]; then start=assigned; fi
+  expect "guest: BAR$1 assigned, $3" "assigned $2" "${start:-none} size=${size:-none} type=${type:-none}" "MUSER-CHECK bar $1 $line"
+}
+
 # Whether the guest got to its last check.
 console_done() {
   [[ -f $console ]] && grep -q -E $'MUSER-CHECK done\r?$' "$console"
@@ -402,7 +414,7 @@ dump_logs() {
 
 # ------------------------------------------------------------ test: gpio --
 gpio_test() {
-  local socket=$work/gpio.sock fds_before line bar2 start size type
+  local socket=$work/gpio.sock fds_before line
   start_server "$gpio_module" "$socket" || return 0
   fds_before=$(steady_fds "$server_pid")
   fd_listing "$server_pid" >"$work/gpio-fds-before.txt"
@@ -413,13 +425,7 @@ gpio_test() {
   line=$(console_check pci)
   expect "guest: device enumerated as 494f:0dc8" "vendor=0x494f device=0x0dc8" \
     "$(sed -n 's/^[^ ]* \(vendor=[^ ]* device=[^ ]*\).*/\1/p' <<<"$line")" "MUSER-CHECK pci $line"
-  bar2=$(console_check 'bar 2')
-  start=$(sed -n 's/.*start=\([^ ]*\).*/\1/p' <<<"$bar2")
-  size=$(sed -n 's/.*size=\([^ ]*\).*/\1/p' <<<"$bar2")
-  type=$(sed -n 's/.*type=\([^ ]*\).*/\1/p' <<<"$bar2")
-  if [[ -n $start && $start != 0x0 ]]; then start=assigned; fi
-  expect "guest: BAR2 assigned, 256 bytes of I/O" "assigned size=0x100 type=io" "${start:-none} size=${size:-none} type=${type:-none}" \
-    "MUSER-CHECK bar 2 $bar2"
+  expect_bar 2 "size=0x100 type=io" "256 bytes of I/O"
   expect "guest: driver bound" "pci-idio-16" "$(console_check driver)" "MUSER-CHECK driver $(console_check driver)"
   line=$(console_check iin0)
   expect "guest: IIN0 read 12 times" "0 0 0 1 1 1 0 0 0 1 1 1" "$line" "MUSER-CHECK iin0 $line"
@@ -469,7 +475,7 @@ same_bytes() {
 }
 
 nvme_test() {
-  local socket=$work/nvme.sock disk=$work/nvme-disk.img fds_before line bar0 start size type mib=1048576
+  local socket=$work/nvme.sock disk=$work/nvme-disk.img fds_before line mib=1048576
   # The backing file: 64 MiB, sparse, with pattern A at 8 MiB.
   rm -f "$disk"
   truncate -s $((64 * mib)) "$disk"
@@ -486,13 +492,7 @@ nvme_test() {
   line=$(console_check pci)
   expect "guest: device enumerated as 1de5:4e56, class 010802" "vendor=0x1de5 device=0x4e56 class=0x010802" \
     "$(sed -n 's/^[^ ]* \(vendor=[^ ]* device=[^ ]* class=[^ ]*\).*/\1/p' <<<"$line")" "MUSER-CHECK pci $line"
-  bar0=$(console_check 'bar 0')
-  start=$(sed -n 's/.*start=\([^ ]*\).*/\1/p' <<<"$bar0")
-  size=$(sed -n 's/.*size=\([^ ]*\).*/\1/p' <<<"$bar0")
-  type=$(sed -n 's/.*type=\([^ ]*\).*/\1/p' <<<"$bar0")
-  if [[ -n $start && $start != 0x0 ]]; then start=assigned; fi
-  expect "guest: BAR0 assigned, 16 KiB of 64-bit memory" "assigned size=0x4000 type=mem64" "${start:-none} size=${size:-none} type=${type:-none}" \
-    "MUSER-CHECK bar 0 $bar0"
+  expect_bar 0 "size=0x4000 type=mem64" "16 KiB of 64-bit memory"
   expect "guest: driver bound" "nvme" "$(console_check driver)" "MUSER-CHECK driver $(console_check driver)"
   line=$(console_check disk)
   expect "guest: namespace of 64 MiB in 512-byte blocks" "size=67108864 logical-block=512" \
