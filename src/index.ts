@@ -6,6 +6,7 @@
  */
 export * from './device/index.js';
 export { serve, Server, ServeError, type ServeOptions } from './server/server.js';
+export { ServerThread } from './server/thread.js';
 export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
 export type { Limits } from './server/connection.js';
 export { Client, VfioUserError, Interrupt, type GuestMemory, type RegionDescription, type ConnectOptions } from './client/client.js';

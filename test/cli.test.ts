@@ -50,7 +50,7 @@ describe('muser serve', () => {
     refuses(['start', gpio], /^muser: unknown command "start"/);
     refuses(['serve', gpio, '--socket', dir.socket(), '--max-dma-maps', '0'], /^muser: --max-dma-maps 0 is not a whole number of at least 1$/);
     refuses(['serve', gpio, '--socket', dir.socket(), '--handler-timeout', '1.5'], /^muser: --handler-timeout 1\.5 is not a whole number$/);
-    refuses(['serve', gpio, 'extra', '--socket', dir.socket()], /^muser: unexpected argument "extra"/);
+    refuses(['serve', gpio, 'extra', '--socket', dir.socket()], /^muser: muser serve got 2 device modules and 1 --socket paths; give each device module its own --socket$/);
   });
 
   it('refuses modules that are not JavaScript devices', () => {

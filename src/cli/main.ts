@@ -7,15 +7,20 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { PciDevice } from '../device/device.js';
+import type { PciDevice } from '../device/device.js';
+import { findDevice } from '../server/load.js';
 import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
 
-const USAGE = `usage: muser serve <device module> --socket <path> [options]
+const USAGE = `usage: muser serve <device module> --socket <path> [<device module> --socket <path> ...] [options]
 
   <device module>   a JavaScript module whose default export (or export "device")
                     is a device made with definePciDevice()
-  --socket <path>   UNIX socket to create for the vfio-user client (e.g. QEMU)
+  --socket <path>   UNIX socket to create for the vfio-user client (e.g. QEMU);
+                    one per device module, in the same order
+  --threads         run each device on a worker thread of its own
+  --poll-us <n>     after each request keep reading for n microseconds before
+                    sleeping: lower latency, more CPU while busy (default 0)
   --mode <octal>    permissions of the socket file (default 600: owner only)
   --log <level>     silent, error, warn (default), info or debug
   --max-dma-maps <n>          DMA ranges a client may map at once (default 65535)
@@ -38,28 +43,27 @@ function version(): string {
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
 }
 
-async function loadDevice(path: string): Promise<PciDevice> {
+/** A device module path that exists and that this Node.js can load. */
+function checkModule(path: string): string {
   const file = resolve(path);
   if (!existsSync(file)) throw new UsageError(`device module ${path} does not exist; give the path of a .js file that exports a device`);
   if (['.ts', '.mts', '.cts'].includes(extname(file)) && !(process.features as { typescript?: unknown }).typescript) {
     throw new UsageError(`${path} is TypeScript, which this Node.js cannot load; compile it (npx tsc) and pass the .js file`);
   }
+  return file;
+}
+
+async function loadDevice(path: string): Promise<PciDevice> {
+  const file = checkModule(path);
   let mod: Record<string, unknown>;
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
     throw new UsageError(`device module ${path} failed to load: ${(e as Error).message}`);
   }
-  const candidates = [mod.default, mod.device, ...Object.values(mod)];
-  // Duck-typed: the module may import its own copy of muser.
-  const device = candidates.find((x): x is PciDevice => x instanceof PciDevice || isDeviceLike(x));
+  const device = findDevice(mod);
   if (!device) throw new UsageError(`device module ${path} exports no device; export default definePciDevice({...})`);
   return device;
-}
-
-function isDeviceLike(x: unknown): boolean {
-  const d = x as Partial<PciDevice> | undefined;
-  return typeof d === 'object' && d !== null && typeof d.regionRead === 'function' && typeof d.attach === 'function' && Array.isArray(d.regions);
 }
 
 /** A whole-number option, or undefined when not given. */
@@ -79,7 +83,9 @@ async function main(argv: string[]): Promise<void> {
       args: argv,
       allowPositionals: true,
       options: {
-        socket: { type: 'string' },
+        socket: { type: 'string', multiple: true },
+        threads: { type: 'boolean' },
+        'poll-us': { type: 'string' },
         mode: { type: 'string' },
         log: { type: 'string' },
         'max-dma-maps': { type: 'string' },
@@ -97,11 +103,14 @@ async function main(argv: string[]): Promise<void> {
   const { values, positionals } = parsed;
   if (values.version) return void console.log(version());
   if (values.help || positionals.length === 0) return void console.log(USAGE);
-  const [command, modulePath, ...extra] = positionals;
+  const [command, ...modulePaths] = positionals;
   if (command !== 'serve') throw new UsageError(`unknown command "${command}"; the command is: muser serve <device module> --socket <path>`);
-  if (!modulePath) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
-  if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"; muser serve takes one device module`);
-  if (!values.socket) throw new UsageError('muser serve needs --socket <path>: where the vfio-user client will connect');
+  if (modulePaths.length === 0) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
+  const sockets = values.socket ?? [];
+  if (sockets.length === 0) throw new UsageError('muser serve needs --socket <path>: where the vfio-user client will connect');
+  if (sockets.length !== modulePaths.length) {
+    throw new UsageError(`muser serve got ${modulePaths.length} device modules and ${sockets.length} --socket paths; give each device module its own --socket`);
+  }
   let mode = 0o600;
   if (values.mode !== undefined) {
     if (!/^[0-7]{3,4}$/.test(values.mode)) throw new UsageError(`--mode ${values.mode} is not an octal permission like 600 or 660`);
@@ -115,27 +124,39 @@ async function main(argv: string[]): Promise<void> {
     maxDataXferSize: count(values, 'max-data-xfer-size', 1),
     maxQueuedCommands: count(values, 'max-queued-commands', 0),
     handlerTimeoutMs: count(values, 'handler-timeout', 0),
+    pollUs: count(values, 'poll-us', 0),
   };
-  const device = await loadDevice(modulePath);
-  let server;
+  const files = modulePaths.map((p) => resolve(p));
+  const twice = modulePaths.find((_, i) => files.indexOf(files[i]) !== i);
+  if (twice !== undefined && !values.threads) {
+    throw new UsageError(`device module ${twice} is given twice, but one process loads a module once; serve it with --threads (each thread loads its own) or give each socket its own module`);
+  }
+  const servers: { name: string; socket: string; close(): Promise<void> }[] = [];
+  const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
-    server = await serve(device, {
-      socket: values.socket,
-      mode,
-      log,
-      ...limits,
-    });
+    for (const [i, modulePath] of modulePaths.entries()) {
+      const options = { socket: sockets[i], mode, log, ...limits };
+      if (values.threads) {
+        checkModule(modulePath);
+        servers.push(await serve(pathToFileURL(resolve(modulePath)), { ...options, thread: true }));
+      } else {
+        const device = await loadDevice(modulePath);
+        const server = await serve(device, options);
+        servers.push({ name: device.name, socket: server.socket, close: () => server.close() });
+      }
+    }
   } catch (e) {
+    await closeAll();
     if (e instanceof ServeError) throw new UsageError(e.message);
     throw e;
   }
-  // Handlers first, then the line that tells a supervisor we are ready: a signal sent on seeing it must find them.
+  // Handlers first, then the lines that tell a supervisor we are ready: a signal sent on seeing them must find them.
   const stop = (): void => {
-    void server.close().then(() => process.exit(0));
+    void closeAll().then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  console.log(`muser: serving ${device.name} on ${server.socket}`);
+  for (const s of servers) console.log(`muser: serving ${s.name} on ${s.socket}`);
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {

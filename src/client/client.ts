@@ -64,6 +64,8 @@ export interface ConnectOptions {
   capabilities?: Capabilities;
   /** Reject a request whose reply takes longer (ms); 0 waits forever. Default 5000, as QEMU. */
   timeout?: number;
+  /** Poll mode: microseconds to keep reading the socket after each reply before sleeping (see Channel.pollFor). Default 0. */
+  pollUs?: number;
 }
 
 /** An interrupt vector wired to an eventfd this client watches. */
@@ -154,7 +156,7 @@ export class Client {
   private flushQueued = false;
   private closeError: Error | undefined;
 
-  private constructor(fd: number, timeout: number) {
+  private constructor(fd: number, timeout: number, pollUs: number) {
     this.timeout = timeout;
     this.channel = new Channel(
       fd,
@@ -163,14 +165,14 @@ export class Client {
         framingError: () => undefined,
         closed: (e) => this.onClosed(e),
       },
-      { maxMessageSize: 64 * 1024 * 1024 },
+      { maxMessageSize: 64 * 1024 * 1024, pollUs },
     );
     this.channel.unref();
   }
 
   /** Connects to a server socket and negotiates the protocol version. */
   static async connect(socket: string, options: ConnectOptions = {}): Promise<Client> {
-    const client = new Client(native.connect(socket), options.timeout ?? 5000);
+    const client = new Client(native.connect(socket), options.timeout ?? 5000, options.pollUs ?? 0);
     try {
       await client.negotiate(options.capabilities ?? QEMU_CAPABILITIES);
     } catch (e) {

@@ -7,6 +7,8 @@ import { native, type PollHandle } from '../transport/native.js';
 import type { PciDevice } from '../device/device.js';
 import { Connection, defaultLimits, type Limits } from './connection.js';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
+import { importDevice } from './load.js';
+import { ServerThread } from './thread.js';
 
 export interface ServeOptions extends Partial<Limits> {
   /** Path of the UNIX socket to create. */
@@ -15,6 +17,14 @@ export interface ServeOptions extends Partial<Limits> {
   mode?: number;
   /** A Logger, or a level for the default stderr logger (default 'warn'). */
   log?: Logger | LogLevel;
+  /**
+   * Poll mode: after handling what arrived, keep reading the socket for up to
+   * this many microseconds before the event loop sleeps. Lower latency for a
+   * busy device at the cost of CPU while it polls; backs off when idle. Default 0.
+   */
+  pollUs?: number;
+  /** Serve on a worker thread of its own (the device module is loaded there); needs a module, not a device. */
+  thread?: boolean;
 }
 
 /** Thrown for mistakes in how serve() was called (bad path, socket in use): one sentence, no stack needed. */
@@ -30,6 +40,7 @@ export class Server {
   private active: Connection | undefined;
   private readonly limits: Limits;
   private readonly log: Logger;
+  private readonly pollUs: number;
   private closing = false;
   private idleWaiters: (() => void)[] = [];
   /** Clients served so far. */
@@ -45,6 +56,7 @@ export class Server {
       maxQueuedCommands: options.maxQueuedCommands ?? defaultLimits.maxQueuedCommands,
       handlerTimeoutMs: options.handlerTimeoutMs ?? defaultLimits.handlerTimeoutMs,
     };
+    this.pollUs = options.pollUs ?? 0;
     removeStaleSocket(this.socket);
     try {
       this.listenFd = native.listen(this.socket, options.mode ?? 0o600, 16);
@@ -83,6 +95,7 @@ export class Server {
         this.log.info(`client disconnected from ${this.device.name}`);
         for (const w of this.idleWaiters.splice(0)) w();
       });
+      if (this.pollUs > 0) this.active.channel.pollFor(this.pollUs);
     }
   }
 
@@ -101,9 +114,21 @@ export class Server {
   }
 }
 
-/** Serves `device` on `options.socket` until `close()`. */
-export async function serve(device: PciDevice, options: ServeOptions): Promise<Server> {
-  return new Server(device, options);
+/**
+ * Serves a device on `options.socket` until `close()`: a device object, or a
+ * device module (a file: URL or import specifier), which with `thread` is
+ * loaded and served on a worker thread of its own.
+ */
+export async function serve(device: PciDevice, options: ServeOptions): Promise<Server>;
+export async function serve(module: string | URL, options: ServeOptions & { thread: true }): Promise<ServerThread>;
+export async function serve(device: PciDevice | string | URL, options: ServeOptions): Promise<Server | ServerThread>;
+export async function serve(device: PciDevice | string | URL, options: ServeOptions): Promise<Server | ServerThread> {
+  const isModule = typeof device === 'string' || device instanceof URL;
+  if (options.thread) {
+    if (!isModule) throw new ServeError('a device served on a thread is loaded in that thread: pass its module URL, not the device object');
+    return ServerThread.start(device, options);
+  }
+  return new Server(isModule ? await importDevice(device) : device, options);
 }
 
 /**

@@ -31,6 +31,13 @@ export type PollCallback = (events: number) => void;
 export interface PollHandle {
   /** Change the watched events: READABLE=1, WRITABLE=2, both=3 (0 pauses). Throws after close(). */
   update(events: number): void;
+  /**
+   * Poll mode: after each callback, keep polling (without sleeping) for up
+   * to `us` microseconds for this or another spinning handle of this thread
+   * to become readable, and call it back; less when idle (a spin that finds
+   * nothing halves the budget). 0 (the default) sleeps in the event loop.
+   */
+  spin(us: number): void;
   /** Whether this handle keeps the event loop alive (uv_ref/uv_unref). Default: ref'd. */
   ref(): void;
   unref(): void;
