@@ -1,146 +1,143 @@
 /**
- * Trapped 4-byte REGION_READ round trips, client (this process) and server
- * (`muser serve`, another process), against the floor measured in the same
- * run: a raw echo of same-sized messages over the same kind of socket, with
- * the same addon and no protocol work.
+ * Trapped 4-byte REGION_READs from a C client (bench/loadgen.c, after a
+ * VERSION negotiation) to four servers in other processes, interleaved round
+ * by round in one run:
  *
- *   node dist/bench/region-read.js [--count N] [--rounds R]
+ *   floor          a C echo server (bench/echo.c) answering 32-byte messages
+ *   libvfio-user   its GPIO sample (C, release build), BAR2
+ *   muser          `muser serve` of the GPIO sample, BAR2
+ *   muser poll     the same with --poll-us
  *
- * Each case runs R rounds (default 5) and reports the median.
+ *   node dist/bench/region-read.js [--rounds R] [--count N] [--poll-us U]
+ *
+ * One request outstanding, and 32 pipelined. Reported: median requests/s,
+ * ratios to the floor and to libvfio-user, CPU per request (server and
+ * client). Then the poll-mode server's CPU while idle and under sparse
+ * traffic (back-off), and the TypeScript client against muser.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '../src/index.js';
-import { native } from '../src/transport/native.js';
+import { cli, compile, cpuNs, gpioSample, libvfioUserGpio, loadAverage, loadgen, median, scratchDir, sleep, start, table, type Served } from './lib.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({ options: { count: { type: 'string', default: '50000' }, rounds: { type: 'string', default: '5' } } });
-const COUNT = Number(values.count);
+const { values } = parseArgs({
+  options: { rounds: { type: 'string', default: '5' }, count: { type: 'string', default: '20000' }, 'poll-us': { type: 'string', default: '50' } },
+});
 const ROUNDS = Number(values.rounds);
-const REQUEST_BYTES = 32; // a REGION_READ command: 16-byte header + 16-byte payload
+const COUNT = Number(values.count);
+const POLL_US = values['poll-us'];
 
-async function start(args: string[], socket: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; !existsSync(socket); i++) {
-    if (i > 200) throw new Error(`${args.join(' ')} did not create ${socket}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return child;
+interface Target {
+  name: string;
+  server: Served;
+  socket: string;
+  echo?: boolean;
 }
-
-/** ns per round trip for `total` echoes of 32-byte messages, `window` outstanding. */
-function floor(socket: string, total: number, window: number): Promise<number> {
-  const fd = native.connect(socket);
-  const tx = Buffer.alloc(REQUEST_BYTES * window, 0x5a);
-  const rx = Buffer.allocUnsafe(256 * 1024);
-  const fds = new Int32Array(2);
-  let sent = 0;
-  let received = 0;
-  let partial = 0;
-  const send = (k: number): void => {
-    native.sendmsg(fd, tx, 0, REQUEST_BYTES * k, null);
-    sent += k;
-  };
-  return new Promise((resolve) => {
-    const t0 = process.hrtime.bigint();
-    const poll = native.poll(fd, native.READABLE, () => {
-      const n = native.recvmsg(fd, rx, 0, rx.length, fds);
-      if (n <= 0) return;
-      partial += n;
-      const k = Math.floor(partial / REQUEST_BYTES);
-      partial -= k * REQUEST_BYTES;
-      received += k;
-      if (received >= total) {
-        const ns = Number(process.hrtime.bigint() - t0) / total;
-        poll.close();
-        native.close(fd);
-        return resolve(ns);
-      }
-      const more = Math.min(k, total - sent);
-      if (more > 0) send(more);
-    });
-    send(Math.min(window, total));
-  });
-}
-
-/** ns per REGION_READ for `total` reads through the client, `window` outstanding. */
-async function muser(client: Client, total: number, window: number): Promise<number> {
-  let issued = 0;
-  const worker = async (): Promise<void> => {
-    while (issued < total) {
-      issued++;
-      await client.regionRead(0, 0, 4);
-    }
-  };
-  const t0 = process.hrtime.bigint();
-  await Promise.all(Array.from({ length: window }, worker));
-  return Number(process.hrtime.bigint() - t0) / total;
-}
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
-/** CPU time (user + system) a process has used, in µs, from /proc (clock ticks of 10 ms: use long runs). */
-function cpuMicros(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
-const ownCpuMicros = (): number => {
-  const u = process.cpuUsage();
-  return u.user + u.system;
-};
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'muser-bench-'));
-  const echoSocket = join(dir, 'echo.sock');
-  const muserSocket = join(dir, 'muser.sock');
-  const echo = await start([join(here, 'echo-server.js'), echoSocket], echoSocket);
-  const server = await start([join(here, '..', 'src', 'cli', 'main.js'), 'serve', join(here, 'bench-device.js'), '--socket', muserSocket], muserSocket);
-  const client = await Client.connect(muserSocket, { timeout: 0 });
+  const dir = scratchDir();
+  const targets: Target[] = [];
   try {
+    const gen = compile('loadgen', dir.path);
+    const echo = compile('echo', dir.path);
+    const peer = libvfioUserGpio();
+    const add = async (name: string, cmd: string, args: string[], socket: string, isEcho = false) =>
+      targets.push({ name, server: await start(cmd, args, [socket]), socket, echo: isEcho });
+    await add('floor (C echo)', echo, [dir.socket('echo.sock')], dir.socket('echo.sock'), true);
+    if (peer) await add('libvfio-user', peer, [dir.socket('peer.sock')], dir.socket('peer.sock'));
+    await add('muser', process.execPath, [cli, 'serve', gpioSample, '--socket', dir.socket('muser.sock')], dir.socket('muser.sock'));
+    await add(`muser --poll-us ${POLL_US}`, process.execPath, [cli, 'serve', gpioSample, '--socket', dir.socket('poll.sock'), '--poll-us', POLL_US], dir.socket('poll.sock'));
+
     const cases = [
-      { name: 'single outstanding', window: 1, total: Math.max(1000, Math.floor(COUNT / 5)) },
-      { name: '32 pipelined', window: 32, total: COUNT * 2 },
+      { name: '1 outstanding', window: 1, count: COUNT },
+      { name: '32 pipelined', window: 32, count: COUNT * 10 },
     ];
-    // Warm up both paths (JIT, socket buffers).
-    await floor(echoSocket, 5000, 32);
-    await muser(client, 5000, 32);
-    console.log(`trapped 4-byte REGION_READ, client and server in separate processes; median of ${ROUNDS} rounds`);
-    console.log('case                 | floor µs/msg | muser µs/access | muser accesses/s | muser / floor | CPU µs per message, server + client: floor, muser');
+    const run = async (t: Target, window: number, count: number) => {
+      const before = cpuNs(t.server.pid);
+      const r = await loadgen(gen, ['--socket', t.socket, '--region', '2', '--window', String(window), '--count', String(count), ...(t.echo ? ['--echo'] : [])]);
+      return { rps: (r.requests * 1e9) / r.ns, serverUs: (cpuNs(t.server.pid) - before) / 1000 / r.requests, clientUs: r.cpu_us / r.requests };
+    };
+    // Warm-up: JIT, socket buffers, caches.
+    for (const t of targets) await run(t, 32, 20000);
+
+    console.log(`4-byte REGION_READ from a C client; medians of ${ROUNDS} interleaved rounds; load average ${loadAverage()}`);
     for (const c of cases) {
-      const f: number[] = [];
-      const m: number[] = [];
-      let serverCpu = 0;
-      let clientCpu = 0;
-      let echoCpu = 0;
-      let floorClientCpu = 0;
+      const results = targets.map(() => ({ rps: [] as number[], serverUs: [] as number[], clientUs: [] as number[] }));
       for (let r = 0; r < ROUNDS; r++) {
-        const e0 = cpuMicros(echo.pid!);
-        const f0 = ownCpuMicros();
-        f.push(await floor(echoSocket, c.total, c.window));
-        echoCpu += cpuMicros(echo.pid!) - e0;
-        floorClientCpu += ownCpuMicros() - f0;
-        const s0 = cpuMicros(server.pid!);
-        const c0 = ownCpuMicros();
-        m.push(await muser(client, c.total, c.window));
-        serverCpu += cpuMicros(server.pid!) - s0;
-        clientCpu += ownCpuMicros() - c0;
+        // A different starting server each round, so that none always runs first after another.
+        for (let k = 0; k < targets.length; k++) {
+          const i = (k + r) % targets.length;
+          const m = await run(targets[i], c.window, c.count);
+          results[i].rps.push(m.rps);
+          results[i].serverUs.push(m.serverUs);
+          results[i].clientUs.push(m.clientUs);
+        }
       }
-      const fl = median(f) / 1000;
-      const mu = median(m) / 1000;
-      const n = c.total * ROUNDS;
-      console.log(
-        `${c.name.padEnd(20)} | ${fl.toFixed(2).padStart(12)} | ${mu.toFixed(2).padStart(15)} | ${Math.round(1e6 / mu).toString().padStart(16)} | ${(mu / fl).toFixed(2).padStart(13)} | ${(echoCpu / n).toFixed(2)} + ${(floorClientCpu / n).toFixed(2)}, ${(serverCpu / n).toFixed(2)} + ${(clientCpu / n).toFixed(2)}`,
+      const rps = results.map((x) => median(x.rps));
+      const peerIndex = targets.findIndex((t) => t.name === 'libvfio-user');
+      const rows: (string | number)[][] = [['server', 'requests/s', 'vs floor', 'vs libvfio-user', 'server CPU µs/req', 'client CPU µs/req']];
+      targets.forEach((t, i) =>
+        rows.push([
+          t.name,
+          Math.round(rps[i]),
+          (rps[i] / rps[0]).toFixed(2),
+          peerIndex >= 0 ? (rps[i] / rps[peerIndex]).toFixed(2) : '-',
+          median(results[i].serverUs).toFixed(2),
+          median(results[i].clientUs).toFixed(2),
+        ]),
       );
+      console.log(`\n${c.name} (${c.count} requests per round)\n${table(rows)}`);
     }
-  } finally {
+
+    // Poll mode when there is little to do: idle after a burst, and one request per millisecond.
+    const poll = targets[targets.length - 1];
+    const plain = targets[targets.length - 2];
+    const client = await Client.connect(poll.socket, { timeout: 0 });
+    for (let i = 0; i < 2000; i++) await client.regionRead(2, 0, 4);
+    await sleep(100);
+    const idle0 = cpuNs(poll.server.pid);
+    await sleep(2000);
+    const idlePct = ((cpuNs(poll.server.pid) - idle0) / 2e9) * 100;
     client.close();
-    echo.kill('SIGTERM');
-    server.kill('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
+    const sparse = async (t: Target) => {
+      const before = cpuNs(t.server.pid);
+      const r = await loadgen(gen, ['--socket', t.socket, '--region', '2', '--rate', '1000', '--seconds', '2']);
+      return { pct: ((cpuNs(t.server.pid) - before) / r.ns) * 100, p50: (r.p50_ns ?? 0) / 1000 };
+    };
+    const sp = await sparse(poll);
+    const sd = await sparse(plain);
+    console.log(`\npoll mode at rest: ${idlePct.toFixed(2)}% of a core while connected and idle (2 s after a burst)`);
+    console.log(`one request per ms for 2 s: ${poll.name} ${sp.pct.toFixed(1)}% of a core (p50 ${sp.p50.toFixed(0)} µs), ${plain.name} ${sd.pct.toFixed(1)}% (p50 ${sd.p50.toFixed(0)} µs)`);
+
+    // The TypeScript client (this process) against muser, one outstanding and 32 at once, default and polling on both sides.
+    const rows: (string | number)[][] = [['TypeScript client', '1 outstanding req/s', '32 pipelined req/s']];
+    for (const [t, pollUs] of [
+      [plain, 0],
+      [poll, Number(POLL_US)],
+    ] as const) {
+      const c = await Client.connect(t.socket, { timeout: 0, pollUs });
+      const measure = async (window: number, total: number): Promise<number> => {
+        let issued = 0;
+        const worker = async (): Promise<void> => {
+          while (issued++ < total) await c.regionRead(2, 0, 4);
+        };
+        const t0 = process.hrtime.bigint();
+        await Promise.all(Array.from({ length: window }, worker));
+        return (total * 1e9) / Number(process.hrtime.bigint() - t0);
+      };
+      await measure(32, 20000);
+      const one: number[] = [];
+      const many: number[] = [];
+      for (let r = 0; r < ROUNDS; r++) {
+        one.push(await measure(1, COUNT));
+        many.push(await measure(32, COUNT * 10));
+      }
+      rows.push([`${pollUs ? `--poll-us ${pollUs} both sides` : 'default'}`, Math.round(median(one)), Math.round(median(many))]);
+      c.close();
+    }
+    console.log(`\n${table(rows)}`);
+  } finally {
+    for (const t of targets) await t.server.stop();
+    dir.remove();
   }
 }
 
