@@ -1,0 +1,76 @@
+/**
+ * Many devices in one process: RSS per device served and idle, and per
+ * device with a client connected (VERSION negotiated), and the connect
+ * latency (connect + VERSION round trip), on the main thread and with each
+ * device on its own thread. Each thread is a Node.js worker with a V8 heap
+ * of its own, so the threaded case serves fewer devices by default.
+ *
+ *   node dist/bench/devices.js [--devices N] [--thread-devices M]
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Client } from '../src/index.js';
+import { here, loadAverage, median, scratchDir, sleep, table } from './lib.js';
+
+const { values } = parseArgs({ options: { devices: { type: 'string', default: '1000' }, 'thread-devices': { type: 'string', default: '100' } } });
+
+const rssKiB = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+
+/** Serves `count` devices in a child process, measures its RSS idle and with a client on each, and connect latency. */
+async function measure(count: number, threads: boolean) {
+  const dir = scratchDir();
+  const child = spawn(process.execPath, [join(here, 'devices-server.js'), dir.path, String(count), ...(threads ? ['--threads'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const t0 = Date.now();
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      child.once('exit', (code) => reject(new Error(`devices-server exited with ${code}`)));
+    });
+    const startMs = (Date.now() - t0) / count;
+    await sleep(500);
+    const idle = rssKiB(child.pid!);
+    const clients: Client[] = [];
+    const connectUs: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const t = process.hrtime.bigint();
+      const c = await Client.connect(dir.socket(`dev-${i}.sock`), { timeout: 0 });
+      connectUs.push(Number(process.hrtime.bigint() - t) / 1000);
+      await c.regionRead(0, 0, 4);
+      clients.push(c);
+    }
+    await sleep(500);
+    const connected = rssKiB(child.pid!);
+    for (const c of clients) c.close();
+    connectUs.sort((a, b) => a - b);
+    return { idle, connected, startMs, connectP50: median(connectUs), connectP99: connectUs[Math.floor(connectUs.length * 0.99)] };
+  } finally {
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+    dir.remove();
+  }
+}
+
+// A process serving nothing: the baseline subtracted from the others.
+const base = await measure(0, false);
+const rows: (string | number)[][] = [['layout', 'devices', 'KiB/device idle', 'KiB/device connected (more)', 'start ms/device', 'connect p50 µs', 'connect p99 µs']];
+for (const [count, threads] of [
+  [Number(values.devices), false],
+  [Number(values['thread-devices']), true],
+] as const) {
+  const m = await measure(count, threads);
+  rows.push([
+    threads ? 'a thread each' : 'main thread',
+    count,
+    ((m.idle - base.idle) / count).toFixed(1),
+    ((m.connected - m.idle) / count).toFixed(1),
+    m.startMs.toFixed(2),
+    m.connectP50.toFixed(0),
+    m.connectP99.toFixed(0),
+  ]);
+}
+console.log(`devices in one process, server RSS above an empty process (${base.idle} KiB); load average ${loadAverage()}`);
+console.log(table(rows));
