@@ -10,7 +10,7 @@ import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { Client, ServeError, ServerThread, serve, protocol, type Logger } from '../src/index.js';
+import { Client, ServeError, ServerThread, VfioUserError, serve, protocol, type Logger } from '../src/index.js';
 import { native } from '../src/transport/native.js';
 import { NvmeHost } from '../samples/nvme/driver.js';
 import { LBA, PAGE } from '../samples/nvme/spec.js';
@@ -265,7 +265,7 @@ describe('the NVMe sample on a worker thread in poll mode', () => {
   });
 });
 
-describe('poll mode in one thread', () => {
+describe('poll mode and batches in one thread', () => {
   it('answers a polling client from a polling server on the same thread', async () => {
     const dir = tempDir();
     const { device: object } = (await import(pathToFileURL(device).href)) as { device: Parameters<typeof serve>[0] };
@@ -274,6 +274,25 @@ describe('poll mode in one thread', () => {
     try {
       for (let i = 0; i < 100; i++) assert.equal(await read32(c, 0x0c), 0xabc);
       assert.deepEqual(await Promise.all(Array.from({ length: 100 }, () => read32(c, 0))), new Array(100).fill(0));
+    } finally {
+      c.close();
+      await server.close();
+      dir.remove();
+    }
+  });
+
+  it('sends a batch of reads at once and answers them in order, or with the first error', async () => {
+    const dir = tempDir();
+    const { default: object } = (await import(pathToFileURL(deviceB).href)) as { default: Parameters<typeof serve>[0] };
+    const server = await serve(object, { socket: dir.socket(), pollUs: 20, log: 'silent' });
+    const c = await Client.connect(dir.socket(), { pollUs: 20 });
+    try {
+      const reads = Array.from({ length: 300 }, (_, i) => ({ region: 0, offset: i % 2 ? 0x0c : 0x00, count: 4 }));
+      const data = await c.regionReadBatch(reads);
+      assert.deepEqual(data.map((d) => d.readUInt32LE(0)), reads.map((r) => (r.offset === 0x0c ? 0xabc : 0)));
+      assert.deepEqual(await c.regionReadBatch([]), []);
+      await assert.rejects(c.regionReadBatch([{ region: 0, offset: 0, count: 4 }, { region: 3, offset: 0, count: 4 }, { region: 0, offset: 0x0c, count: 4 }]), VfioUserError);
+      assert.equal(await read32(c, 0x0c), 0xabc, 'the connection goes on after a failed batch');
     } finally {
       c.close();
       await server.close();

@@ -19,7 +19,6 @@ import {
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
-import { put32, put64 } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -107,27 +106,34 @@ export class Interrupt {
   }
 }
 
+/** Reads what a request wants from its reply at rx[at..at+header.size), while it is still in the receive buffer. */
+type Parse<T> = (header: Header, rx: Buffer, at: number, fds: number[]) => T;
+
 interface Pending {
   command: number;
   resolve(value: unknown): void;
   reject(error: Error): void;
-  parse(h: Header, payload: Buffer, fds: number[]): unknown;
+  parse: Parse<unknown>;
   /** Date.now() after which the request fails; 0 for never. */
   deadline: number;
+  /** Requests sent together (regionReadBatch) share one entry, which resolves once all are in. */
+  batch?: { first: number; left: number; results: unknown[] };
 }
 
 /** The default reply parser: a copy that outlives the receive buffer. */
-const copyReply = (header: Header, payload: Buffer, fds: number[]): Reply => ({ header, payload: Buffer.from(payload), fds });
+const copyReply: Parse<Reply> = (header, rx, at, fds) => ({ header: { ...header }, payload: Buffer.from(rx.subarray(at + HEADER_SIZE, at + header.size)), fds });
 
 /** The data of a REGION_READ reply, copied out of the receive buffer. */
-function readReplyData(_: Header, payload: Buffer): Buffer {
-  const count = payload.length - msg.REGION_ACCESS_SIZE;
-  if (count < 0 || payload.readUInt32LE(12) !== count) msg.decodeRegionAccess(payload, true); // throws the precise error
+const readReplyData: Parse<Buffer> = (h, rx, at) => {
+  const p = at + HEADER_SIZE;
+  msg.checkRegionAccess(rx, p, at + h.size, true);
+  const count = msg.accessCount(rx, p);
   const data = Buffer.allocUnsafe(count);
-  if (count <= 16) for (let i = 0; i < count; i++) data[i] = payload[msg.REGION_ACCESS_SIZE + i];
-  else payload.copy(data, 0, msg.REGION_ACCESS_SIZE);
+  const from = p + msg.REGION_ACCESS_SIZE;
+  if (count <= 16) for (let i = 0; i < count; i++) data[i] = rx[from + i];
+  else rx.copy(data, 0, from, from + count);
   return data;
-}
+};
 
 const QEMU_CAPABILITIES: Capabilities = {
   maxMsgFds: 16,
@@ -161,7 +167,7 @@ export class Client {
     this.channel = new Channel(
       fd,
       {
-        message: (h, p, fds) => this.onMessage(h, p, fds),
+        message: (h, rx, at, fds) => this.onMessage(h, rx, at, fds),
         framingError: () => undefined,
         closed: (e) => this.onClosed(e),
       },
@@ -207,7 +213,7 @@ export class Client {
     write: (out: Buffer, at: number) => unknown,
     fds: readonly number[] | undefined,
     flags: number,
-    parse: (h: Header, payload: Buffer, fds: number[]) => T,
+    parse: Parse<T>,
   ): Promise<T> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
     const id = this.takeId();
@@ -217,7 +223,7 @@ export class Client {
   }
 
   /** Registers the wait for the reply to request `id`. */
-  private expect<T>(id: number, command: number, parse: (h: Header, payload: Buffer, fds: number[]) => T): Promise<T> {
+  private expect<T>(id: number, command: number, parse: Parse<T>): Promise<T> {
     if (this.pending[id]) return Promise.reject(new Error(`${commandName(command)}: 65536 requests are already waiting for replies`));
     const promise = new Promise<T>((resolve, reject) => {
       this.pending[id] = { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 };
@@ -285,8 +291,8 @@ export class Client {
     return this.pending[this.oldest];
   }
 
-  private onMessage(h: Header, payload: Buffer, fds: number[]): void {
-    if (!isReply(h.flags)) return this.serve(h, payload, fds);
+  private onMessage(h: Header, rx: Buffer, at: number, fds: number[]): void {
+    if (!isReply(h.flags)) return this.serve(h, rx.subarray(at + HEADER_SIZE, at + h.size), fds);
     const entry = this.pending[h.id];
     if (!entry) {
       closeAll(fds);
@@ -298,7 +304,11 @@ export class Client {
       return entry.reject(new VfioUserError(h.command, h.error));
     }
     try {
-      entry.resolve(entry.parse(h, payload, fds));
+      const value = entry.parse(h, rx, at, fds);
+      const b = entry.batch;
+      if (!b) return entry.resolve(value);
+      b.results[(h.id - b.first) & 0xffff] = value;
+      if (--b.left === 0) entry.resolve(b.results);
     } catch (e) {
       entry.reject(e as Error);
     }
@@ -348,15 +358,45 @@ export class Client {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
     const id = this.takeId();
     const promise = this.expect(id, Command.REGION_READ, readReplyData);
+    this.sendRead(id, region, offset, count);
+    return promise;
+  }
+
+  /**
+   * Sends every read at once (one sendmsg) and resolves with their data in
+   * order, or rejects with the first error reply: one Promise and one
+   * pending entry for the whole batch.
+   */
+  regionReadBatch(reads: readonly { region: number; offset: number; count: number }[]): Promise<Buffer[]> {
+    if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
+    if (reads.length === 0) return Promise.resolve([]);
+    if (reads.length > 0x8000) return Promise.reject(new RangeError(`a batch of ${reads.length} reads is above the 32768 a 16-bit message ID space leaves room for`));
+    const first = this.nextId;
+    for (let i = 0; i < reads.length; i++) {
+      if (this.pending[(first + i) & 0xffff]) return Promise.reject(new Error(`REGION_READ: too many requests are already waiting for replies to send ${reads.length} more`));
+    }
+    const promise = this.expect(first, Command.REGION_READ, readReplyData) as Promise<unknown> as Promise<Buffer[]>;
+    const entry = this.pending[first]!;
+    entry.batch = { first, left: reads.length, results: new Array<Buffer>(reads.length) };
+    for (let i = 0; i < reads.length; i++) {
+      const id = this.takeId();
+      if (i > 0) {
+        this.pending[id] = entry;
+        this.waiting++;
+      }
+      const r = reads[i];
+      this.sendRead(id, r.region, r.offset, r.count);
+    }
+    return promise;
+  }
+
+  private sendRead(id: number, region: number, offset: number, count: number): void {
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE;
     const at = this.begin(size);
     const out = this.channel.txBuffer;
     putHeader(out, at, id, Command.REGION_READ, size, 0, 0);
-    put64(out, at + 16, offset);
-    put32(out, at + 24, region);
-    put32(out, at + 28, count);
+    msg.putRegionAccess(out, at + HEADER_SIZE, offset, region, count);
     this.channel.commit(at, size);
-    return promise;
   }
 
   /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */

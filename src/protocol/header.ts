@@ -17,13 +17,17 @@ export interface Header {
 /** Reads a header at `offset`. Only structural checks: the caller knows the limits. */
 export function decodeHeader(buf: Buffer, offset = 0): Header {
   check(buf.length - offset >= HEADER_SIZE, 'EINVAL', `header needs ${HEADER_SIZE} bytes, got ${buf.length - offset}`);
-  return {
-    id: get16(buf, offset),
-    command: get16(buf, offset + 2),
-    size: get32(buf, offset + 4),
-    flags: get32(buf, offset + 8),
-    error: get32(buf, offset + 12),
-  };
+  return readHeader(buf, offset, { id: 0, command: 0, size: 0, flags: 0, error: 0 });
+}
+
+/** Reads the header at `at` (HEADER_SIZE bytes the caller has) into `into`, for the per-message path that reuses one object. */
+export function readHeader(buf: Uint8Array, at: number, into: Header): Header {
+  into.id = get16(buf, at);
+  into.command = get16(buf, at + 2);
+  into.size = get32(buf, at + 4);
+  into.flags = get32(buf, at + 8);
+  into.error = get32(buf, at + 12);
+  return into;
 }
 
 /** Writes a header into `buf` at `offset`. */

@@ -10,7 +10,7 @@
  */
 import { DmaFlag, FeatureFlag, IrqSetFlag } from './constants.js';
 import { check, ProtocolError } from './errors.js';
-import { get32 } from './le.js';
+import { get32, put32, put64 } from './le.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 /** The `data` of messages that carry none (shared, never written). */
@@ -452,29 +452,45 @@ export interface RegionAccess {
 export const REGION_ACCESS_SIZE = 16;
 
 /**
- * Decodes REGION_READ (command and reply) and REGION_WRITE (command and reply).
- * `withData` says whether this direction carries `count` bytes of data.
+ * Checks the region access at p[at..end): REGION_READ and REGION_WRITE,
+ * command and reply. `withData` says whether this direction carries `count`
+ * bytes of data. The per-message path checks with this and then reads the
+ * fields with accessOffset/accessRegion/accessCount, building no object.
  */
+export function checkRegionAccess(p: Uint8Array, at: number, end: number, withData: boolean): void {
+  if (end - at < REGION_ACCESS_SIZE) throw new ProtocolError('EINVAL', `region access payload must be at least ${REGION_ACCESS_SIZE} bytes, got ${end - at}`);
+  const count = accessCount(p, at);
+  const expected = withData ? count : 0;
+  const carried = end - at - REGION_ACCESS_SIZE;
+  if (carried !== expected) throw new ProtocolError('EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
+  if (get32(p, at + 4) >= 0x200000) readOffset(buf(p), at, 'region offset'); // throws, saying why
+}
+
+// The layout of a region access, for both directions: u64 offset, u32 region, u32 count, then the data.
+export const accessOffset = (p: Uint8Array, at: number): number => get32(p, at + 4) * 0x1_0000_0000 + get32(p, at);
+export const accessRegion = (p: Uint8Array, at: number): number => get32(p, at + 8);
+export const accessCount = (p: Uint8Array, at: number): number => get32(p, at + 12);
+export function putRegionAccess(out: Uint8Array, at: number, offset: number, region: number, count: number): void {
+  put64(out, at, offset);
+  put32(out, at + 8, region);
+  put32(out, at + 12, count);
+}
+
+/** Decodes a region access (see checkRegionAccess) into an object. */
 export function decodeRegionAccess(payload: Uint8Array, withData: boolean): RegionAccess {
   const p = buf(payload);
-  atLeast(p, REGION_ACCESS_SIZE, 'region access');
-  const count = get32(p, 12);
-  const expected = withData ? count : 0;
-  const carried = p.length - REGION_ACCESS_SIZE;
-  if (carried !== expected) throw new ProtocolError('EINVAL', `region access carries ${carried} data bytes, count says ${expected}`);
+  checkRegionAccess(p, 0, p.length, withData);
   return {
-    offset: readOffset(p, 0, 'region offset'),
-    region: get32(p, 8),
-    count,
-    data: carried === 0 ? NO_DATA : p.subarray(REGION_ACCESS_SIZE),
+    offset: accessOffset(p, 0),
+    region: accessRegion(p, 0),
+    count: accessCount(p, 0),
+    data: p.length === REGION_ACCESS_SIZE ? NO_DATA : p.subarray(REGION_ACCESS_SIZE),
   };
 }
 
 /** Writes a region access (header part and data) into `out` at `at`; returns the bytes written. */
 export function writeRegionAccess(out: Buffer, at: number, a: RegionAccess): number {
-  writeOffset(out, at, a.offset);
-  out.writeUInt32LE(a.region, at + 8);
-  out.writeUInt32LE(a.count, at + 12);
+  putRegionAccess(out, at, a.offset, a.region, a.count);
   out.set(a.data, at + REGION_ACCESS_SIZE);
   return REGION_ACCESS_SIZE + a.data.length;
 }

@@ -25,7 +25,7 @@ import {
 } from '../protocol/constants.js';
 import { ProtocolError, check } from '../protocol/errors.js';
 import { isReply, putHeader, encodeMessage, type Header } from '../protocol/header.js';
-import { copyInto, put32, put64 } from '../protocol/le.js';
+import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -75,7 +75,8 @@ const MAX_QUEUED_BYTES = 64 << 20;
 
 interface Queued {
   header: Header;
-  payload: Buffer;
+  /** A copy of the whole message, header included. */
+  message: Buffer;
   fds: number[];
 }
 
@@ -101,6 +102,12 @@ export class Connection implements DeviceHost {
   private queuedBytes = 0;
   private busy = false;
   private running: Running | undefined;
+  /**
+   * The header of the command being executed: the channel's (reused) one
+   * while it answers at once, an object of its own once the answer may come
+   * later (hold()), which is also what marks the command abandoned on a timeout.
+   */
+  private current: Header | undefined;
   /** Commands answered ETIMEDOUT: whatever their handlers send later is dropped. Weak: a handler that never finishes is collected. */
   private readonly abandoned = new WeakSet<Header>();
   private anyAbandoned = false;
@@ -122,7 +129,7 @@ export class Connection implements DeviceHost {
     this.channel = new Channel(
       fd,
       {
-        message: (h, p, fds) => this.onMessage(h, p, fds),
+        message: (h, rx, at, fds) => this.onMessage(h, rx, at, fds),
         framingError: (h, e) => {
           this.log.warn(`client sent a message that breaks framing (${e.message}); closing the connection`);
           this.replyError(h, e.errno);
@@ -145,28 +152,31 @@ export class Connection implements DeviceHost {
 
   // ---------------------------------------------------------------- dispatch
 
-  private onMessage(header: Header, payload: Buffer, fds: number[]): void {
-    if (isReply(header.flags)) return this.onReply(header, payload, fds);
+  private onMessage(header: Header, rx: Buffer, at: number, fds: number[]): void {
+    if (isReply(header.flags)) return this.onReply(header, rx.subarray(at + HEADER_SIZE, at + header.size), fds);
     if (this.busy || this.queue.length > 0) {
-      if (this.queue.length >= this.options.maxQueuedCommands || this.queuedBytes + payload.length > MAX_QUEUED_BYTES) {
+      const payloadLength = header.size - HEADER_SIZE;
+      if (this.queue.length >= this.options.maxQueuedCommands || this.queuedBytes + payloadLength > MAX_QUEUED_BYTES) {
         closeAll(fds);
         const what = this.queue.length >= this.options.maxQueuedCommands ? `${this.options.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
         this.log.warn(`client has more than ${what} waiting; closing the connection`);
         return this.channel.close();
       }
-      this.queuedBytes += payload.length;
-      this.queue.push({ header, payload: Buffer.from(payload), fds });
+      this.queuedBytes += payloadLength;
+      this.queue.push({ header: { ...header }, message: Buffer.from(rx.subarray(at, at + header.size)), fds });
       return;
     }
-    this.run(header, payload, fds);
+    this.run(header, rx, at, fds);
   }
 
-  /** Runs one command; if it goes asynchronous, holds the others until it is answered or times out. */
-  private run(header: Header, payload: Buffer, fds: number[]): void {
-    const pending = this.execute(header, payload, fds);
+  /** Runs the command at rx[at..); if it goes asynchronous, holds the others until it is answered or times out. */
+  private run(header: Header, rx: Buffer, at: number, fds: number[]): void {
+    this.current = header;
+    const pending = this.execute(header, rx, at, fds);
     if (!pending) return;
     this.busy = true;
-    const running: Running = { header, what: describe(header, payload) };
+    const held = this.current;
+    const running: Running = { header: held, what: describe(held, rx.subarray(at + HEADER_SIZE, at + header.size)) };
     this.running = running;
     const ms = this.options.handlerTimeoutMs;
     if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
@@ -198,16 +208,16 @@ export class Connection implements DeviceHost {
     try {
       while (!this.busy && this.queue.length > 0 && !this.channel.closed) {
         const q = this.queue.shift()!;
-        this.queuedBytes -= q.payload.length;
-        this.run(q.header, q.payload, q.fds);
+        this.queuedBytes -= q.message.length - HEADER_SIZE;
+        this.run(q.header, q.message, 0, q.fds);
       }
     } finally {
       this.channel.uncork();
     }
   }
 
-  /** Answers a command; returns a Promise when the answer waits for the device. */
-  private execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
+  /** Answers a command; returns a Promise when the answer waits for the device (then `current` is the header it answers). */
+  private execute(h: Header, rx: Buffer, at: number, fds: number[]): Promise<void> | undefined {
     try {
       // Checks on the per-message path build their message only when they fail.
       if ((h.flags & Flag.TYPE_MASK) !== Flag.COMMAND) throw new ProtocolError('EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
@@ -216,8 +226,11 @@ export class Connection implements DeviceHost {
         throw new ProtocolError('EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
       }
       if (this.limits === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
-      const result = this.command(h, p, fds);
-      if (result) return result.catch((e: unknown) => this.fail(h, e));
+      const result = this.command(h, rx, at, fds);
+      if (result) {
+        const held = this.current!;
+        return result.catch((e: unknown) => this.fail(held, e));
+      }
     } catch (e) {
       closeAll(fds);
       this.fail(h, e);
@@ -248,12 +261,19 @@ export class Connection implements DeviceHost {
     this.replyError(h, Errno.EIO);
   }
 
-  private command(h: Header, p: Buffer, fds: number[]): Promise<void> | void {
+  /** A header of the command's own, for an answer that comes after the channel has moved on. */
+  private hold(h: Header): Header {
+    this.current = { ...h };
+    return this.current;
+  }
+
+  private command(shared: Header, rx: Buffer, at: number, fds: number[]): Promise<void> | void {
+    // Region accesses, the per-message path, read the receive buffer in place.
+    if (shared.command === Command.REGION_READ) return this.regionRead(shared, rx, at + HEADER_SIZE, at + shared.size);
+    if (shared.command === Command.REGION_WRITE) return this.regionWrite(shared, rx, at + HEADER_SIZE, at + shared.size);
+    const h = this.hold(shared);
+    const p = rx.subarray(at + HEADER_SIZE, at + h.size);
     switch (h.command) {
-      case Command.REGION_READ:
-        return this.regionRead(h, p);
-      case Command.REGION_WRITE:
-        return this.regionWrite(h, p);
       case Command.VERSION:
         return this.version(h, p);
       case Command.DMA_MAP:
@@ -417,57 +437,64 @@ export class Connection implements DeviceHost {
     return region;
   }
 
-  private checkAccess(a: msg.RegionAccess, write: boolean): void {
-    const region = this.region(a.region);
+  private checkAccess(index: number, offset: number, count: number, write: boolean): void {
+    const region = this.region(index);
     const max = this.limits!.maxDataXferSize;
-    if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${a.region} cannot be ${write ? 'written' : 'read'}`);
-    if (a.count === 0) throw new ProtocolError('EINVAL', 'region access of zero bytes');
-    if (a.count > max) throw new ProtocolError('E2BIG', `region access of ${a.count} bytes is above max_data_xfer_size ${max}`);
-    if (a.offset + a.count > region.size) {
-      throw new ProtocolError('EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
+    if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${index} cannot be ${write ? 'written' : 'read'}`);
+    if (count === 0) throw new ProtocolError('EINVAL', 'region access of zero bytes');
+    if (count > max) throw new ProtocolError('E2BIG', `region access of ${count} bytes is above max_data_xfer_size ${max}`);
+    if (offset + count > region.size) {
+      throw new ProtocolError('EINVAL', `region ${index} access at 0x${offset.toString(16)}+${count} is past its ${region.size} bytes`);
     }
   }
 
-  private regionRead(h: Header, p: Buffer): Promise<void> | void {
-    const a = msg.decodeRegionAccess(p, false);
-    this.checkAccess(a, false);
-    const data = this.device.regionRead(a.region, a.offset, a.count);
-    if (data instanceof Uint8Array) return this.replyRead(h, a, data);
-    return data.then((d) => this.replyRead(h, a, d));
+  /** REGION_READ with its payload at rx[p..end). */
+  private regionRead(h: Header, rx: Buffer, p: number, end: number): Promise<void> | void {
+    msg.checkRegionAccess(rx, p, end, false);
+    const region = msg.accessRegion(rx, p);
+    const offset = msg.accessOffset(rx, p);
+    const count = msg.accessCount(rx, p);
+    this.checkAccess(region, offset, count, false);
+    const data = this.device.regionRead(region, offset, count);
+    if (data instanceof Uint8Array) return this.replyRead(h, region, offset, count, data);
+    const held = this.hold(h);
+    return data.then((d) => this.replyRead(held, region, offset, count, d));
   }
 
-  private replyRead(h: Header, a: msg.RegionAccess, data: Uint8Array): void {
-    if (data.length !== a.count) throw new ProtocolError('EIO', `device returned ${data.length} bytes for a ${a.count}-byte read`);
-    this.replyAccess(h, a, data);
+  private replyRead(h: Header, region: number, offset: number, count: number, data: Uint8Array): void {
+    if (data.length !== count) throw new ProtocolError('EIO', `device returned ${data.length} bytes for a ${count}-byte read`);
+    this.replyAccess(h, region, offset, count, data);
   }
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
-  private replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
+  private replyAccess(h: Header, region: number, offset: number, count: number, data?: Uint8Array): void {
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
-    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
+    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? count : 0);
     const at = this.channel.reserve(size);
     const out = this.channel.txBuffer;
     putHeader(out, at, h.id, h.command, size, Flag.REPLY, 0);
-    put64(out, at + 16, a.offset);
-    put32(out, at + 24, a.region);
-    put32(out, at + 28, a.count);
-    if (data) copyInto(out, at + 32, data);
+    msg.putRegionAccess(out, at + HEADER_SIZE, offset, region, count);
+    if (data) copyInto(out, at + HEADER_SIZE + msg.REGION_ACCESS_SIZE, data);
     this.channel.commit(at, size);
   }
 
-  private regionWrite(h: Header, p: Buffer): Promise<void> | void {
-    const a = msg.decodeRegionAccess(p, true);
-    this.checkAccess(a, true);
-    const done = this.device.regionWrite(a.region, a.offset, a.data);
-    const ack = (): void => this.replyAccess(h, a);
-    if (done) return done.then(ack);
-    ack();
+  /** REGION_WRITE with its payload at rx[p..end). */
+  private regionWrite(h: Header, rx: Buffer, p: number, end: number): Promise<void> | void {
+    msg.checkRegionAccess(rx, p, end, true);
+    const region = msg.accessRegion(rx, p);
+    const offset = msg.accessOffset(rx, p);
+    const count = msg.accessCount(rx, p);
+    this.checkAccess(region, offset, count, true);
+    const done = this.device.regionWrite(region, offset, rx.subarray(p + msg.REGION_ACCESS_SIZE, end));
+    if (!done) return this.replyAccess(h, region, offset, count);
+    const held = this.hold(h);
+    return done.then(() => this.replyAccess(held, region, offset, count));
   }
 
   private regionWriteMulti(h: Header, p: Buffer): Promise<void> | void {
     check(this.limits!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
     const writes = msg.decodeRegionWriteMulti(p);
-    for (const w of writes) this.checkAccess(w, true);
+    for (const w of writes) this.checkAccess(w.region, w.offset, w.count, true);
     let i = 0;
     const next = (): Promise<void> | void => {
       for (; i < writes.length; i++) {

@@ -16,16 +16,18 @@
  */
 import { HEADER_SIZE } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { decodeHeader, type Header } from '../protocol/header.js';
+import { decodeHeader, readHeader, type Header } from '../protocol/header.js';
 import { get32 } from '../protocol/le.js';
 import { native, type PollHandle } from './native.js';
 
 export interface ChannelEvents {
   /**
-   * One whole message. `payload` is a view into the receive buffer, valid only
-   * during this call; `fds` now belong to the callee, which must close them.
+   * One whole message, at rx[at..at+header.size) (its payload from at+HEADER_SIZE).
+   * `header` and `rx` are the channel's own, reused: valid only during this
+   * call (copy what must outlive it). `fds` now belong to the callee, which
+   * must close them; when there are none it is a shared empty array.
    */
-  message(header: Header, payload: Buffer, fds: number[]): void;
+  message(header: Header, rx: Buffer, at: number, fds: number[]): void;
   /** The stream broke the framing rules; the channel closes after this call (which may still send a reply). */
   framingError(header: Header, error: ProtocolError): void;
   /** The channel closed: peer hang-up (`error` undefined), socket error, or close(). Called once. */
@@ -50,6 +52,8 @@ const MAX_FDS_PER_READ = 253; // SCM_MAX_FD
 /** A message carries at most SCM_MAX_FD descriptors; more waiting for unfinished messages means a peer hoarding our descriptor table. */
 const MAX_PENDING_FDS = MAX_FDS_PER_READ;
 const INITIAL_BUFFER = 256 * 1024;
+/** The descriptors of a message that carries none (shared: never added to). */
+const NO_FDS: number[] = [];
 
 export class Channel {
   readonly fd: number;
@@ -62,6 +66,8 @@ export class Channel {
   private end = 0;
   private base = 0;
   private readonly fdScratch = new Int32Array(MAX_FDS_PER_READ + 1);
+  /** The header of the message being dispatched, reused for each. */
+  private readonly header: Header = { id: 0, command: 0, size: 0, flags: 0, error: 0 };
   /** Received descriptors waiting for the message that begins at stream position `at`. */
   private pendingFds: { at: number; fds: number[] }[] = [];
   /** tx[txStart..txEnd) is queued output; `marks` are the messages in it that carry descriptors. */
@@ -278,7 +284,7 @@ export class Channel {
   }
 
   private takeFds(position: number): number[] {
-    if (this.pendingFds.length === 0 || this.pendingFds[0].at > position) return [];
+    if (this.pendingFds.length === 0 || this.pendingFds[0].at > position) return NO_FDS;
     const mine: number[] = [];
     while (this.pendingFds.length > 0 && this.pendingFds[0].at <= position) {
       const p = this.pendingFds.shift()!;
@@ -309,7 +315,7 @@ export class Channel {
       if (this.end - this.start < size) break;
       const at = this.start;
       this.start += size;
-      this.events.message(decodeHeader(this.rx, at), this.rx.subarray(at + HEADER_SIZE, at + size), this.takeFds(this.base + at));
+      this.events.message(readHeader(this.rx, at, this.header), this.rx, at, this.takeFds(this.base + at));
     }
     this.uncork();
     if (broken) return this.close(broken.error);
