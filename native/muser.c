@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -912,8 +913,10 @@ static void spin(addon_state *s, uint64_t max_ns) {
     if (n == 0) break;
     uint64_t deadline = now + s->spin_budget_ns;
     int ready;
-    while ((ready = poll(fds, n, 0)) == 0 && (now = now_ns()) < deadline) {
-    }
+    /* Yielding between polls lets a runnable client that shares our core
+     * send what we wait for; on an idle core it returns at once. */
+    while ((ready = poll(fds, n, 0)) == 0 && (now = now_ns()) < deadline)
+      sched_yield();
     if (ready <= 0) {
       s->spin_budget_ns /= 2;
       if (s->spin_budget_ns < SPIN_MIN_NS) s->spin_budget_ns = 0;

@@ -47,6 +47,7 @@ export class ServerThread {
   private lastBeatAt = Date.now();
   private stalledSince: number | undefined;
   private exited = false;
+  private closing = false;
   private readonly exit: Promise<void>;
 
   private constructor(worker: Worker, name: string, socket: string, beat: Int32Array, log: Logger, exit: Promise<void>) {
@@ -87,6 +88,7 @@ export class ServerThread {
     worker.on('message', (m: ThreadMessage) => m.type === 'log' && logger[m.level](m.message));
     // An uncaught error in the device's own code ends its thread only: the other devices go on.
     worker.on('error', (e) => logger.error(`${name}: its thread stopped on an uncaught error; the device is no longer served: ${e.stack ?? e.message}`));
+    worker.on('exit', (code) => t.closing || logger.error(`${name}: its thread exited (status ${code}); the device is no longer served`));
     return t;
   }
 
@@ -117,6 +119,7 @@ export class ServerThread {
 
   /** Stops serving and ends the thread; a thread stuck in a handler is terminated. */
   async close(): Promise<void> {
+    this.closing = true;
     clearInterval(this.watchdog);
     if (this.exited) return;
     this.worker.postMessage('close');
