@@ -109,7 +109,7 @@ async function main(): Promise<void> {
     console.log(`one request per ms for 2 s: ${poll.name} ${sp.pct.toFixed(1)}% of a core (p50 ${sp.p50.toFixed(0)} µs), ${plain.name} ${sd.pct.toFixed(1)}% (p50 ${sd.p50.toFixed(0)} µs)`);
 
     // The TypeScript client (this process) against muser, one outstanding and 32 at once, default and polling on both sides.
-    const rows: (string | number)[][] = [['TypeScript client', '1 outstanding req/s', '32 pipelined req/s']];
+    const rows: (string | number)[][] = [['TypeScript client', '1 outstanding req/s', '32 pipelined req/s', 'batches of 32 req/s']];
     for (const [t, pollUs] of [
       [plain, 0],
       [poll, Number(POLL_US)],
@@ -124,14 +124,23 @@ async function main(): Promise<void> {
         await Promise.all(Array.from({ length: window }, worker));
         return (total * 1e9) / Number(process.hrtime.bigint() - t0);
       };
+      const reads = Array.from({ length: 32 }, () => ({ region: 2, offset: 0, count: 4 }));
+      const batches = async (total: number): Promise<number> => {
+        const t0 = process.hrtime.bigint();
+        for (let done = 0; done < total; done += reads.length) await c.regionReadBatch(reads);
+        return (total * 1e9) / Number(process.hrtime.bigint() - t0);
+      };
       await measure(32, 20000);
+      await batches(20000);
       const one: number[] = [];
       const many: number[] = [];
+      const batched: number[] = [];
       for (let r = 0; r < ROUNDS; r++) {
         one.push(await measure(1, COUNT));
         many.push(await measure(32, COUNT * 10));
+        batched.push(await batches(COUNT * 10));
       }
-      rows.push([`${pollUs ? `--poll-us ${pollUs} both sides` : 'default'}`, Math.round(median(one)), Math.round(median(many))]);
+      rows.push([`${pollUs ? `--poll-us ${pollUs} both sides` : 'default'}`, Math.round(median(one)), Math.round(median(many)), Math.round(median(batched))]);
       c.close();
     }
     console.log(`\n${table(rows)}`);
