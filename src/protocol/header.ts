@@ -20,11 +20,14 @@ export function decodeHeader(buf: Buffer, offset = 0): Header {
   return readHeader(buf, offset, { id: 0, command: 0, size: 0, flags: 0, error: 0 });
 }
 
+/** The size field (whole message, header included) of the header at `at`, for framing. */
+export const headerSize = (buf: Uint8Array, at: number): number => get32(buf, at + 4);
+
 /** Reads the header at `at` (HEADER_SIZE bytes the caller has) into `into`, for the per-message path that reuses one object. */
 export function readHeader(buf: Uint8Array, at: number, into: Header): Header {
   into.id = get16(buf, at);
   into.command = get16(buf, at + 2);
-  into.size = get32(buf, at + 4);
+  into.size = headerSize(buf, at);
   into.flags = get32(buf, at + 8);
   into.error = get32(buf, at + 12);
   return into;

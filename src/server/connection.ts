@@ -646,9 +646,9 @@ function capabilitiesOf(json: string | undefined): Capabilities {
 function describe(h: Header, p: Buffer): string {
   const what = `${commandName(h.command)} #${h.id}`;
   if ((h.command !== Command.REGION_READ && h.command !== Command.REGION_WRITE) || p.length < msg.REGION_ACCESS_SIZE) return what;
-  const offset = p.readBigUInt64LE(0);
-  const region = p.readUInt32LE(8);
-  const count = p.readUInt32LE(12);
+  const offset = msg.accessOffset(p, 0);
+  const region = msg.accessRegion(p, 0);
+  const count = msg.accessCount(p, 0);
   const name = region <= RegionIndex.BAR5 ? `BAR${region}` : region === RegionIndex.CONFIG ? 'config space' : `region ${region}`;
   return `${what} (${h.command === Command.REGION_READ ? 'read' : 'write'} of ${count} bytes at ${name} offset 0x${offset.toString(16)})`;
 }

@@ -16,8 +16,7 @@
  */
 import { HEADER_SIZE } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { decodeHeader, readHeader, type Header } from '../protocol/header.js';
-import { get32 } from '../protocol/le.js';
+import { decodeHeader, headerSize, readHeader, type Header } from '../protocol/header.js';
 import { native, type PollHandle } from './native.js';
 
 export interface ChannelEvents {
@@ -271,7 +270,7 @@ export class Channel {
     let s = this.start;
     for (;;) {
       if (s + HEADER_SIZE > this.end) return s;
-      const size = this.rx.readUInt32LE(s + 4);
+      const size = headerSize(this.rx, s);
       if (size < HEADER_SIZE || s + size >= this.end) return s;
       s += size;
     }
@@ -302,7 +301,7 @@ export class Channel {
         this.throttle();
         break;
       }
-      const size = get32(this.rx, this.start + 4);
+      const size = headerSize(this.rx, this.start);
       if (size < HEADER_SIZE || size > this.maxMessageSize) {
         const error =
           size < HEADER_SIZE
@@ -328,7 +327,7 @@ export class Channel {
   /** Moves pending bytes to the front, growing the buffer when one message needs more room. */
   private makeRoom(): void {
     const live = this.end - this.start;
-    const needed = live >= HEADER_SIZE ? Math.max(live, this.rx.readUInt32LE(this.start + 4)) : live;
+    const needed = live >= HEADER_SIZE ? Math.max(live, headerSize(this.rx, this.start)) : live;
     const target = needed + 64 * 1024 > this.rx.length ? Buffer.allocUnsafe(Math.max(this.rx.length * 2, needed + 64 * 1024)) : this.rx;
     this.rx.copy(target, 0, this.start, this.end);
     this.rx = target;
