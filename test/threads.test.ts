@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { Client, ServeError, ServerThread, VfioUserError, serve, protocol, type Logger } from '../src/index.js';
-import { native } from '../src/transport/native.js';
+import { addonPath, native } from '../src/transport/native.js';
+import { Worker } from 'node:worker_threads';
 import { NvmeHost } from '../samples/nvme/driver.js';
 import { LBA, PAGE } from '../samples/nvme/spec.js';
 import { cli, dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
@@ -298,6 +299,49 @@ describe('poll mode and batches in one thread', () => {
       await server.close();
       dir.remove();
     }
+  });
+
+  it('after a callback, keeps polling and calls back what arrives before the event loop runs again', async () => {
+    // Another thread writes once this thread's callback has returned, while it polls; a setImmediate queued in
+    // that callback runs only when the event loop does, so it comes second if the spin caught the write.
+    const dir = tempDir();
+    const listener = native.listen(dir.socket(), 0o600, 1);
+    const a = native.connect(dir.socket());
+    const b = native.accept(listener);
+    const go = new Int32Array(new SharedArrayBuffer(4));
+    const writer = new Worker(
+      `const { workerData: w } = require('node:worker_threads');
+       const native = require(w.addon);
+       Atomics.wait(w.go, 0, 0);
+       native.sendmsg(w.fd, Buffer.from('second'), 0, 6, null);`,
+      { eval: true, workerData: { addon: addonPath, go, fd: b } },
+    );
+    const order: string[] = [];
+    const rx = Buffer.alloc(64);
+    const fds = new Int32Array(2);
+    const done = new Promise<void>((resolve) => {
+      const h = native.poll(a, native.READABLE, () => {
+        const n = native.recvmsg(a, rx, 0, rx.length, fds);
+        if (n <= 0) return;
+        const text = rx.toString('latin1', 0, n);
+        order.push(text);
+        if (text === 'first') {
+          setImmediate(() => order.push('event loop'));
+          Atomics.store(go, 0, 1);
+          Atomics.notify(go, 0);
+        } else {
+          h.close();
+          setImmediate(resolve);
+        }
+      });
+      h.spin(1_000_000);
+    });
+    native.sendmsg(b, Buffer.from('first'), 0, 5, null);
+    await done;
+    await new Promise((r) => writer.once('exit', r));
+    for (const fd of [a, b, listener]) native.close(fd);
+    dir.remove();
+    assert.deepEqual(order, ['first', 'second', 'event loop']);
   });
 
   it('takes a spin budget in microseconds', () => {
