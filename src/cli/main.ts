@@ -137,8 +137,7 @@ async function main(argv: string[]): Promise<void> {
     for (const [i, modulePath] of modulePaths.entries()) {
       const options = { socket: sockets[i], mode, log, ...limits };
       if (values.threads) {
-        checkModule(modulePath);
-        servers.push(await serve(pathToFileURL(resolve(modulePath)), { ...options, thread: true }));
+        servers.push(await serve(pathToFileURL(checkModule(modulePath)), { ...options, thread: true }));
       } else {
         const device = await loadDevice(modulePath);
         const server = await serve(device, options);

@@ -117,7 +117,11 @@ export class ServerThread {
     }
   }
 
-  /** Stops serving and ends the thread; a thread stuck in a handler is terminated. */
+  /**
+   * Stops serving and ends the thread. A thread stuck in a handler is
+   * terminated after STALL_MS; the descriptors it held (its sockets, DMA and
+   * interrupt descriptors) then stay open until the process exits.
+   */
   async close(): Promise<void> {
     this.closing = true;
     clearInterval(this.watchdog);
