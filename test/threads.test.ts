@@ -139,6 +139,9 @@ describe('several devices in one muser serve', () => {
     let r = muser(device, gpio, '--socket', dir.socket('x.sock'), '--threads');
     assert.equal(r.status, 2);
     assert.match(r.stderr, /^muser: muser serve got 2 device modules and 1 --socket paths; give each device module its own --socket\n$/);
+    r = muser(device, '--socket', dir.socket('x.sock'), '--threads', '--poll-us', '2000000');
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /^muser: poll time 2000000 µs is not a whole number of microseconds from 0 to 1000000\n$/);
     r = muser(device, '--socket', dir.socket('x.sock'), device, '--socket', dir.socket('y.sock'));
     assert.equal(r.status, 2);
     assert.match(r.stderr, /^muser: device module .*thread-device\.js is given twice, but one process loads a module once; serve it with --threads/);

@@ -57,6 +57,9 @@ export class Server {
       handlerTimeoutMs: options.handlerTimeoutMs ?? defaultLimits.handlerTimeoutMs,
     };
     this.pollUs = options.pollUs ?? 0;
+    if (!Number.isInteger(this.pollUs) || this.pollUs < 0 || this.pollUs > 1_000_000) {
+      throw new ServeError(`poll time ${this.pollUs} µs is not a whole number of microseconds from 0 to 1000000`);
+    }
     removeStaleSocket(this.socket);
     try {
       this.listenFd = native.listen(this.socket, options.mode ?? 0o600, 16);
