@@ -346,11 +346,11 @@ export class RegisterBlock {
         done = this.writePart(reg, i, stop, data, i - offset);
       }
       i = stop;
-      if (done && i < end) {
+      if (isThenable(done)) {
+        if (i === end) return Promise.resolve(done);
         const from = i;
-        return done.then(() => this.write(from, data.subarray(from - offset), rest));
+        return Promise.resolve(done).then(() => this.write(from, data.subarray(from - offset), rest));
       }
-      if (done) return done;
     }
   }
 
@@ -477,6 +477,10 @@ function show(v: unknown): string {
   } catch {
     return 'a value that cannot be shown';
   }
+}
+
+function isThenable(x: unknown): x is PromiseLike<void> {
+  return typeof x === 'object' && x !== null && typeof (x as PromiseLike<void>).then === 'function';
 }
 
 function storeLE(into: Uint8Array, offset: number, width: number, value: bigint): void {

@@ -1,0 +1,58 @@
+/**
+ * Mistakes in a device author's code, told the way an author can act on:
+ * which access caused it, the author's message, and the author's stack frames
+ * only (muser's own frames say nothing to them).
+ */
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { RegionIndex } from '../protocol/constants.js';
+import { DmaError } from './types.js';
+
+/** A mistake muser found in what the author's code did (a read handler's bad value): the message is all there is to say. */
+export class AuthorError extends Error {
+  override readonly name = 'AuthorError';
+  constructor(message: string) {
+    super(message);
+    this.stack = message;
+  }
+}
+
+/** Where muser's compiled sources live; frames from there are left out of an author's stack. */
+const OWN = dirname(dirname(fileURLToPath(import.meta.url)));
+
+/** The author's frames of a stack: without muser's and Node's internals. */
+export function authorFrames(stack: string): string[] {
+  return stack.split('\n').filter((line) => /^\s+at /.test(line) && !line.includes(OWN) && !line.includes('node:internal') && !line.includes('(node:'));
+}
+
+/** `e`, thrown by author code during `access`, as an error that says both. */
+export function authorError(e: unknown, access: string): Error {
+  if (e instanceof AuthorError) return e;
+  // Guest memory the client did not map: still a DmaError (answered EFAULT), now saying which access.
+  if (e instanceof DmaError) return new DmaError(`${access}: ${e.message}`, { cause: e });
+  let cause: string;
+  let frames: string[] = [];
+  if (e instanceof Error) {
+    cause = `${e.name}: ${e.message}`;
+    frames = authorFrames(e.stack ?? '');
+  } else {
+    try {
+      cause = `${typeof e === 'string' ? JSON.stringify(e) : String(e)} (thrown, not an Error)`;
+    } catch {
+      cause = 'a value that cannot be shown (thrown, not an Error)';
+    }
+  }
+  const err = new Error(`${access}: ${cause}`, { cause: e });
+  err.stack = [err.message, ...frames].join('\n');
+  return err;
+}
+
+/** "BAR2 write of 4 bytes at 0x10 (value 0x5)". */
+export function describeAccess(region: number, offset: number, size: number, value?: number | Uint8Array): string {
+  const where = region === RegionIndex.CONFIG ? 'config space' : region === RegionIndex.ROM ? 'the ROM' : `BAR${region}`;
+  const kind = value === undefined ? 'read' : 'write';
+  let shown = '';
+  if (typeof value === 'number') shown = ` (value 0x${value.toString(16)})`;
+  else if (value !== undefined) shown = value.length <= 8 ? ` (value 0x${[...value].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')})` : '';
+  return `${where} ${kind} of ${size} bytes at 0x${offset.toString(16)}${shown}`;
+}
