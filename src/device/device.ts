@@ -73,6 +73,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
    * cannot be added), saved with the registers and set back on reset.
    */
   readonly state: S;
+  private readonly initialState: S;
   private host?: DeviceHost;
   /** Reused result buffers for 1-, 2- and 4-byte trapped reads, indexed by size. */
   private readonly scratch: Buffer[] = [1, 1, 2, 2, 4].map((n) => Buffer.alloc(n));
@@ -81,7 +82,8 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   constructor(spec: PciDeviceSpec<S>) {
     this.spec = spec;
     this.name = spec.name ?? `pci-${hex4(spec.id.vendor)}:${hex4(spec.id.device)}`;
-    this.state = Object.seal(initialState(this.name, spec.state));
+    this.initialState = initialState(this.name, spec.state);
+    this.state = Object.seal(spec.state ?? ({} as S));
     const specs: (BarSpec | undefined)[] = [0, 1, 2, 3, 4, 5].map((i) => spec.bars?.[i as BarIndex]);
     const irqs = spec.irqs ?? {};
     const msix = typeof irqs.msix === 'number' ? { vectors: irqs.msix } : irqs.msix;
@@ -317,7 +319,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     for (const bar of this.bars) bar?.block?.reset();
     this.msixTableInUse = false;
     this.intxPending = false;
-    Object.assign(this.state, structuredClone(this.spec.state));
+    Object.assign(this.state, structuredClone(this.initialState));
     return this.spec.reset?.();
   }
 

@@ -63,8 +63,9 @@ export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
   extendedCapabilities?: ExtendedCapabilityDecl[];
   /**
    * The device's own state beyond its registers (counters, queue positions):
-   * plain data, copied to `device.state`, which is sealed (every property must
-   * be declared here), saved by saveState() and set back to these values on reset.
+   * an object of plain data that becomes `device.state`. It is sealed (a
+   * property not declared here cannot be added), saved by saveState() and set
+   * back to its values at definition on reset.
    */
   state?: S;
   /** Called on a device reset (after config space, registers and state went back to power-on values). */

@@ -52,7 +52,7 @@ export interface RegisterDecl {
   /** Computed read: what the guest sees, given the stored value (a number, or a bigint for 8 bytes). */
   read?(stored: any): number | bigint;
   /** After a guest write merged into the register: the new and the previous value (numbers, or bigints for 8 bytes). */
-  write?(value: any, old: any): void | Promise<void>;
+  write?(value: any, old: any): unknown;
 }
 
 export type RegisterDecls = Record<string, RegisterDecl>;
