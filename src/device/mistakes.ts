@@ -3,6 +3,7 @@
  * which access caused it, the author's message, and the author's stack frames
  * only (muser's own frames say nothing to them).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RegionIndex } from '../protocol/constants.js';
@@ -55,4 +56,40 @@ export function describeAccess(region: number, offset: number, size: number, val
   if (typeof value === 'number') shown = ` (value 0x${value.toString(16)})`;
   else if (value !== undefined) shown = value.length <= 8 ? ` (value 0x${[...value].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')})` : '';
   return `${where} ${kind} of ${size} bytes at 0x${offset.toString(16)}${shown}`;
+}
+
+/** Whose work is running: set around everything a server does for a device, inherited by the timers and promises its code starts. */
+const owner = new AsyncLocalStorage<{ name: string; error(message: string): void }>();
+
+/** Runs `fn` (and whatever it schedules) as work of device `name`, whose deferred failures go to `error`. */
+export function runAs<T>(device: { name: string; error(message: string): void }, fn: () => T): T {
+  guardDeferredWork();
+  return owner.run(device, fn);
+}
+
+let guarded = false;
+
+/**
+ * A timer, promise or event handler of a device that throws after its
+ * handler returned would end the process and every device in it. Such a
+ * failure is logged with the device's name and the process goes on; one that
+ * no device started ends the process as Node would, unless someone else
+ * (a test runner) listens for it.
+ */
+function guardDeferredWork(): void {
+  if (guarded) return;
+  guarded = true;
+  process.on('uncaughtException', (e) => {
+    const device = owner.getStore();
+    if (device) return device.error(`${device.name}: ${authorError(e, 'deferred work failed').stack}`);
+    if (process.listenerCount('uncaughtException') > 1) return;
+    process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    process.exit(1);
+  });
+  process.on('unhandledRejection', (reason) => {
+    const device = owner.getStore();
+    if (device) return device.error(`${device.name}: ${authorError(reason, 'deferred work failed').stack}`);
+    if (process.listenerCount('unhandledRejection') > 1) return;
+    throw reason;
+  });
 }
