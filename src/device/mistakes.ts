@@ -29,8 +29,6 @@ export function authorFrames(stack: string): string[] {
 /** `e`, thrown by author code during `access`, as an error that says both. */
 export function authorError(e: unknown, access: string): Error {
   if (e instanceof AuthorError) return e;
-  // Guest memory the client did not map: still a DmaError (answered EFAULT), now saying which access.
-  if (e instanceof DmaError) return new DmaError(`${access}: ${e.message}`, { cause: e });
   let cause: string;
   let frames: string[] = [];
   if (e instanceof Error) {
@@ -43,7 +41,8 @@ export function authorError(e: unknown, access: string): Error {
       cause = 'a value that cannot be shown (thrown, not an Error)';
     }
   }
-  const err = new Error(`${access}: ${cause}`, { cause: e });
+  // Guest memory the client did not map stays a DmaError (answered EFAULT), now saying which access.
+  const err = e instanceof DmaError ? new DmaError(`${access}: ${cause}`, { cause: e }) : new Error(`${access}: ${cause}`, { cause: e });
   err.stack = [err.message, ...frames].join('\n');
   return err;
 }
