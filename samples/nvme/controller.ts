@@ -16,6 +16,7 @@
  * backlog until the host moves its head. A controller reset bumps an epoch:
  * work started before it posts nothing afterwards.
  */
+import { defineRegisters } from 'muser';
 import { BackingFile } from './backing.js';
 import {
   activeNamespaceList,
@@ -33,7 +34,6 @@ import {
 import { CommandError, gather, prpSegments, scatter, type Dma } from './prp.js';
 import {
   AdminOpcode,
-  CC,
   Cns,
   CQE_SIZE,
   CSTS,
@@ -136,15 +136,49 @@ class SubmissionQueue {
 const FETCH_BATCH = 64;
 const CAP_TIMEOUT_500MS = 30; // CAP.TO: 15 s for CSTS.RDY (a guest under TCG is slow)
 
-export class NvmeController {
-  // Registers.
-  private cc = 0;
-  private csts = 0;
-  private aqa = 0;
-  private asq = 0n;
-  private acq = 0n;
-  private intms = 0;
+/** The controller registers (BAR0 below the doorbells); offsets they leave out read 0. */
+function controllerRegisters(maxQueueEntries: number, on: { cc(value: number, old: number): void; intmc(value: number): void }) {
+  const regs = defineRegisters(
+    {
+      CAP: {
+        offset: Reg.CAP,
+        width: 8,
+        access: 'ro',
+        fields: { MQES: { shift: 0, width: 16 }, CQR: { shift: 16 }, TO: { shift: 24, width: 8 }, CSS: { shift: 37, width: 8 } },
+        // Queues physically contiguous, NVM command set; DSTRD 0, MPSMIN = MPSMAX = 0 (4 KiB).
+        reset: BigInt(maxQueueEntries - 1) | (1n << 16n) | (BigInt(CAP_TIMEOUT_500MS) << 24n) | (1n << 37n),
+      },
+      VS: { offset: Reg.VS, access: 'ro', reset: 0x00010400 },
+      INTMS: { offset: Reg.INTMS, access: 'w1s' },
+      // Clears mask bits of INTMS and reads as INTMS.
+      INTMC: { offset: Reg.INTMC, access: 'wo', read: (): number => regs.INTMS.value, write: on.intmc },
+      CC: {
+        offset: Reg.CC,
+        fields: {
+          EN: { shift: 0 },
+          CSS: { shift: 4, width: 3 },
+          MPS: { shift: 7, width: 4 },
+          AMS: { shift: 11, width: 3 },
+          SHN: { shift: 14, width: 2 },
+          IOSQES: { shift: 16, width: 4 },
+          IOCQES: { shift: 20, width: 4 },
+        },
+        write: on.cc,
+      },
+      CSTS: { offset: Reg.CSTS, access: 'ro', fields: { RDY: { shift: 0 }, CFS: { shift: 1 }, SHST: { shift: 2, width: 2 } } },
+      AQA: { offset: Reg.AQA, fields: { ASQS: { shift: 0, width: 12 }, ACQS: { shift: 16, width: 12 } } },
+      ASQ: { offset: Reg.ASQ, width: 8, fields: { ASQB: { shift: 12, width: 52 } } },
+      ACQ: { offset: Reg.ACQ, width: 8, fields: { ACQB: { shift: 12, width: 52 } } },
+    },
+    { name: 'NVMe BAR0' },
+  );
+  return regs;
+}
+type ControllerRegisters = ReturnType<typeof controllerRegisters>;
 
+export class NvmeController {
+  /** BAR0 below the doorbells; the offsets they leave out read 0. */
+  readonly regs: ControllerRegisters;
   private sqs: (SubmissionQueue | undefined)[] = [];
   private cqs: (CompletionQueue | undefined)[] = [];
   /** Bumped by every controller reset; work of an older epoch posts nothing. */
@@ -189,140 +223,67 @@ export class NvmeController {
     this.info = options.info ?? (() => undefined);
     this.grantedSqs = this.ioQueues;
     this.grantedCqs = this.ioQueues;
+    this.regs = controllerRegisters(this.identity.maxQueueEntries, {
+      cc: (v, old) => this.writeCc(v, old),
+      intmc: (v) => this.unmask(v),
+    });
   }
 
   // ---------------------------------------------------------------- registers
 
-  private get cap(): bigint {
-    const mqes = BigInt(this.identity.maxQueueEntries - 1);
-    const cqr = 1n << 16n; // queues must be physically contiguous
-    const to = BigInt(CAP_TIMEOUT_500MS) << 24n;
-    const cssNvm = 1n << 37n;
-    return mqes | cqr | to | cssNvm; // DSTRD 0, MPSMIN = MPSMAX = 0 (4 KiB)
-  }
-
   /** Whether CSTS.RDY is set. */
   get ready(): boolean {
-    return (this.csts & CSTS.RDY) !== 0;
+    return this.regs.CSTS.RDY === 1;
   }
 
-  /** A BAR0 read of `size` bytes at `offset`. */
-  readRegister(offset: number, size: number): number {
-    const dword = this.dword(offset & ~3);
-    if (size === 4) return dword;
-    return (dword >>> ((offset & 3) * 8)) & (2 ** (size * 8) - 1);
+  /** A doorbell write (BAR0 from 0x1000). Returns at once: doorbells only schedule work. */
+  writeDoorbell(offset: number, value: number): void {
+    if (offset >= Reg.DOORBELLS && offset % 4 === 0) this.doorbell((offset - Reg.DOORBELLS) >> 2, value);
   }
 
-  private dword(offset: number): number {
-    switch (offset) {
-      case Reg.CAP:
-        return Number(this.cap & 0xffffffffn);
-      case Reg.CAP + 4:
-        return Number(this.cap >> 32n);
-      case Reg.VS:
-        return 0x00010400;
-      case Reg.INTMS:
-      case Reg.INTMC:
-        return this.intms >>> 0;
-      case Reg.CC:
-        return this.cc >>> 0;
-      case Reg.CSTS:
-        return this.csts >>> 0;
-      case Reg.AQA:
-        return this.aqa >>> 0;
-      case Reg.ASQ:
-        return Number(this.asq & 0xffffffffn);
-      case Reg.ASQ + 4:
-        return Number(this.asq >> 32n);
-      case Reg.ACQ:
-        return Number(this.acq & 0xffffffffn);
-      case Reg.ACQ + 4:
-        return Number(this.acq >> 32n);
-      default:
-        return 0; // reserved registers, CMBLOC/CMBSZ (no memory buffer), doorbells
-    }
+  private unmask(bits: number): void {
+    this.regs.INTMS.value = (this.regs.INTMS.value & ~bits) >>> 0;
+    this.regs.INTMC.value = 0;
+    this.updateLegacyInterrupt();
   }
 
-  /** A BAR0 write. Returns at once: doorbells only schedule work. */
-  writeRegister(offset: number, value: number, size: number): void {
-    const at = offset & ~3;
-    let v = value >>> 0;
-    if (size < 4) {
-      const shift = (offset & 3) * 8;
-      const mask = ((2 ** (size * 8) - 1) << shift) >>> 0;
-      v = ((this.dword(at) & ~mask) | ((v << shift) & mask)) >>> 0;
-    }
-    if (at >= Reg.DOORBELLS) return this.doorbell((at - Reg.DOORBELLS) >> 2, v);
-    switch (at) {
-      case Reg.INTMS:
-        this.intms = (this.intms | v) >>> 0;
-        return;
-      case Reg.INTMC:
-        this.intms = (this.intms & ~v) >>> 0;
-        this.updateLegacyInterrupt();
-        return;
-      case Reg.CC:
-        return this.writeCc(v);
-      case Reg.AQA:
-        this.aqa = v & 0x0fff0fff;
-        return;
-      case Reg.ASQ:
-        this.asq = (this.asq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
-        return;
-      case Reg.ASQ + 4:
-        this.asq = (this.asq & 0xffffffffn) | (BigInt(v) << 32n);
-        return;
-      case Reg.ACQ:
-        this.acq = (this.acq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
-        return;
-      case Reg.ACQ + 4:
-        this.acq = (this.acq & 0xffffffffn) | (BigInt(v) << 32n);
-        return;
-      default:
-        return; // read-only or reserved; NSSR: no subsystem reset (CAP.NSSRS = 0)
-    }
-  }
-
-  private writeCc(v: number): void {
-    const old = this.cc;
-    this.cc = v;
-    const wasEnabled = (old & CC.EN) !== 0;
-    const enabled = (v & CC.EN) !== 0;
-    if (!wasEnabled && enabled) this.enable();
-    else if (wasEnabled && !enabled) this.controllerReset();
-    const shn = (v >> CC.SHN_SHIFT) & 3;
-    const oldShn = (old >> CC.SHN_SHIFT) & 3;
-    if (shn !== 0 && oldShn === 0) void this.shutdown();
+  private writeCc(v: number, old: number): void {
+    const cc = this.regs.CC;
+    if (!(old & 1) && cc.EN) this.enable();
+    else if (old & 1 && !cc.EN) this.controllerReset();
+    if (cc.SHN !== 0 && cc.decode(old).SHN === 0) void this.shutdown();
   }
 
   /** CC.EN 0 to 1: checks the configuration and brings up the admin queue. */
   private enable(): void {
+    const { CC: cc, CSTS: csts, AQA: aqa } = this.regs;
     const fail = (why: string): void => {
       this.warn(`cannot enable the controller: ${why}; CSTS.CFS set`);
-      this.csts |= CSTS.CFS;
+      csts.CFS = 1;
     };
-    const mps = (this.cc >> CC.MPS_SHIFT) & 0xf;
-    const css = (this.cc >> CC.CSS_SHIFT) & 7;
-    const ams = (this.cc >> CC.AMS_SHIFT) & 7;
-    const sqEntries = (this.aqa & 0xfff) + 1;
-    const cqEntries = ((this.aqa >>> 16) & 0xfff) + 1;
+    const { MPS: mps, CSS: css, AMS: ams } = cc;
+    const sqEntries = aqa.ASQS + 1;
+    const cqEntries = aqa.ACQS + 1;
     if (mps !== 0) return fail(`CC.MPS ${mps} asks for ${PAGE << mps}-byte pages; only 4096 is supported`);
     if (css !== 0) return fail(`CC.CSS ${css} is not the NVM command set`);
     if (ams !== 0) return fail(`CC.AMS ${ams} is not round robin`);
     if (sqEntries < 2 || cqEntries < 2) return fail(`AQA asks for ${sqEntries} admin SQ and ${cqEntries} admin CQ entries; at least 2 each`);
-    if (this.asq === 0n || this.acq === 0n) return fail('ASQ or ACQ is zero');
-    const cq = new CompletionQueue(0, this.acq, cqEntries, 0, true);
-    const sq = new SubmissionQueue(0, this.asq, sqEntries, cq);
+    const asq = this.regs.ASQ.value;
+    const acq = this.regs.ACQ.value;
+    if (asq === 0n || acq === 0n) return fail('ASQ or ACQ is zero');
+    const cq = new CompletionQueue(0, acq, cqEntries, 0, true);
+    const sq = new SubmissionQueue(0, asq, sqEntries, cq);
     cq.sqs = 1;
     this.cqs = [cq];
     this.sqs = [sq];
-    this.csts = CSTS.RDY;
+    csts.value = 0;
+    csts.RDY = 1;
     this.info(`controller enabled: admin queues of ${sqEntries} and ${cqEntries} entries`);
   }
 
   /** CC.EN 1 to 0: every queue goes, outstanding commands are dropped, registers but AQA/ASQ/ACQ/CC reset. */
   private controllerReset(): void {
-    if (this.csts & CSTS.RDY) this.info('controller reset');
+    if (this.ready) this.info('controller reset');
     this.epoch++;
     this.stats.resets++;
     for (const sq of this.sqs) if (sq) sq.deleted = true;
@@ -335,8 +296,8 @@ export class NvmeController {
     this.features.clear();
     this.temperatureThresholds.clear();
     this.writeCache = true;
-    this.intms = 0;
-    this.csts = 0;
+    this.regs.INTMS.value = 0;
+    this.regs.CSTS.value = 0;
     this.due.clear();
     this.legacyAsserted = false;
     this.host.interruptDone();
@@ -345,42 +306,34 @@ export class NvmeController {
   /** Power-on state (a PCI function reset). */
   powerOn(): void {
     this.controllerReset();
-    this.cc = 0;
-    this.aqa = 0;
-    this.asq = 0n;
-    this.acq = 0n;
   }
 
   /** CC.SHN: waits for commands in flight, fsyncs the file, then reports the shutdown complete. */
   private async shutdown(): Promise<void> {
     const epoch = this.epoch;
     this.stats.shutdowns++;
-    this.setShst(CSTS.SHST_OCCURRING);
+    this.regs.CSTS.SHST = CSTS.SHST_OCCURRING;
     await Promise.all(this.sqs.filter((sq): sq is SubmissionQueue => sq !== undefined).map((sq) => this.whenIdle(sq)));
     try {
       if (!this.backing.closed) await this.backing.sync();
     } catch (e) {
       this.warn(`fsync of ${this.backing.path} at shutdown failed: ${(e as Error).message}`);
     }
-    if (epoch === this.epoch && ((this.cc >> CC.SHN_SHIFT) & 3) !== 0) {
-      this.setShst(CSTS.SHST_COMPLETE);
+    if (epoch === this.epoch && this.regs.CC.SHN !== 0) {
+      this.regs.CSTS.SHST = CSTS.SHST_COMPLETE;
       this.info(`shutdown complete: ${this.backing.path} synced`);
     }
   }
 
-  private setShst(value: number): void {
-    this.csts = (this.csts & ~(3 << CSTS.SHST_SHIFT)) | (value << CSTS.SHST_SHIFT);
-  }
-
   private fatal(why: string): void {
-    if (!(this.csts & CSTS.CFS)) this.warn(`controller fatal status: ${why}`);
-    this.csts |= CSTS.CFS;
+    if (!this.regs.CSTS.CFS) this.warn(`controller fatal status: ${why}`);
+    this.regs.CSTS.CFS = 1;
   }
 
   // ---------------------------------------------------------------- doorbells
 
   private doorbell(index: number, value: number): void {
-    if (!this.ready || this.csts & CSTS.CFS) return;
+    if (!this.ready || this.regs.CSTS.CFS) return;
     const qid = index >> 1;
     if (index & 1) {
       const cq = this.cqs[qid];
@@ -544,7 +497,7 @@ export class NvmeController {
       this.legacyAsserted = false;
       return;
     }
-    if (this.intms & 1) return;
+    if (this.regs.INTMS.value & 1) return;
     this.legacyAsserted = true;
     this.stats.interrupts++;
     this.host.interrupt(0);
@@ -598,7 +551,7 @@ export class NvmeController {
   private createCq(cmd: Command): Outcome {
     const { qid, entries, contiguous } = this.queueFields(cmd);
     if (qid === 0 || qid > this.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
-    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOCQES_SHIFT) & 0xf, CQE_SIZE);
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOCQES, CQE_SIZE);
     if (bad) return bad;
     const interrupts = (cmd.cdw11 & 2) !== 0;
     const vector = cmd.cdw11 >>> 16;
@@ -613,7 +566,7 @@ export class NvmeController {
     if (qid === 0 || qid > this.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
     const cq = cqid === 0 ? undefined : this.cqs[cqid];
     if (!cq) return done(specificError(Specific.COMPLETION_QUEUE_INVALID));
-    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOSQES_SHIFT) & 0xf, SQE_SIZE);
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOSQES, SQE_SIZE);
     if (bad) return bad;
     this.sqs[qid] = new SubmissionQueue(qid, cmd.prp1, entries, cq);
     cq.sqs++;

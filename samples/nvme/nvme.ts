@@ -110,8 +110,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
       0: {
         type: 'memory64',
         size: BAR0_SIZE,
-        read: (offset, size) => controller.readRegister(offset, size),
-        write: (offset, value, size) => controller.writeRegister(offset, value, size),
+        registers: controller.regs,
+        write: (offset, value) => controller.writeDoorbell(offset, value),
       },
     },
     irqs: { intx: true, msix: vectors },

@@ -8,7 +8,7 @@ import { dirname, extname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { PciDevice } from '../device/device.js';
-import { findDevice } from '../server/load.js';
+import { importDevice } from '../server/load.js';
 import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
 
@@ -54,16 +54,7 @@ function checkModule(path: string): string {
 }
 
 async function loadDevice(path: string): Promise<PciDevice> {
-  const file = checkModule(path);
-  let mod: Record<string, unknown>;
-  try {
-    mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
-  } catch (e) {
-    throw new UsageError(`device module ${path} failed to load: ${(e as Error).message}`);
-  }
-  const device = findDevice(mod);
-  if (!device) throw new UsageError(`device module ${path} exports no device; export default definePciDevice({...})`);
-  return device;
+  return importDevice(pathToFileURL(checkModule(path)).href);
 }
 
 /** A whole-number option, or undefined when not given. */

@@ -34,8 +34,9 @@ export class MsixTable {
   /** Bytes of PBA: one bit per vector, in whole qwords. */
   readonly pbaBytes: number;
 
-  private readonly table: Uint8Array;
-  private readonly pba: Uint8Array;
+  /** The table's bytes and the PBA's: the whole state, for saving and restoring. */
+  readonly table: Uint8Array;
+  readonly pba: Uint8Array;
   private readonly listeners: ((vector: number) => void)[] = [];
 
   /** A table of `tableSize` (1..2048) vectors at power-on state. */

@@ -558,6 +558,10 @@ export class Connection implements DeviceHost {
     return this.irqs.signal(index, vector);
   }
 
+  deviceLog(level: 'error' | 'warn' | 'info' | 'debug', message: string): void {
+    this.log[level](message);
+  }
+
   dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
     const pieces = this.dma.resolve(iova, length, write);
     // Views only over memory that cannot shrink under them: a file the client may still cut would turn a later touch into SIGBUS.
