@@ -224,6 +224,7 @@ export class PciDevice {
   irqDone(): void {
     this.intxPending = false;
     this.config.setInterruptStatus(false);
+    this.host?.lower(IrqIndex.INTX, 0);
   }
 
   /**

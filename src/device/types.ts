@@ -67,6 +67,8 @@ export interface PciDeviceSpec {
 export interface DeviceHost {
   /** Signals interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
   signal(index: number, vector: number): boolean;
+  /** The device lowered level-triggered interrupt `vector` (INTx): a signal still held back by the mask is dropped. */
+  lower(index: number, vector: number): void;
   /** Copies guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
   dmaRead(iova: bigint, length: number): Promise<Uint8Array>;
   /** Writes guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */

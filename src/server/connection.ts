@@ -531,6 +531,10 @@ export class Connection implements DeviceHost {
     return this.irqs.signal(index, vector);
   }
 
+  lower(index: number, vector: number): void {
+    this.irqs.lower(index, vector);
+  }
+
   dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
     const pieces = this.dma.resolve(iova, length, write);
     // Views only over memory that cannot shrink under them: a file the client may still cut would turn a later touch into SIGBUS.

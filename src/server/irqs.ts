@@ -12,6 +12,7 @@ import { closeAll } from '../transport/channel.js';
 interface Vector {
   trigger?: number;
   masked: boolean;
+  /** MSI/MSI-X: an interrupt held back by the mask. INTx: the line is asserted (it stays so after delivery, until lowered). */
   pending: boolean;
 }
 
@@ -87,6 +88,7 @@ export class IrqTable {
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
+        // INTx as kernel VFIO does it: an unmask fires again only while the line is still asserted.
         if (v.pending) this.signal(s.index, vector);
       }
     }
@@ -103,12 +105,22 @@ export class IrqTable {
       v.pending = true;
       return false;
     }
-    v.pending = false;
-    // INTx is level-triggered: it stays masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
-    if (index === IrqIndex.INTX) v.masked = true;
+    // INTx is level-triggered: the line stays up, and masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
+    if (index === IrqIndex.INTX) {
+      v.pending = true;
+      v.masked = true;
+    } else {
+      v.pending = false;
+    }
     native.eventfdWrite(v.trigger, 1);
     this.delivered[index]++;
     return true;
+  }
+
+  /** The device lowered its INTx line: nothing is pending any more, so the next UNMASK sends nothing. */
+  lower(index: number, vector: number): void {
+    const v = this.vectors[index]?.[vector];
+    if (v && index === IrqIndex.INTX) v.pending = false;
   }
 
   /** Whether the client gave an eventfd for this vector. */

@@ -1,0 +1,82 @@
+/**
+ * What hardware does and a real VMM relies on: INTx as a level-triggered line
+ * (lowering it clears what the mask held back), Function Level Reset through
+ * the PCI Express capability, and the Power Management capability's
+ * No_Soft_Reset telling the truth about D3hot.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Client, definePciDevice, protocol, serve, type Server } from '../src/index.js';
+import { tempDir, type TempDir } from './helpers.js';
+
+const { IrqIndex } = protocol;
+const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** BAR0 offset 0: writing 1 raises INTx, 0 lowers it. Offset 4 counts resets. */
+let resets = 0;
+let latch = 0;
+const device = definePciDevice({
+  name: 'line',
+  id: { vendor: 0x1de5, device: 0x11e0 },
+  bars: {
+    0: {
+      size: 0x1000,
+      read: (offset) => (offset === 4 ? resets : offset === 8 ? latch : 0),
+      write: (offset, value) => {
+        if (offset === 0) {
+          if (value) device.irq();
+          else device.irqDone();
+        }
+        if (offset === 8) latch = value;
+      },
+    },
+  },
+  irqs: { intx: true },
+  capabilities: [{ id: 'pm' }, { id: 'pcie' }],
+  reset: () => {
+    resets++;
+    latch = 0;
+  },
+});
+const le32 = (v: number): Buffer => Buffer.from(new Uint32Array([v]).buffer);
+
+describe('hardware behaviour a VMM relies on', () => {
+  let dir: TempDir;
+  let server: Server;
+  before(async () => {
+    dir = tempDir();
+    server = await serve(device, { socket: dir.socket(), log: 'silent' });
+  });
+  after(async () => {
+    await server.close();
+    dir.remove();
+  });
+
+  it('INTx: an unmask signals again only while the line is still up', async () => {
+    const c = await Client.connect(dir.socket());
+    try {
+      const intx = await c.irq(IrqIndex.INTX);
+      await c.regionWrite(0, 0, le32(1)); // raise: delivered, and masked until the unmask
+      await intx.wait(0);
+      assert.equal(intx.count, 1);
+      await c.regionWrite(0, 0, le32(1)); // still up: held back by the mask
+      await c.regionWrite(0, 0, le32(0)); // lowered before the unmask: nothing is pending any more
+      await c.unmask(IrqIndex.INTX);
+      await pause(50);
+      assert.equal(intx.count, 1, 'an unmask after the line went down sends no interrupt');
+
+      await c.regionWrite(0, 0, le32(1)); // raise again: delivered at once (unmasked)
+      await intx.wait(1);
+      assert.equal(intx.count, 2);
+      await c.unmask(IrqIndex.INTX); // the line is still up: as on hardware, it fires again
+      await intx.wait(2);
+      assert.equal(intx.count, 3);
+      await c.regionWrite(0, 0, le32(0));
+      await c.unmask(IrqIndex.INTX);
+      await pause(50);
+      assert.equal(intx.count, 3, 'lowered: the unmask is silent');
+    } finally {
+      c.close();
+    }
+  });
+});
