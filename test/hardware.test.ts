@@ -79,4 +79,52 @@ describe('hardware behaviour a VMM relies on', () => {
       c.close();
     }
   });
+
+  /** Offset of capability `id` in config space, walking the list as a guest does. */
+  async function capability(c: Client, id: number): Promise<number> {
+    for (let at = await c.config.read(0x34, 1); at !== 0; at = await c.config.read(at + 1, 1)) {
+      if ((await c.config.read(at, 1)) === id) return at;
+    }
+    throw new Error(`no capability ${id}`);
+  }
+
+  it('Function Level Reset: advertised in DevCap, Initiate FLR in DevCtl resets the device, and the bit reads 0', async () => {
+    const c = await Client.connect(dir.socket());
+    try {
+      const exp = await capability(c, 0x10);
+      assert.equal((await c.config.read(exp + 4, 4)) & 0x10000000, 0x10000000, 'DevCap: Function Level Reset Capability');
+      await c.config.write(0x04, 2, 0x0006); // memory, bus master
+      await c.regionWrite(0, 8, le32(0x5a));
+      const before = resets;
+      const devctl = await c.config.read(exp + 8, 2);
+      await c.config.write(exp + 8, 2, devctl | 0x8000);
+      assert.equal(resets, before + 1, "the author's reset ran");
+      assert.equal((await c.regionRead(0, 8, 4)).readUInt32LE(0), 0, 'device state is back to power-on');
+      assert.equal(await c.config.read(0x04, 2), 0, 'the command register too');
+      assert.equal(await c.config.read(exp + 8, 2), devctl, 'Initiate FLR reads 0; the rest of DevCtl is at its power-on value');
+      await c.config.write(exp + 8, 2, devctl);
+      assert.equal(resets, before + 1, 'a DevCtl write without the bit resets nothing');
+    } finally {
+      c.close();
+    }
+  });
+
+  it('Power Management: No_Soft_Reset is set, and D3hot to D0 keeps the state', async () => {
+    const c = await Client.connect(dir.socket());
+    try {
+      const pm = await capability(c, 0x01);
+      await c.config.write(0x04, 2, 0x0006);
+      await c.regionWrite(0, 8, le32(0x77));
+      const before = resets;
+      assert.equal((await c.config.read(pm + 4, 2)) & 0x000b, 0x0008, 'D0, No_Soft_Reset');
+      await c.config.write(pm + 4, 2, 0x0003); // D3hot
+      assert.equal((await c.config.read(pm + 4, 2)) & 3, 3);
+      await c.config.write(pm + 4, 2, 0x0000); // back to D0
+      assert.equal(resets, before, 'no reset on the way back to D0');
+      assert.equal(await c.config.read(0x04, 2), 0x0006, 'the command register kept its value');
+      assert.equal((await c.regionRead(0, 8, 4)).readUInt32LE(0), 0x77, 'device state kept');
+    } finally {
+      c.close();
+    }
+  });
 });

@@ -277,6 +277,7 @@ export class PciDevice {
     this.msixTable?.reset();
     this.msixTableInUse = false;
     this.intxPending = false;
+    this.host?.lower(IrqIndex.INTX, 0);
     return this.spec.reset?.();
   }
 
@@ -317,6 +318,7 @@ export class PciDevice {
       const wasMasked = this.config.msix()?.functionMask;
       const msiMask = this.config.msi()?.mask ?? 0;
       this.config.write(offset, data);
+      if (this.config.takeFunctionLevelReset()) return this.reset();
       if (wasDisabled && !this.config.interruptDisabled) this.intxEnabled();
       if (wasMasked && !this.config.msix()!.functionMask) this.deliverPendingMsix();
       if (msiMask) this.deliverPendingMsi(msiMask);

@@ -88,7 +88,7 @@ export interface MsixCapabilityDecl {
   pbaOffset: number;
 }
 
-/** PCI Express capability (ID 0x10), version 2, Endpoint, x1 at 2.5 GT/s, 128-byte max payload. */
+/** PCI Express capability (ID 0x10), version 2, Endpoint, x1 at 2.5 GT/s, 128-byte max payload, Function Level Reset. */
 export interface PcieCapabilityDecl {
   /** Selects this capability. */
   id: 'pcie';
@@ -231,6 +231,8 @@ export class ConfigSpace {
   private readonly extCaps = new Map<number, number>();
   private readonly listeners: ((offset: number, length: number) => void)[] = [];
   private pmAt: number | undefined;
+  private pcieAt: number | undefined;
+  private flrRequested = false;
   private msiLayout: MsiLayout | undefined;
   private msixAt: number | undefined;
 
@@ -296,6 +298,12 @@ export class ConfigSpace {
       const state = image[pmCtrl] & Pm.CTRL_STATE_MASK;
       if (state !== Pm.D0 && state !== Pm.D3HOT) image[pmCtrl] = (image[pmCtrl] & ~Pm.CTRL_STATE_MASK) | oldPowerState;
     }
+    // Initiate Function Level Reset reads 0; writing 1 asks for the reset.
+    const flrAt = this.pcieAt === undefined ? -1 : this.pcieAt + Exp.DEVCTL + 1;
+    if (flrAt >= offset && flrAt < end && image[flrAt] & (Exp.DEVCTL_BCR_FLR >> 8)) {
+      image[flrAt] &= ~(Exp.DEVCTL_BCR_FLR >> 8);
+      this.flrRequested = true;
+    }
     // MSI Multiple Message Enable: never more vectors than Multiple Message Capable.
     const msi = this.msiLayout;
     if (msi !== undefined && msi.at + Msi.FLAGS >= offset && msi.at + Msi.FLAGS < end) {
@@ -312,6 +320,17 @@ export class ConfigSpace {
   deviceWrite(offset: number, data: Uint8Array): void {
     checkAccess('configuration space', CONFIG_SPACE_SIZE, offset, data.length);
     this.image.set(data, offset);
+  }
+
+  /**
+   * Whether the guest just wrote Initiate Function Level Reset in the PCI
+   * Express Device Control register (the bit itself always reads 0); the
+   * caller performs the reset.
+   */
+  takeFunctionLevelReset(): boolean {
+    const requested = this.flrRequested;
+    this.flrRequested = false;
+    return requested;
   }
 
   /** Back to power-on values (what a PCI function reset does). */
@@ -572,8 +591,8 @@ export class ConfigSpace {
         return;
       case 'pcie':
         this.init(at + Exp.FLAGS, 2, Exp.FLAGS_VERS_2 | (Exp.TYPE_ENDPOINT << 4));
-        // Max_Payload_Size_Supported 000b (128 bytes); no FLR, phantom functions or extended tags.
-        this.init(at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER);
+        // Max_Payload_Size_Supported 000b (128 bytes); Function Level Reset; no phantom functions or extended tags.
+        this.init(at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER | Exp.DEVCAP_FLR);
         // Defaults from the spec: relaxed ordering and no snoop enabled, 512-byte max read request.
         // Max_Payload_Size stays hardwired to 128 bytes, as allowed when that is all that is supported.
         this.init(
@@ -586,8 +605,10 @@ export class ConfigSpace {
             Exp.DEVCTL_URRE |
             Exp.DEVCTL_RELAX_EN |
             Exp.DEVCTL_NOSNOOP_EN |
-            Exp.DEVCTL_READRQ,
+            Exp.DEVCTL_READRQ |
+            Exp.DEVCTL_BCR_FLR,
         );
+        this.pcieAt = at;
         this.init(
           at + Exp.DEVSTA,
           2,
