@@ -54,6 +54,17 @@ export interface Limits {
 
 export const defaultLimits: Limits = { maxDataXferSize: 1 << 20, maxDmaMaps: 65535, maxQueuedCommands: 4096, handlerTimeoutMs: 4000 };
 
+/**
+ * Most bytes of guest memory moved by one DMA_READ or DMA_WRITE message.
+ * QEMU sends its DMA_READ replies with a non-blocking sendmsg and takes a
+ * short write for a whole one, losing the rest. Linux queues a stream write
+ * on an AF_UNIX socket in buffers of at most a page of head plus 32 KiB of
+ * page fragments (SKB_MAX_HEAD(0) + UNIX_SKB_FRAGS_SZ), each of which goes
+ * whole or not at all: a message that fits in one (32 KiB of data and the 32
+ * bytes of header and count) is sent entire or fails with EAGAIN, which QEMU
+ * retries; a longer one is cut wherever the send buffer fills.
+ */
+export const DMA_MESSAGE_DATA = 32 * 1024;
 /** Most descriptors we accept in one message; QEMU refuses a server that claims more than 16. */
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
@@ -556,7 +567,7 @@ export class Connection implements DeviceHost {
         out.set(piece.bytes, at);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
           const addr = piece.iova + BigInt(done);
           const reply = msg.decodeDmaAccess(await this.request(Command.DMA_READ, msg.encodeDmaAccess({ iova: addr, count: n, data: Buffer.alloc(0) })), true);
           if (reply.count !== n) throw new DmaError(`client returned ${reply.count} bytes for a ${n}-byte DMA read`);
@@ -579,7 +590,7 @@ export class Connection implements DeviceHost {
         piece.bytes.set(part);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
           const chunk = Buffer.from(part.subarray(done, done + n));
           await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
           done += n;
