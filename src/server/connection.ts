@@ -118,6 +118,9 @@ export class Connection implements DeviceHost {
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
+  /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
+  private unsettled = 0;
+  private settledWaiters: (() => void)[] = [];
 
   constructor(
     fd: number,
@@ -154,6 +157,17 @@ export class Connection implements DeviceHost {
     this.channel.close();
   }
 
+  /** Handlers whose Promise has not settled (one may outlive its client, or its timeout). */
+  get handlersRunning(): number {
+    return this.unsettled;
+  }
+
+  /** Resolves when no handler of this connection is running any more. */
+  handlersSettled(): Promise<void> {
+    if (this.unsettled === 0) return Promise.resolve();
+    return new Promise((resolve) => this.settledWaiters.push(resolve));
+  }
+
   // ---------------------------------------------------------------- dispatch
 
   private onMessage(header: Header, payload: Buffer, fds: number[]): void {
@@ -181,7 +195,9 @@ export class Connection implements DeviceHost {
     this.running = running;
     const ms = this.options.handlerTimeoutMs;
     if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
+    this.unsettled++;
     void pending.then(() => {
+      if (--this.unsettled === 0) for (const w of this.settledWaiters.splice(0)) w();
       // It timed out and was answered; later commands already went on.
       if (this.running !== running) return;
       clearTimeout(running.timer);
