@@ -68,6 +68,7 @@ export const DMA_MESSAGE_DATA = 32 * 1024;
 /** Most descriptors we accept in one message; QEMU refuses a server that claims more than 16. */
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
+const EMPTY = new Uint8Array(0);
 /** Largest message before negotiation: VERSION and its JSON. */
 const PRE_NEGOTIATION_MAX = 64 * 1024;
 /**
@@ -369,8 +370,8 @@ export class Connection implements DeviceHost {
   }
 
   private regionInfo(h: Header, p: Buffer): void {
+    // Bytes after the fixed part are ignored: a client may send its whole argsz-sized buffer.
     const req = msg.decodeRegionInfo(p);
-    check(req.caps.length === 0, 'EINVAL', 'DEVICE_GET_REGION_INFO command carries extra bytes');
     check(req.argsz >= msg.REGION_INFO_SIZE, 'EINVAL', `DEVICE_GET_REGION_INFO argsz ${req.argsz} is below ${msg.REGION_INFO_SIZE}`);
     const region = this.region(req.index);
     let flags = (region.readable ? RegionFlag.READ : 0) | (region.writable ? RegionFlag.WRITE : 0);
@@ -404,6 +405,7 @@ export class Connection implements DeviceHost {
 
   private regionIoFds(h: Header, p: Buffer): void {
     const req = msg.decodeRegionIoFdsRequest(p);
+    check(req.argsz >= msg.REGION_IO_FDS_SIZE, 'EINVAL', `DEVICE_GET_REGION_IO_FDS argsz ${req.argsz} is below ${msg.REGION_IO_FDS_SIZE}`);
     this.region(req.index);
     // No region offers I/O descriptors: an empty list tells the client to use messages.
     this.reply(h, msg.encodeRegionIoFds({ argsz: msg.REGION_IO_FDS_SIZE, flags: 0, index: req.index, count: 0, subregions: [] }));
@@ -448,7 +450,6 @@ export class Connection implements DeviceHost {
     const region = this.region(a.region);
     const max = this.limits!.maxDataXferSize;
     if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${a.region} cannot be ${write ? 'written' : 'read'}`);
-    if (a.count === 0) throw new ProtocolError('EINVAL', 'region access of zero bytes');
     if (a.count > max) throw new ProtocolError('E2BIG', `region access of ${a.count} bytes is above max_data_xfer_size ${max}`);
     if (a.offset + a.count > region.size) {
       throw new ProtocolError('EINVAL', `region ${a.region} access at 0x${a.offset.toString(16)}+${a.count} is past its ${region.size} bytes`);
@@ -458,6 +459,8 @@ export class Connection implements DeviceHost {
   private regionRead(h: Header, p: Buffer): Promise<void> | void {
     const a = msg.decodeRegionAccess(p, false);
     this.checkAccess(a, false);
+    // The spec allows a count of 0: nothing to read, and no handler to bother.
+    if (a.count === 0) return this.replyAccess(h, a, EMPTY);
     const data = this.device.regionRead(a.region, a.offset, a.count);
     if (data instanceof Uint8Array) return this.replyRead(h, a, data);
     return data.then((d) => this.replyRead(h, a, d));
@@ -485,8 +488,9 @@ export class Connection implements DeviceHost {
   private regionWrite(h: Header, p: Buffer): Promise<void> | void {
     const a = msg.decodeRegionAccess(p, true);
     this.checkAccess(a, true);
-    const done = this.device.regionWrite(a.region, a.offset, a.data);
     const ack = (): void => this.replyAccess(h, a);
+    if (a.count === 0) return ack();
+    const done = this.device.regionWrite(a.region, a.offset, a.data);
     if (done) return done.then(ack);
     ack();
   }
