@@ -364,7 +364,8 @@ export class NvmeController {
     }
     if (epoch === this.epoch && ((this.cc >> CC.SHN_SHIFT) & 3) !== 0) {
       this.setShst(CSTS.SHST_COMPLETE);
-      this.info(`shutdown complete: ${this.backing.path} synced`);
+      const { commands, completions, interrupts } = this.stats;
+      this.info(`shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts)`);
     }
   }
 
