@@ -26,6 +26,7 @@
 #   MUSER-CHECK write-1m ok|differs
 #   MUSER-CHECK write-4k ok|differs
 #   MUSER-CHECK discard ok|differs
+#   MUSER-CHECK parallel-read ok|failed   4 MiB read by four readers at once, 4 KiB a request
 #   MUSER-CHECK interrupts <count>        the nvme interrupts taken, from /proc/interrupts
 #   MUSER-CHECK done
 # A failure prints "MUSER-CHECK fail <what>" and powers off; so does the
@@ -188,6 +189,18 @@ if [ "$mode" = reset ]; then
   result same "$blk" "$MIB" $((24 * MIB)) /pattern-a.bin 0
   check "reset-io $line"
 fi
+
+# Four readers at once, 4 KiB a request: completions come while the interrupt is up.
+pids=
+for i in 0 1 2 3; do
+  dd if="$blk" of=/dev/null bs=4096 skip=$(((16 + i) * 256)) count=256 iflag=direct 2>/dev/null &
+  pids="$pids $!"
+done
+line=ok
+for pid in $pids; do
+  wait "$pid" || line=failed
+done
+check "parallel-read $line"
 
 sync
 check "interrupts $(awk '/nvme[0-9]+q[0-9]+/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts)"

@@ -21,7 +21,7 @@
 # Environment:
 #   MUSER_CACHE          cache folder of provision.sh (default: ~/.cache/muser)
 #   MUSER_E2E_TIMEOUT    seconds one boot may take before QEMU is killed (default 300)
-#   MUSER_E2E_JOBS       guest files run at once (default 2)
+#   MUSER_E2E_JOBS       guest files run at once (default 1: a guest has the cores it finds)
 #   CI                   "true" in CI: never skip
 set -euo pipefail
 
@@ -55,7 +55,7 @@ done
 
 boot_timeout=${MUSER_E2E_TIMEOUT:-300}
 [[ $boot_timeout =~ ^[0-9]+$ && $boot_timeout -ge 30 ]] || die "MUSER_E2E_TIMEOUT must be a number of seconds, at least 30"
-jobs=${MUSER_E2E_JOBS:-2}
+jobs=${MUSER_E2E_JOBS:-1}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "MUSER_E2E_JOBS must be a positive number"
 
 in_ci=0

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -94,6 +94,31 @@ export class Guest {
     return server;
   }
 
+  /**
+   * Runs a script that serves several devices from one process (`node
+   * <script> <socket>...`, printing a "muser: serving" line each); one
+   * GuestServer per socket, all the same process.
+   */
+  async serveMany(script: string, names: string[], env?: NodeJS.ProcessEnv): Promise<GuestServer[]> {
+    const sockets = names.map((n) => join(this.work, `${n}.sock`));
+    const child = spawn(process.execPath, [script, ...sockets], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    await waitFor(() => (out.match(/^muser: serving /gm)?.length ?? 0) === sockets.length || child.exitCode !== null, 10_000, `${script} to serve`);
+    assert.equal(child.exitCode, null, `${script} exited: ${err}`);
+    const fdsBefore = await settledFdCount(child.pid!);
+    const stop = async (): Promise<number | null> => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    };
+    const servers = sockets.map((socket) => ({ child, socket, fdsBefore, stderr: () => err, stdout: () => out, stop }));
+    this.servers.push(servers[0]);
+    return servers;
+  }
+
   /** Boots QEMU through boot.sh; the console goes to consoleLog (appended to by every boot). */
   boot(options: BootOptions): Qemu {
     const n = ++this.boots;
@@ -121,6 +146,11 @@ export class Guest {
       qmp: (command, a) => qmp(qmpSocket, command, a),
       kill: () => process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL'),
     };
+  }
+
+  /** Moves the console log of the boots so far aside (to console-<n>.log): checks then see only later boots. */
+  rotateConsole(): void {
+    if (existsSync(this.consoleLog)) renameSync(this.consoleLog, join(this.work, `console-${this.boots}.log`));
   }
 
   /** Boots and waits for the guest's power-off: QEMU exit status 0, no panic. */
