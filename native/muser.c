@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -609,14 +610,30 @@ static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
   return r;
 }
 
-/* eventfdWrite(fd, value) -> 0 or -errno */
+/* eventfdWrite(fd, value, checkFirst) -> 0 or -errno.
+ * With checkFirst, a descriptor that poll() does not find writable gets
+ * -EAGAIN instead of a write: a blocking eventfd whose counter is full
+ * would otherwise block this thread until its owner reads it. */
 static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
-  GET_ARGS(2);
+  GET_ARGS(3);
   int32_t fd;
   uint64_t value;
+  bool check_first = false;
+  napi_value b;
   if (!arg_int32(env, argv[0], "fd", &fd) ||
       !arg_size(env, argv[1], "value", &value))
     return NULL;
+  NAPI_OR_THROW(env, napi_coerce_to_bool(env, argv[2], &b));
+  NAPI_OR_THROW(env, napi_get_value_bool(env, b, &check_first));
+  if (check_first) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int r;
+    do
+      r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) return make_int(env, -errno);
+    if (r == 0 || !(p.revents & POLLOUT)) return make_int(env, -EAGAIN);
+  }
   ssize_t n;
   do
     n = write(fd, &value, sizeof value);

@@ -50,12 +50,17 @@ export interface ServerProcess {
   child: ChildProcess;
   /** Everything the server wrote to stderr so far. */
   stderr(): string;
+  /** Everything the server (its device) wrote to stdout so far. */
+  stdout(): string;
   stop(): Promise<number | null>;
 }
 
 /** Runs `muser serve <module> --socket <socket>` in its own process and waits for the socket. */
-export async function startServer(module: string, socket: string, extra: string[] = []): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [cli, 'serve', module, '--socket', socket, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(module: string, socket: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [cli, 'serve', module, '--socket', socket, ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: env && { ...process.env, ...env },
+  });
   let err = '';
   let out = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
@@ -67,6 +72,7 @@ export async function startServer(module: string, socket: string, extra: string[
   return {
     child,
     stderr: () => err,
+    stdout: () => out,
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       return exited;

@@ -127,7 +127,6 @@ describe('client and server in separate processes', () => {
       await expectErrno(c.regionRead(20, 0, 4), Errno.EINVAL); // no such region
       await expectErrno(c.regionRead(BAR0, 0xffe, 4), Errno.EINVAL); // past the end
       await expectErrno(c.regionRead(7, 0, 8192), Errno.E2BIG); // above max_data_xfer_size
-      await expectErrno(c.regionRead(BAR0, 0, 0), Errno.EINVAL);
       await expectErrno(c.regionWrite(6, 0, Buffer.alloc(4)), Errno.EINVAL); // ROM is read-only
       await expectErrno(c.irqInfo(9), Errno.EINVAL);
       await expectErrno(c.request(Command.VERSION, protocol.encodeVersion({ major: 0, minor: 0 })), Errno.EINVAL); // twice

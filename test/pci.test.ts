@@ -461,7 +461,7 @@ describe('PM capability', () => {
 describe('PCI Express capability', () => {
   const expected = [
     0x10, 0x00, 0x02, 0x00, // 00 ID, next, capabilities: version 2, Endpoint
-    0x00, 0x80, 0x00, 0x00, // 04 device capabilities: 128-byte payload, role-based error reporting
+    0x00, 0x80, 0x00, 0x10, // 04 device capabilities: 128-byte payload, role-based error reporting, Function Level Reset
     0x10, 0x28, 0x00, 0x00, // 08 device control: relaxed ordering, no snoop, 512-byte read request; status 0
     0x11, 0x00, 0x40, 0x00, // 0c link capabilities: 2.5 GT/s, x1, ASPM optionality compliance
     0x00, 0x00, 0x11, 0x00, // 10 link control 0; link status 2.5 GT/s x1

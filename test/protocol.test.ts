@@ -444,10 +444,10 @@ describe('parseCapabilities / formatCapabilities', () => {
   test('rejects capabilities of the wrong type or range', () => {
     const bad = (caps: string, fragment: string): void =>
       rejects(() => parseCapabilities(`{"capabilities":{${caps}}}`), fragment);
-    bad('"max_msg_fds":"16"', 'capability max_msg_fds must be an integer in 0..253, got "16"');
-    bad('"max_msg_fds":-1', 'capability max_msg_fds must be an integer in 0..253, got -1');
+    bad('"max_msg_fds":"16"', 'capability max_msg_fds must be an integer in 0..4294967295, got "16"');
+    bad('"max_msg_fds":-1', 'capability max_msg_fds must be an integer in 0..4294967295, got -1');
     bad('"max_msg_fds":1.5', 'got 1.5');
-    bad('"max_msg_fds":254', 'got 254');
+    bad('"max_msg_fds":4294967296', 'got 4294967296');
     bad('"max_msg_fds":null', 'got null');
     bad('"max_msg_fds":true', 'got true');
     bad('"max_msg_fds":1e300', 'max_msg_fds must be an integer');

@@ -321,7 +321,8 @@ export class NvmeController {
     }
     if (epoch === this.epoch && this.regs.CC.SHN !== 0) {
       this.regs.CSTS.SHST = CSTS.SHST_COMPLETE;
-      this.info(`shutdown complete: ${this.backing.path} synced`);
+      const { commands, completions, interrupts } = this.stats;
+      this.info(`shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts)`);
     }
   }
 

@@ -110,6 +110,8 @@ export class NvmeHost {
   private readonly posted: boolean;
   private readonly timeout: number;
   readonly interrupts: 'msix' | 'intx' | 'none';
+  /** INTx signals seen when this host last unmasked (its end of interrupt). */
+  private intxHandled = 0;
   /** MSI-X capability offset in config space, table BAR and offset. */
   msix?: { cap: number; bar: number; table: number };
   /** Errors of posted doorbell writes (the server answers only failures). */
@@ -368,10 +370,14 @@ export class NvmeHost {
         const seen = irq?.count ?? 0;
         let n = 0;
         for (const q of mine()) n += this.reapQueue(q);
+        // End of interrupt, after the CQ doorbell lowered the line: the unmask fires again only if it is still up.
+        if (this.interrupts === 'intx' && irq && irq.count !== this.intxHandled) {
+          this.intxHandled = irq.count;
+          await this.client.unmask(IrqIndex.INTX);
+        }
         if (n > 0 || outstanding() === 0) continue;
         if (irq) await irq.wait(seen, this.timeout);
         else await new Promise((r) => setTimeout(r, 1));
-        if (this.interrupts === 'intx' && irq) await this.client.unmask(IrqIndex.INTX); // end of interrupt
       }
     } catch (e) {
       for (const q of mine()) this.fail(q, new Error(`queue ${q.id}: ${q.outstanding} command(s) not completed: ${(e as Error).message}`));

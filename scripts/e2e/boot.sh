@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Boots the e2e guest (cached kernel + the given initramfs) in QEMU (q35, TCG,
-# 512 MiB of shared memfd memory, as vfio-user needs to share guest memory),
-# with a vfio-user-pci device attached to a vfio-user server's UNIX socket.
+# 512 MiB of shared memfd memory, which vfio-user servers map), with a
+# vfio-user-pci device attached to a vfio-user server's UNIX socket.
 #
 # Usage: scripts/e2e/boot.sh --initrd FILE --console LOG [options] [-- QEMU ARGS...]
 #   --socket PATH      vfio-user server socket; without it the guest gets no vfio-user device
@@ -14,6 +14,10 @@
 #                      wait this long for the socket to appear (default 10)
 #   --append TEXT      extra kernel command line (e.g. muser.timeout=30)
 #   --memory MIB       guest memory in MiB (default 512)
+#   --unshared         plain guest RAM, not shared with the server: its DMA goes
+#                      by DMA_READ/DMA_WRITE messages
+#   --reboot           let a guest reboot (QEMU resets the machine) instead of
+#                      exiting; only power-off ends it
 #   -- QEMU ARGS       further arguments for QEMU, e.g. -- -device pci-testdev
 #
 # Exit status: QEMU's (0 after the guest powers off), except:
@@ -31,7 +35,7 @@ usage() {
 }
 
 socket='' initrd='' console='' trace='' append=''
-timeout=120 socket_wait=10 memory=512
+timeout=120 socket_wait=10 memory=512 unshared=0 reboot=0
 extra=()
 need_value() {
   (($# >= 2)) || die "option $1 needs a value" "run $0 --help"
@@ -46,6 +50,8 @@ while (($#)); do
     --socket-wait) need_value "$@"; socket_wait=$2; shift ;;
     --append) need_value "$@"; append=$2; shift ;;
     --memory) need_value "$@"; memory=$2; shift ;;
+    --unshared) unshared=1 ;;
+    --reboot) reboot=1 ;;
     --) shift; extra=("$@"); break ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument: $1" "run $0 --help" ;;
@@ -62,21 +68,23 @@ done
 muser_require_cache
 
 qemu=$MUSER_CACHE/bin/qemu-system-x86_64
-args=(
-  -machine "q35,memory-backend=mem"
-  -accel tcg
-  -m "${memory}M"
-  -object "memory-backend-memfd,id=mem,size=${memory}M,share=on"
+args=(-accel tcg -m "${memory}M")
+if ((unshared)); then
+  args+=(-machine q35)
+else
+  args+=(-machine "q35,memory-backend=mem" -object "memory-backend-memfd,id=mem,size=${memory}M,share=on")
+fi
+args+=(
   -kernel "$MUSER_CACHE/guest/vmlinuz"
   -initrd "$initrd"
   -append "console=ttyS0 panic=-1${append:+ $append}"
   -nodefaults
   -display none
   -nic none
-  -no-reboot
   -chardev "stdio,id=console,logfile=$console,signal=off"
   -serial chardev:console
 )
+((reboot)) || args+=(-no-reboot)
 
 if [[ -n $socket ]]; then
   if [[ ! -S $socket ]]; then

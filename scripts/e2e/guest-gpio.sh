@@ -26,6 +26,10 @@
 #
 # Kernel command line options:
 #   muser.timeout=SECONDS   watchdog (default 60)
+#   muser.gpio_replug=1     before done: MUSER-CHECK unplug-me, wait for the card
+#                           to go (unplugged), MUSER-CHECK plug-me, wait for it to
+#                           come back, and read IIN0 through the driver again:
+#                           MUSER-CHECK replug-iin0 <6 values>
 #   muser.gpio_id=VVVV:DDDD use another vendor:device, and bind pci-idio-16 to
 #                           it through the driver's new_id (to try this script
 #                           on an emulated device whose BAR2 is plain memory)
@@ -63,21 +67,25 @@ driver=none
 check "driver $driver"
 [ "$driver" = pci-idio-16 ] || fail "pci-idio-16 did not bind to $bdf"
 
-chip=
-tries=50
-while [ -z "$chip" ] && [ "$tries" -gt 0 ]; do
-  for dir in /sys/class/gpio/gpiochip*; do
-    if [ -r "$dir/label" ] && [ "$(cat "$dir/label")" = "$bdf" ]; then
-      chip=$dir
-      break
-    fi
+# Sets $chip and $base: the gpiochip the driver made for $bdf.
+find_chip() {
+  chip=
+  tries=50
+  while [ -z "$chip" ] && [ "$tries" -gt 0 ]; do
+    for dir in /sys/class/gpio/gpiochip*; do
+      if [ -r "$dir/label" ] && [ "$(cat "$dir/label")" = "$bdf" ]; then
+        chip=$dir
+        break
+      fi
+    done
+    [ -n "$chip" ] && break
+    sleep 0.1
+    tries=$((tries - 1))
   done
-  [ -n "$chip" ] && break
-  sleep 0.1
-  tries=$((tries - 1))
-done
-[ -n "$chip" ] || fail "no gpiochip labelled $bdf in /sys/class/gpio ($(cd /sys/class/gpio && echo *))"
-base=$(cat "$chip/base")
+  [ -n "$chip" ] || fail "no gpiochip labelled $bdf in /sys/class/gpio ($(cd /sys/class/gpio && echo *))"
+  base=$(cat "$chip/base")
+}
+find_chip
 check "gpiochip ${chip##*/} base=$base ngpio=$(cat "$chip/ngpio") label=$(cat "$chip/label")"
 
 # Exports line <offset> named <name>; sets $line to its sysfs folder.
@@ -128,6 +136,23 @@ echo 0 >"$line/value" || fail "writing 0 to OUT0"
 after_0=$(read_value "$line")
 check "out0 ${after_1:-error} ${after_0:-error}"
 echo "$base" >/sys/class/gpio/unexport || fail "unexport of OUT0"
+
+if [ "$(cmdline_get muser.gpio_replug 0)" = 1 ]; then
+  check "unplug-me"
+  wait_for 300 ! -e "$dev" || fail "$bdf is still there 30 s after asking for its unplug"
+  check "unplugged"
+  check "plug-me"
+  wait_for 300 -e "$dev/driver" || fail "no driver bound to $bdf 30 s after asking for its replug"
+  find_chip
+  export_line 16 IIN0
+  values=
+  i=0
+  while [ "$i" -lt 6 ]; do
+    values="$values $(read_value "$line")"
+    i=$((i + 1))
+  done
+  check "replug-iin0$values"
+fi
 
 check "done"
 finish

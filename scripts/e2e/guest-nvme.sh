@@ -26,12 +26,23 @@
 #   MUSER-CHECK write-1m ok|differs
 #   MUSER-CHECK write-4k ok|differs
 #   MUSER-CHECK discard ok|differs
+#   MUSER-CHECK parallel-read ok|failed   4 MiB read by four readers at once, 4 KiB a request
+#   MUSER-CHECK interrupts <count>        the nvme interrupts taken, from /proc/interrupts
 #   MUSER-CHECK done
 # A failure prints "MUSER-CHECK fail <what>" and powers off; so does the
 # watchdog after muser.timeout seconds (default 60). The guest always powers off.
 #
 # Kernel command line options:
 #   muser.timeout=SECONDS   watchdog (default 60)
+#   muser.nvme_wait=SECONDS wait this long for the controller to appear (hot-add):
+#                           prints "MUSER-CHECK waiting-for-device" first
+#   muser.nvme_mode=MODE    after the writes, one of:
+#                 reset     unbind the driver, reset the function through sysfs
+#                           (MUSER-CHECK reset-method <methods>, reset ok), bind
+#                           it again and check the I/O again (reset-io ok|differs)
+#                 loop      MUSER-CHECK looping, then I/O until the host kills QEMU
+#                 reboot    on the first boot write a marker at 60 MiB and reboot;
+#                           on the second (marker found: MUSER-CHECK rebooted) go on
 #   muser.nvme_id=VVVV:DDDD the controller to look for (default 1de5:4e56), e.g.
 #                           1b36:0010 to try this script on QEMU's own -device nvme
 
@@ -45,7 +56,18 @@ log_pattern='nvme|pci 0000|vfio'
 
 guest_start
 id=$(cmdline_get muser.nvme_id 1de5:4e56 | tr 'A-F' 'a-f')
+mode=$(cmdline_get muser.nvme_mode none)
 MIB=1048576
+
+wait_s=$(cmdline_get muser.nvme_wait 0)
+if [ "$wait_s" -gt 0 ]; then
+  check "waiting-for-device"
+  tries=$((wait_s * 10))
+  while [ "$tries" -gt 0 ] && ! grep -l -q "0x${id%%:*}" /sys/bus/pci/devices/*/vendor 2>/dev/null; do
+    sleep 0.1
+    tries=$((tries - 1))
+  done
+fi
 
 # ------------------------------------------------------------- the device --
 find_pci_device "0x${id%%:*}" "0x${id#*:}"
@@ -60,31 +82,34 @@ while read -r module; do
   insmod "/lib/modules/$module" || fail "insmod $module"
   check "insmod ${module%%.ko*} ok"
 done </lib/modules/nvme.order
-wait_for 100 -e "$dev/driver" || true
-driver=none
-[ -e "$dev/driver" ] && driver=$(basename "$(readlink "$dev/driver")")
-check "driver $driver"
-[ "$driver" = nvme ] || fail "nvme did not bind to $bdf"
-
-# The namespace shows up once the controller is up and scanned (slow under TCG).
-disk=
-tries=300
-while [ -z "$disk" ] && [ "$tries" -gt 0 ]; do
-  for d in /sys/block/nvme*n1; do
-    [ -e "$d/size" ] && disk=${d##*/}
+# Sets $driver once the nvme driver bound, and $disk, $ctrl and $blk once its namespace is up.
+nvme_up() {
+  wait_for 100 -e "$dev/driver" || true
+  driver=none
+  [ -e "$dev/driver" ] && driver=$(basename "$(readlink "$dev/driver")")
+  [ "$driver" = nvme ] || fail "nvme did not bind to $bdf"
+  # The namespace shows up once the controller is up and scanned (slow under TCG).
+  disk=
+  tries=300
+  while [ -z "$disk" ] && [ "$tries" -gt 0 ]; do
+    for d in "$dev"/nvme/nvme*/nvme*n1 /sys/block/nvme*n1; do
+      [ -e "$d/size" ] && disk=${d##*/}
+    done
+    [ -n "$disk" ] && break
+    sleep 0.1
+    tries=$((tries - 1))
   done
-  [ -n "$disk" ] && break
-  sleep 0.1
-  tries=$((tries - 1))
-done
-[ -n "$disk" ] || fail "no nvme namespace in /sys/block ($(cd /sys/block && echo *))"
-ctrl=
-for c in "$dev"/nvme/nvme*; do
-  [ -d "$c" ] && ctrl=$c && break
-done
-[ -n "$ctrl" ] || fail "no nvme controller under $dev/nvme"
-blk=/dev/$disk
-wait_for 50 -b "$blk" || fail "no $blk"
+  [ -n "$disk" ] || fail "no nvme namespace in /sys/block ($(cd /sys/block && echo *))"
+  ctrl=
+  for c in "$dev"/nvme/nvme*; do
+    [ -d "$c" ] && ctrl=$c && break
+  done
+  [ -n "$ctrl" ] || fail "no nvme controller under $dev/nvme"
+  blk=/dev/$disk
+  wait_for 50 -b "$blk" || fail "no $blk"
+}
+nvme_up
+check "driver $driver"
 size=$(($(cat "/sys/block/$disk/size") * 512))
 trim() {
   sed 's/^ *//; s/ *$//' "$1" | tr ' ' '_'
@@ -113,6 +138,26 @@ result same "$blk" "$MIB" $((8 * MIB)) /pattern-a.bin 0
 check "read-host $line"
 [ "$line" = ok ] || fail "the guest read something else than the host wrote at 8 MiB"
 
+if [ "$mode" = loop ]; then
+  check "looping"
+  while :; do
+    dd if=/pattern-b.bin of="$blk" bs=65536 seek=$((48 * 16)) oflag=direct 2>/dev/null
+    dd if="$blk" of=/dev/null bs=65536 skip=$((8 * 16)) count=16 iflag=direct 2>/dev/null
+  done
+fi
+if [ "$mode" = reboot ]; then
+  dd if="$blk" of=/tmp/marker bs=512 skip=$((60 * 2048)) count=1 iflag=direct 2>/dev/null
+  if [ "$(head -c 14 /tmp/marker)" = MUSER-REBOOTED ]; then
+    check "rebooted"
+  else
+    printf 'MUSER-REBOOTED' | dd of=/tmp/marker conv=notrunc 2>/dev/null
+    dd if=/tmp/marker of="$blk" bs=512 seek=$((60 * 2048)) count=1 oflag=direct 2>/dev/null || fail "writing the reboot marker"
+    sync
+    check "rebooting"
+    reboot -f
+  fi
+fi
+
 dd if=/pattern-b.bin of="$blk" bs=$MIB seek=16 oflag=direct 2>/tmp/dd.err || fail "1 MiB write at 16 MiB: $(tail -n 1 /tmp/dd.err)"
 result same "$blk" "$MIB" $((16 * MIB)) /pattern-b.bin 0
 check "write-1m $line"
@@ -130,6 +175,34 @@ discarded() {
 result discarded
 check "discard $line"
 
+if [ "$mode" = reset ]; then
+  check "reset-method $(cat "$dev/reset_method" 2>/dev/null || echo none)"
+  echo "$bdf" >/sys/bus/pci/drivers/nvme/unbind || fail "unbinding nvme from $bdf"
+  if echo 1 >"$dev/reset" 2>/tmp/reset.err; then
+    check "reset ok"
+  else
+    fail "echo 1 > $dev/reset: $(cat /tmp/reset.err)"
+  fi
+  echo "$bdf" >/sys/bus/pci/drivers/nvme/bind || fail "binding nvme to $bdf again"
+  nvme_up
+  dd if=/pattern-a.bin of="$blk" bs=$MIB seek=24 oflag=direct 2>/tmp/dd.err || fail "1 MiB write at 24 MiB after the reset: $(tail -n 1 /tmp/dd.err)"
+  result same "$blk" "$MIB" $((24 * MIB)) /pattern-a.bin 0
+  check "reset-io $line"
+fi
+
+# Four readers at once, 4 KiB a request: completions come while the interrupt is up.
+pids=
+for i in 0 1 2 3; do
+  dd if="$blk" of=/dev/null bs=4096 skip=$(((16 + i) * 256)) count=256 iflag=direct 2>/dev/null &
+  pids="$pids $!"
+done
+line=ok
+for pid in $pids; do
+  wait "$pid" || line=failed
+done
+check "parallel-read $line"
+
 sync
+check "interrupts $(awk '/nvme[0-9]+q[0-9]+/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts)"
 check "done"
 finish

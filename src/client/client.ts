@@ -156,6 +156,8 @@ export class Client {
   /** Requests waiting; while there are any, the socket keeps the process alive (an idle client does not). */
   private waiting = 0;
   private readonly memory: GuestMemory[] = [];
+  /** Largest DMA_READ or DMA_WRITE the server sent (bytes of guest memory), for tests. */
+  largestDma = 0;
   private readonly interrupts: Interrupt[] = [];
   private readonly timeout: number;
   private timer: NodeJS.Timeout | undefined;
@@ -504,10 +506,12 @@ export class Client {
       if (fds.length > 0) throw new ProtocolError('EINVAL', 'server requests carry no descriptors');
       if (h.command === Command.DMA_READ) {
         const a = msg.decodeDmaAccess(payload, false);
+        this.largestDma = Math.max(this.largestDma, a.count);
         const data = this.guest(a.iova, a.count);
         if (!(h.flags & Flag.NO_REPLY)) reply(msg.encodeDmaAccess({ ...a, data: Buffer.from(data) }));
       } else if (h.command === Command.DMA_WRITE) {
         const a = msg.decodeDmaAccess(payload, true);
+        this.largestDma = Math.max(this.largestDma, a.count);
         this.guest(a.iova, a.count).set(a.data);
         if (!(h.flags & Flag.NO_REPLY)) reply(msg.encodeDmaWriteReply(a.iova, a.count));
       } else throw new ProtocolError('ENOSYS', `a client does not serve ${commandName(h.command)}`);

@@ -266,6 +266,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   irqDone(): void {
     this.intxPending = false;
     this.config.setInterruptStatus(false);
+    this.host?.lower(IrqIndex.INTX, 0);
   }
 
   /**
@@ -320,6 +321,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     this.msixTableInUse = false;
     this.intxPending = false;
     Object.assign(this.state, structuredClone(this.initialState));
+    this.host?.lower(IrqIndex.INTX, 0);
     return this.spec.reset?.();
   }
 
@@ -445,7 +447,11 @@ export class PciDevice<S extends object = Record<string, unknown>> {
 
   /** Writes `data` at `offset` of region `index` (bounds already checked). */
   regionWrite(index: number, offset: number, data: Uint8Array): void | Promise<void> {
-    if (index === RegionIndex.CONFIG) return this.config.write(offset, data);
+    if (index === RegionIndex.CONFIG) {
+      this.config.write(offset, data);
+      if (this.config.takeFunctionLevelReset()) return this.reset();
+      return;
+    }
     if (index === RegionIndex.ROM) return;
     const bar = this.bars[index]!;
     const special = this.msixAccess(index, offset, data.length);

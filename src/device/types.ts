@@ -82,6 +82,8 @@ export interface DeviceHost {
   signal(index: number, vector: number): boolean;
   /** Where the device's own messages go (the server's logger). */
   deviceLog?(level: 'error' | 'warn' | 'info' | 'debug', message: string): void;
+  /** The device lowered level-triggered interrupt `vector` (INTx): a signal still held back by the mask is dropped. */
+  lower(index: number, vector: number): void;
   /** Copies guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
   dmaRead(iova: bigint, length: number): Promise<Uint8Array>;
   /** Writes guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */

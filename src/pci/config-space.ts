@@ -89,7 +89,7 @@ export interface MsixCapabilityDecl {
   pbaOffset: number;
 }
 
-/** PCI Express capability (ID 0x10), version 2, Endpoint, x1 at 2.5 GT/s, 128-byte max payload. */
+/** PCI Express capability (ID 0x10), version 2, Endpoint, x1 at 2.5 GT/s, 128-byte max payload, Function Level Reset. */
 export interface PcieCapabilityDecl {
   /** Selects this capability. */
   id: 'pcie';
@@ -241,6 +241,7 @@ export class ConfigSpace {
   private readonly caps = new Map<number, number>();
   private readonly extCaps = new Map<number, number>();
   private pmAt: number | undefined;
+  private flrRequested = false;
   private msiLayout: MsiLayout | undefined;
   private msixAt: number | undefined;
 
@@ -301,6 +302,17 @@ export class ConfigSpace {
   deviceWrite(offset: number, data: Uint8Array): void {
     checkAccess('configuration space', CONFIG_SPACE_SIZE, offset, data.length);
     this.image.set(data, offset);
+  }
+
+  /**
+   * Whether the guest just wrote Initiate Function Level Reset in the PCI
+   * Express Device Control register (the bit itself always reads 0); the
+   * caller performs the reset.
+   */
+  takeFunctionLevelReset(): boolean {
+    const requested = this.flrRequested;
+    this.flrRequested = false;
+    return requested;
   }
 
   /** Back to power-on values (what a PCI function reset does). */
@@ -584,11 +596,12 @@ export class ConfigSpace {
         return;
       case 'pcie':
         this.init('EXP_FLAGS', at + Exp.FLAGS, 2, Exp.FLAGS_VERS_2 | (Exp.TYPE_ENDPOINT << 4));
-        // Max_Payload_Size_Supported 000b (128 bytes); no FLR, phantom functions or extended tags.
-        this.init('EXP_DEVCAP', at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER);
+        // Max_Payload_Size_Supported 000b (128 bytes); Function Level Reset; no phantom functions or extended tags.
+        this.init('EXP_DEVCAP', at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER | Exp.DEVCAP_FLR);
         // Defaults from the spec: relaxed ordering and no snoop enabled, 512-byte max read request.
         // Max_Payload_Size stays hardwired to 128 bytes, as allowed when that is all that is supported.
-        this.init(
+        // Initiate Function Level Reset reads 0; writing 1 asks for the reset, which the caller performs.
+        const devctl = this.init(
           'EXP_DEVCTL', at + Exp.DEVCTL,
           2,
           Exp.DEVCTL_RELAX_EN | Exp.DEVCTL_NOSNOOP_EN | Exp.DEVCTL_READRQ_512B,
@@ -598,7 +611,14 @@ export class ConfigSpace {
             Exp.DEVCTL_URRE |
             Exp.DEVCTL_RELAX_EN |
             Exp.DEVCTL_NOSNOOP_EN |
-            Exp.DEVCTL_READRQ,
+            Exp.DEVCTL_READRQ |
+            Exp.DEVCTL_BCR_FLR,
+          0,
+          (v) => {
+            if (!(v & Exp.DEVCTL_BCR_FLR)) return;
+            devctl.value = v & ~Exp.DEVCTL_BCR_FLR;
+            this.flrRequested = true;
+          },
         );
         this.init(
           'EXP_DEVSTA', at + Exp.DEVSTA,

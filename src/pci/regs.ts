@@ -161,6 +161,8 @@ export const Exp = {
   TYPE_ENDPOINT: 0x0,
   DEVCAP: 0x04,
   DEVCAP_RBER: 0x00008000,
+  /** Function Level Reset Capability, bit 28. */
+  DEVCAP_FLR: 0x10000000,
   DEVCTL: 0x08,
   DEVCTL_CERE: 0x0001,
   DEVCTL_NFERE: 0x0002,
@@ -170,6 +172,8 @@ export const Exp = {
   DEVCTL_NOSNOOP_EN: 0x0800,
   DEVCTL_READRQ: 0x7000,
   DEVCTL_READRQ_512B: 0x2000,
+  /** Initiate Function Level Reset, bit 15: always reads 0. */
+  DEVCTL_BCR_FLR: 0x8000,
   DEVSTA: 0x0a,
   DEVSTA_CED: 0x0001,
   DEVSTA_NFED: 0x0002,

@@ -69,7 +69,8 @@ export function parseCapabilities(json: string | undefined): Capabilities {
   check(isObject(c), 'EINVAL', '"capabilities" must be a JSON object');
   const caps: Capabilities = {};
   const u32 = 0xffffffff;
-  if (c[WIRE.maxMsgFds] !== undefined) caps.maxMsgFds = count(c[WIRE.maxMsgFds], WIRE.maxMsgFds, 253);
+  // The spec sets no bound; a peer may receive more than the 253 one sendmsg carries on Linux (SCM_MAX_FD).
+  if (c[WIRE.maxMsgFds] !== undefined) caps.maxMsgFds = count(c[WIRE.maxMsgFds], WIRE.maxMsgFds, u32);
   if (c[WIRE.maxDataXferSize] !== undefined) {
     caps.maxDataXferSize = count(c[WIRE.maxDataXferSize], WIRE.maxDataXferSize, u32);
     check(caps.maxDataXferSize > 0, 'EINVAL', 'capability max_data_xfer_size must be above 0');

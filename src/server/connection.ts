@@ -54,9 +54,21 @@ export interface Limits {
 
 export const defaultLimits: Limits = { maxDataXferSize: 1 << 20, maxDmaMaps: 65535, maxQueuedCommands: 4096, handlerTimeoutMs: 4000 };
 
+/**
+ * Most bytes of guest memory moved by one DMA_READ or DMA_WRITE message.
+ * QEMU sends its DMA_READ replies with a non-blocking sendmsg and takes a
+ * short write for a whole one, losing the rest. Linux queues a stream write
+ * on an AF_UNIX socket in buffers of at most a page of head plus 32 KiB of
+ * page fragments (SKB_MAX_HEAD(0) + UNIX_SKB_FRAGS_SZ), each of which goes
+ * whole or not at all: a message that fits in one (32 KiB of data and the 32
+ * bytes of header and count) is sent entire or fails with EAGAIN, which QEMU
+ * retries; a longer one is cut wherever the send buffer fills.
+ */
+export const DMA_MESSAGE_DATA = 32 * 1024;
 /** Most descriptors we accept in one message; QEMU refuses a server that claims more than 16. */
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
+const EMPTY = new Uint8Array(0);
 /** Largest message before negotiation: VERSION and its JSON. */
 const PRE_NEGOTIATION_MAX = 64 * 1024;
 /**
@@ -114,6 +126,9 @@ export class Connection implements DeviceHost {
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
+  /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
+  private unsettled = 0;
+  private settledWaiters: (() => void)[] = [];
 
   constructor(
     fd: number,
@@ -150,6 +165,17 @@ export class Connection implements DeviceHost {
     this.channel.close();
   }
 
+  /** Handlers whose Promise has not settled (one may outlive its client, or its timeout). */
+  get handlersRunning(): number {
+    return this.unsettled;
+  }
+
+  /** Resolves when no handler of this connection is running any more. */
+  handlersSettled(): Promise<void> {
+    if (this.unsettled === 0) return Promise.resolve();
+    return new Promise((resolve) => this.settledWaiters.push(resolve));
+  }
+
   // ---------------------------------------------------------------- dispatch
 
   private onMessage(header: Header, rx: Buffer, at: number, fds: number[]): void {
@@ -180,7 +206,9 @@ export class Connection implements DeviceHost {
     this.running = running;
     const ms = this.options.handlerTimeoutMs;
     if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
+    this.unsettled++;
     void pending.then(() => {
+      if (--this.unsettled === 0) for (const w of this.settledWaiters.splice(0)) w();
       // It timed out and was answered; later commands already went on.
       if (this.running !== running) return;
       clearTimeout(running.timer);
@@ -362,8 +390,8 @@ export class Connection implements DeviceHost {
   }
 
   private regionInfo(h: Header, p: Buffer): void {
+    // Bytes after the fixed part are ignored: a client may send its whole argsz-sized buffer.
     const req = msg.decodeRegionInfo(p);
-    check(req.caps.length === 0, 'EINVAL', 'DEVICE_GET_REGION_INFO command carries extra bytes');
     check(req.argsz >= msg.REGION_INFO_SIZE, 'EINVAL', `DEVICE_GET_REGION_INFO argsz ${req.argsz} is below ${msg.REGION_INFO_SIZE}`);
     const region = this.region(req.index);
     let flags = (region.readable ? RegionFlag.READ : 0) | (region.writable ? RegionFlag.WRITE : 0);
@@ -397,6 +425,7 @@ export class Connection implements DeviceHost {
 
   private regionIoFds(h: Header, p: Buffer): void {
     const req = msg.decodeRegionIoFdsRequest(p);
+    check(req.argsz >= msg.REGION_IO_FDS_SIZE, 'EINVAL', `DEVICE_GET_REGION_IO_FDS argsz ${req.argsz} is below ${msg.REGION_IO_FDS_SIZE}`);
     this.region(req.index);
     // No region offers I/O descriptors: an empty list tells the client to use messages.
     this.reply(h, msg.encodeRegionIoFds({ argsz: msg.REGION_IO_FDS_SIZE, flags: 0, index: req.index, count: 0, subregions: [] }));
@@ -441,7 +470,6 @@ export class Connection implements DeviceHost {
     const region = this.region(index);
     const max = this.limits!.maxDataXferSize;
     if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${index} cannot be ${write ? 'written' : 'read'}`);
-    if (count === 0) throw new ProtocolError('EINVAL', 'region access of zero bytes');
     if (count > max) throw new ProtocolError('E2BIG', `region access of ${count} bytes is above max_data_xfer_size ${max}`);
     if (offset + count > region.size) {
       throw new ProtocolError('EINVAL', `region ${index} access at 0x${offset.toString(16)}+${count} is past its ${region.size} bytes`);
@@ -455,6 +483,8 @@ export class Connection implements DeviceHost {
     const offset = msg.accessOffset(rx, p);
     const count = msg.accessCount(rx, p);
     this.checkAccess(region, offset, count, false);
+    // The spec allows a count of 0: nothing to read, and no handler to bother.
+    if (count === 0) return this.replyAccess(h, region, offset, count, EMPTY);
     const data = this.device.regionRead(region, offset, count);
     if (data instanceof Uint8Array) return this.replyRead(h, region, offset, count, data);
     const held = this.hold(h);
@@ -485,6 +515,7 @@ export class Connection implements DeviceHost {
     const offset = msg.accessOffset(rx, p);
     const count = msg.accessCount(rx, p);
     this.checkAccess(region, offset, count, true);
+    if (count === 0) return this.replyAccess(h, region, offset, count);
     const done = this.device.regionWrite(region, offset, rx.subarray(p + msg.REGION_ACCESS_SIZE, end));
     if (!done) return this.replyAccess(h, region, offset, count);
     const held = this.hold(h);
@@ -562,6 +593,10 @@ export class Connection implements DeviceHost {
     this.log[level](message);
   }
 
+  lower(index: number, vector: number): void {
+    this.irqs.lower(index, vector);
+  }
+
   dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
     const pieces = this.dma.resolve(iova, length, write);
     // Views only over memory that cannot shrink under them: a file the client may still cut would turn a later touch into SIGBUS.
@@ -583,7 +618,7 @@ export class Connection implements DeviceHost {
         out.set(piece.bytes, at);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
           const addr = piece.iova + BigInt(done);
           const reply = msg.decodeDmaAccess(await this.request(Command.DMA_READ, msg.encodeDmaAccess({ iova: addr, count: n, data: Buffer.alloc(0) })), true);
           if (reply.count !== n) throw new DmaError(`client returned ${reply.count} bytes for a ${n}-byte DMA read`);
@@ -606,7 +641,7 @@ export class Connection implements DeviceHost {
         piece.bytes.set(part);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize);
+          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
           const chunk = Buffer.from(part.subarray(done, done + n));
           await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
           done += n;

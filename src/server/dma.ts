@@ -2,7 +2,7 @@
  * The DMA map table of one connection: which guest (client) memory ranges the
  * device may reach, and how (mapped through a descriptor, or by message).
  */
-import { fstatSync } from 'node:fs';
+import { fstatSync, readFileSync } from 'node:fs';
 import { DmaFlag } from '../protocol/constants.js';
 import { check, ProtocolError } from '../protocol/errors.js';
 import type { DmaMap } from '../protocol/messages.js';
@@ -28,12 +28,34 @@ export type DmaPiece = { iova: bigint; length: number; bytes?: Buffer; mapping?:
 const U64_END = 1n << 64n;
 const F_SEAL_SHRINK = 2;
 
+/**
+ * Each DMA map with a descriptor is one mmap, and the kernel refuses a
+ * process more mappings than vm.max_map_count (65530 by default): past it
+ * every mmap fails, Node.js's own included. Maps with descriptors, over all
+ * connections of the process, stop at half of it; the rest stays for Node.js.
+ */
+export const defaultMappedDmaMaps = Math.floor(maxMapCount() / 2);
+/** Maps with descriptors held now, in all tables of this process. */
+let mappedTotal = 0;
+
+function maxMapCount(): number {
+  try {
+    const n = parseInt(readFileSync('/proc/sys/vm/max_map_count', 'utf8'), 10);
+    if (n > 0) return n;
+  } catch {
+    // Not Linux's procfs: assume the kernel's default.
+  }
+  return 65530;
+}
+
 export class DmaMapTable {
   /** Sorted by iova, never overlapping. */
   private maps: DmaMapping[] = [];
   constructor(
     private readonly maxMaps: number,
     private readonly pageSize: number,
+    /** Most maps with descriptors in this process, counted over all tables. */
+    private readonly maxMapped = defaultMappedDmaMaps,
   ) {}
 
   get size(): number {
@@ -55,6 +77,11 @@ export class DmaMapTable {
     check(!overlaps, 'EEXIST', `DMA_MAP 0x${m.iova.toString(16)}+0x${m.size.toString(16)} overlaps an existing range`);
     const mapping: DmaMapping = { iova: m.iova, size: m.size, flags: m.flags };
     if (fd !== undefined) {
+      check(
+        mappedTotal < this.maxMapped,
+        'ENOSPC',
+        `DMA_MAP with a descriptor would exceed the ${this.maxMapped} mappings of guest memory this process may hold (half of vm.max_map_count)`,
+      );
       check(m.offset % page === 0n, 'EINVAL', `DMA_MAP file offset 0x${m.offset.toString(16)} must be a multiple of ${this.pageSize}`);
       const st = fstatSync(fd);
       // Guest memory must be a regular file (memfds, shared memory, hugetlbfs): their end can be checked. A device file
@@ -68,6 +95,7 @@ export class DmaMapTable {
       );
       check(m.size <= BigInt(Number.MAX_SAFE_INTEGER), 'EINVAL', 'DMA_MAP range is too large to map');
       mapping.bytes = mapClientMemory(fd, m);
+      mappedTotal++;
       mapping.fd = fd;
       // A memfd sealed against shrinking (QEMU seals its guest memory) cannot be cut under us; others are checked before each access.
       const seals = native.seals(fd);
@@ -172,7 +200,10 @@ function mapClientMemory(fd: number, m: DmaMap): Buffer {
 }
 
 function release(m: DmaMapping): void {
-  if (m.bytes) native.munmap(m.bytes.buffer as ArrayBuffer);
+  if (m.bytes) {
+    native.munmap(m.bytes.buffer as ArrayBuffer);
+    mappedTotal--;
+  }
   if (m.fd !== undefined) closeAll([m.fd]);
   m.bytes = undefined;
   m.fd = undefined;

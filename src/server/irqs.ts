@@ -11,7 +11,10 @@ import { closeAll } from '../transport/channel.js';
 
 interface Vector {
   trigger?: number;
+  /** The trigger is a blocking eventfd: checked for room before each write. */
+  blocking?: boolean;
   masked: boolean;
+  /** MSI/MSI-X: an interrupt held back by the mask. INTx: the line is asserted (it stays so after delivery, until lowered). */
   pending: boolean;
 }
 
@@ -19,13 +22,14 @@ const INDEX_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];
 const O_NONBLOCK = 0o4000;
 
 /**
- * A trigger must be a non-blocking eventfd: we write 8 bytes to it on every
- * interrupt, on the event loop. Into a pipe, socket or file that write
- * corrupts the client's stream or blocks; on a blocking eventfd whose counter
- * the client ran up to the maximum it blocks this process for good.
- * (QEMU's event notifiers are non-blocking eventfds.)
+ * A trigger must be an eventfd: we write 8 bytes to it on every interrupt, on
+ * the event loop. Into a pipe, socket or file that write corrupts the
+ * client's stream or blocks. A blocking eventfd (QEMU's are non-blocking,
+ * other clients' are not) is taken, and checked for room before each write:
+ * one whose counter the client ran up to the maximum would block this process.
+ * Returns whether it is blocking.
  */
-function checkEventfd(fd: number): void {
+function checkEventfd(fd: number): boolean {
   let kind = '';
   let flags = 0;
   try {
@@ -35,7 +39,7 @@ function checkEventfd(fd: number): void {
     // An unreadable descriptor is refused below like any other non-eventfd.
   }
   check(kind === 'anon_inode:[eventfd]', 'EINVAL', `DEVICE_SET_IRQS descriptor is ${kind || 'unknown'}, not an eventfd`);
-  check((flags & O_NONBLOCK) !== 0, 'EINVAL', 'DEVICE_SET_IRQS eventfd must be non-blocking (EFD_NONBLOCK)');
+  return (flags & O_NONBLOCK) === 0;
 }
 
 export class IrqTable {
@@ -70,11 +74,12 @@ export class IrqTable {
     if (dataType === IrqSetFlag.DATA_EVENTFD) {
       check(fds.length === 0 || fds.length === s.count, 'EINVAL', `DEVICE_SET_IRQS for ${s.count} vectors carries ${fds.length} descriptors`);
       check(action === IrqSetFlag.ACTION_TRIGGER, 'EINVAL', 'only ACTION_TRIGGER takes eventfds');
-      fds.forEach(checkEventfd);
+      const blocking = fds.map(checkEventfd);
       for (let i = 0; i < s.count; i++) {
         const v = vectors[s.start + i];
         if (v.trigger !== undefined) closeAll([v.trigger]);
         v.trigger = fds[i];
+        v.blocking = blocking[i];
         v.masked = false;
       }
       return;
@@ -87,6 +92,7 @@ export class IrqTable {
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
+        // INTx as kernel VFIO does it: an unmask fires again only while the line is still asserted.
         if (v.pending) this.signal(s.index, vector);
       }
     }
@@ -103,12 +109,23 @@ export class IrqTable {
       v.pending = true;
       return false;
     }
-    v.pending = false;
-    // INTx is level-triggered: it stays masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
-    if (index === IrqIndex.INTX) v.masked = true;
-    native.eventfdWrite(v.trigger, 1);
+    // INTx is level-triggered: the line stays up, and masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
+    if (index === IrqIndex.INTX) {
+      v.pending = true;
+      v.masked = true;
+    } else {
+      v.pending = false;
+    }
+    // A full counter (-EAGAIN) already tells the client there are interrupts to handle.
+    native.eventfdWrite(v.trigger, 1, v.blocking);
     this.delivered[index]++;
     return true;
+  }
+
+  /** The device lowered its INTx line: nothing is pending any more, so the next UNMASK sends nothing. */
+  lower(index: number, vector: number): void {
+    const v = this.vectors[index]?.[vector];
+    if (v && index === IrqIndex.INTX) v.pending = false;
   }
 
   /** Whether the client gave an eventfd for this vector. */

@@ -11,6 +11,9 @@ import { consoleLogger, type Logger, type LogLevel } from './log.js';
 import { importDevice } from './load.js';
 import { ServerThread } from './thread.js';
 
+/** How long to wait before accepting again when the process is out of descriptors. */
+const ACCEPT_RETRY_MS = 100;
+
 export interface ServeOptions extends Partial<Limits> {
   /** Path of the UNIX socket to create. */
   socket: string;
@@ -43,6 +46,10 @@ export class Server {
   private readonly log: Logger;
   private readonly pollUs: number;
   private closing = false;
+  /** Reasons not to accept now (a retry after EMFILE, handlers of the last client still running). */
+  private paused = 0;
+  private keepAlive: NodeJS.Timeout | undefined;
+  private acceptFailing = false;
   private idleWaiters: (() => void)[] = [];
   /** Clients served so far. */
   connections = 0;
@@ -84,8 +91,20 @@ export class Server {
 
   private accept(): void {
     for (;;) {
+      if (this.closing || this.paused) return;
       const fd = native.accept(this.listenFd);
-      if (fd < 0) return;
+      if (fd === -native.errno.EAGAIN) return;
+      if (fd < 0) {
+        // Out of descriptors (EMFILE, ENFILE) or memory: the client stays in the backlog; retrying at once would spin.
+        if (!this.acceptFailing) {
+          const name = Object.keys(native.errno).find((k) => native.errno[k] === -fd) ?? `errno ${-fd}`;
+          this.log.warn(`cannot accept a client on ${this.socket} (${name}); retrying every ${ACCEPT_RETRY_MS} ms`);
+        }
+        this.acceptFailing = true;
+        this.pauseAccepting(new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS)));
+        return;
+      }
+      this.acceptFailing = false;
       if (this.active || this.closing) {
         // The protocol has one client per socket; a second one is turned away, the first keeps its device.
         this.log.warn(`refused a second client on ${this.socket}: ${this.device.name} is already in use`);
@@ -96,19 +115,53 @@ export class Server {
       this.log.info(`client connected to ${this.device.name}`);
       // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
       const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
-      this.active = runAs(owner, () => new Connection(fd, this.device, this.limits, this.log, () => {
+      const connection: Connection = runAs(owner, () => new Connection(fd, this.device, this.limits, this.log, () => {
         this.active = undefined;
         this.log.info(`client disconnected from ${this.device.name}`);
+        // A handler still running would reach the next client with its DMA and interrupts: that client waits for it,
+        // as long as a live client would wait for a handler (handlerTimeoutMs; 0 is for ever).
+        if (connection.handlersRunning > 0) {
+          const ms = this.limits.handlerTimeoutMs;
+          this.log.warn(`${this.device.name}: a handler of the client that left is still running; the next client waits until it finishes${ms ? ` (at most ${ms} ms)` : ''}`);
+          const settled = connection.handlersSettled();
+          if (ms === 0) this.pauseAccepting(settled);
+          else {
+            let timer: NodeJS.Timeout | undefined;
+            const late = new Promise<void>((r) => (timer = setTimeout(r, ms))).then(() => {
+              this.log.error(`${this.device.name}: a handler of the client that left did not finish within ${ms} ms; accepting the next client, which it may still reach`);
+            });
+            this.pauseAccepting(Promise.race([settled.then(() => clearTimeout(timer)), late]));
+          }
+        }
         for (const w of this.idleWaiters.splice(0)) w();
       }));
-      if (this.pollUs > 0) this.active.channel.pollFor(this.pollUs);
+      if (this.pollUs > 0) connection.channel.pollFor(this.pollUs);
+      this.active = connection;
     }
+  }
+
+  /** Stops taking clients from the backlog until `until` settles. */
+  private pauseAccepting(until: Promise<unknown>): void {
+    if (this.closing) return;
+    if (this.paused++ === 0) {
+      this.poll.update(0);
+      // A stopped poll no longer keeps the process alive; a server waiting to accept must stay.
+      this.keepAlive = setInterval(() => undefined, 1 << 30);
+    }
+    void until.then(() => {
+      if (--this.paused > 0) return;
+      clearInterval(this.keepAlive);
+      if (this.closing) return;
+      this.poll.update(native.READABLE);
+      this.accept();
+    });
   }
 
   /** Stops listening, drops the client, removes the socket file. The device stays usable. */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    clearInterval(this.keepAlive);
     this.poll.close();
     native.close(this.listenFd);
     try {

@@ -86,8 +86,12 @@ export interface Native {
   eventfd(initval: number, nonblock: boolean): number;
   /** Read an eventfd's counter (exact up to 2^53), or -errno (-EAGAIN). */
   eventfdRead(fd: number): number;
-  /** Add value to an eventfd's counter. Returns 0 or -errno. */
-  eventfdWrite(fd: number, value: number): number;
+  /**
+   * Add value to an eventfd's counter. Returns 0 or -errno. With `checkFirst`,
+   * one that poll() does not find writable gets -EAGAIN without a write (for
+   * a blocking eventfd, whose full counter would block the write).
+   */
+  eventfdWrite(fd: number, value: number, checkFirst?: boolean): number;
   /** fcntl(fd, F_GET_SEALS): the seal bits (F_SEAL_SHRINK is 2), or -errno (-EINVAL for a file that cannot be sealed). */
   seals(fd: number): number;
   /**

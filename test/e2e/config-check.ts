@@ -1,42 +1,28 @@
 /**
- * Host-side checks of the real-VM end-to-end test (scripts/e2e/run.sh), run
- * compiled from dist/scripts/e2e/host-check.js:
- *
- *   config <device module .js> <console log>
- *       Compares the configuration space the guest printed (guest-config.sh:
- *       MUSER-CONFIG and MUSER-RESOURCE lines) with the one the module's device
- *       declares (its power-on image, device.config.read(0, 4096)).
- *   client <socket> <vendor id>
- *       Connects to a running server as a new vfio-user client and reads the
- *       vendor ID from config space.
- *
- * Prints one "ok <what>" or "FAIL <what>: expected <e> got <g>" line per
- * comparison (and "note ..." lines that are information only); exits 1 if any
- * comparison failed, 2 on bad usage or unreadable input.
+ * The config space fidelity check of the real-VM test (config.test.ts): the
+ * configuration space a guest printed (guest-config.sh: MUSER-CONFIG and
+ * MUSER-RESOURCE lines) against the one a device declares (its power-on
+ * image, device.config.read(0, 4096)), as a list of comparisons and notes.
  */
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { Client } from '../../src/index.js';
+import type { PciDevice } from '../../src/index.js';
 
-let failures = 0;
-
-function ok(what: string): void {
-  console.log(`ok ${what}`);
+/** One comparison: `what`, and the declared and the guest's value, as text. */
+export interface Comparison {
+  what: string;
+  expected: string;
+  got: string;
+  /** Shown with a match. */
+  detail?: string;
 }
 
-function fail(what: string, expected: string, got: string): void {
-  failures++;
-  console.log(`FAIL ${what}: expected ${expected} got ${got}`);
+export interface ConfigReport {
+  comparisons: Comparison[];
+  /** Information only: what differs where the guest may change things. */
+  notes: string[];
 }
 
-/** One comparison: ok when the strings are equal. `detail` is shown after an ok. */
-function compare(what: string, expected: string, got: string, detail = ''): void {
-  if (expected === got) ok(`${what}: ${got}${detail ? ` (${detail})` : ''}`);
-  else fail(what, expected, got);
-}
-
-class InputError extends Error {}
+/** The console log does not hold a whole dump. */
+export class InputError extends Error {}
 
 const hex = (n: number | bigint, digits = 0): string => `0x${n.toString(16).padStart(digits, '0')}`;
 const bytesHex = (b: Uint8Array): string => Buffer.from(b).toString('hex').replace(/(..)(?!$)/g, '$1 ');
@@ -154,30 +140,15 @@ function barRegisterFlags(c: Uint8Array, index: number): string {
   return v & 1 ? `io (bits ${hex(v & 0x3)})` : `memory (bits ${hex(v & 0xf)})`;
 }
 
-interface DeviceLike {
-  name?: string;
-  config: {
-    read(offset: number, count: number): Uint8Array;
-    bars: readonly ({ type: string; size: number; prefetchable: boolean } | undefined)[];
-    rom: { size: number } | undefined;
-  };
-}
-
-async function loadDevice(path: string): Promise<DeviceLike> {
-  const mod = (await import(pathToFileURL(resolve(path)).href)) as Record<string, unknown>;
-  const isDevice = (x: unknown): x is DeviceLike =>
-    typeof x === 'object' && x !== null && typeof (x as DeviceLike).config?.read === 'function' && Array.isArray((x as DeviceLike).config.bars);
-  const device = [mod.default, mod.device, ...Object.values(mod)].find(isDevice);
-  if (!device) throw new InputError(`${path} exports no device made with definePciDevice()`);
-  return device;
-}
-
-async function checkConfig(modulePath: string, consolePath: string): Promise<void> {
-  const device = await loadDevice(modulePath);
+/** Compares `device`'s declared config space with the dump in a guest's console text. */
+export function checkConfig(device: PciDevice, consoleText: string): ConfigReport {
+  const comparisons: Comparison[] = [];
+  const notes: string[] = [];
+  const compare = (what: string, expected: string, got: string, detail = ''): void => void comparisons.push({ what, expected, got, detail });
   const want = device.config.read(0, 4096);
-  const guest = parseConsole(readFileSync(consolePath, 'utf8'));
+  const guest = parseConsole(consoleText);
   const got = guest.config;
-  console.log(`note comparing ${device.name ?? modulePath}'s declared config space with the guest's dump (${guest.size} bytes)`);
+  notes.push(`comparing ${device.name}'s declared config space with the guest's dump (${guest.size} bytes)`);
 
   compare('config space size', '4096', String(guest.size), 'PCI Express extended space visible');
   const field = (what: string, at: number, n: number) => compare(what, hex(le(want, at, n), 2 * n), hex(le(got, at, n), 2 * n));
@@ -229,7 +200,7 @@ async function checkConfig(modulePath: string, consolePath: string): Promise<voi
     compare('PCIe capability version', String(want[pcie.at + 2] & 0xf), String(got[pcie.at + 2] & 0xf));
     const type = (b: Uint8Array) => (b[pcie.at + 2] >> 4) & 0xf;
     if (type(want) !== type(got)) {
-      console.log(`note PCIe device/port type: declared ${type(want)}, guest sees ${type(got)} (QEMU turns an Endpoint on a root bus into a Root Complex Integrated Endpoint, 9)`);
+      notes.push(`PCIe device/port type: declared ${type(want)}, guest sees ${type(got)} (QEMU turns an Endpoint on a root bus into a Root Complex Integrated Endpoint, 9)`);
     }
   }
 
@@ -259,13 +230,15 @@ async function checkConfig(modulePath: string, consolePath: string): Promise<voi
     if (!same) differing.push(text);
   }
   const excluded = [...new Set(skip.values())].join(', ');
-  if (differing.length === 0) ok(`all other bytes as declared: ${compared} of ${want.length} compared one by one (not compared: ${excluded})`);
-  else {
-    const shown = differing.slice(0, 32).join(' ') + (differing.length > 32 ? ` ... (${differing.length - 32} more)` : '');
-    fail(`all other bytes as declared (${compared} compared; offset:declared->guest)`, 'no difference', `${differing.length} different: ${shown}`);
-  }
-  console.log(`note ${changed.length} of the ${skip.size} bytes not compared differ from the power-on image (offset:declared->guest)${changed.length ? ':' : ''}`);
-  for (const c of changed) console.log(`note   ${c}`);
+  const shown = differing.slice(0, 32).join(' ') + (differing.length > 32 ? ` ... (${differing.length - 32} more)` : '');
+  compare(
+    `all other bytes as declared (${compared} of ${want.length} compared one by one; not compared: ${excluded})`,
+    'no difference',
+    differing.length === 0 ? 'no difference' : `${differing.length} different (offset:declared->guest): ${shown}`,
+  );
+  notes.push(`${changed.length} of the ${skip.size} bytes not compared differ from the power-on image (offset:declared->guest)${changed.length ? ':' : ''}`);
+  for (const c of changed) notes.push(`  ${c}`);
+  return { comparisons, notes };
 }
 
 /**
@@ -303,57 +276,3 @@ function changeableBytes(caps: Cap[]): Map<number, string> {
   }
   return skip;
 }
-
-// ------------------------------------------------------------------ client
-
-async function checkClient(socket: string, vendorText: string): Promise<void> {
-  const vendor = Number(vendorText);
-  if (!Number.isInteger(vendor)) throw new InputError(`vendor id ${vendorText} is not a number`);
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('no answer within 10 s')), 10_000);
-  });
-  try {
-    const got = await Promise.race([
-      (async () => {
-        const client = await Client.connect(socket);
-        try {
-          return await client.config.read(0, 2);
-        } finally {
-          client.close();
-        }
-      })(),
-      timeout,
-    ]);
-    compare('a new client reads the vendor id from config space', hex(vendor, 4), hex(got, 4));
-  } catch (e) {
-    fail('a new client reads the vendor id from config space', hex(vendor, 4), `an error: ${(e as Error).message}`);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// ------------------------------------------------------------------ main
-
-const USAGE = 'usage: host-check.js config <device module .js> <console log> | client <socket> <vendor id>';
-
-async function main(argv: string[]): Promise<number> {
-  const [command, ...args] = argv;
-  try {
-    if (command === 'config' && args.length === 2) await checkConfig(args[0], args[1]);
-    else if (command === 'client' && args.length === 2) await checkClient(args[0], args[1]);
-    else {
-      console.error(USAGE);
-      return 2;
-    }
-  } catch (e) {
-    if (!(e instanceof InputError) && (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    failures++;
-    console.log(`FAIL ${command}: ${(e as Error).message}`);
-    return 1;
-  }
-  return failures > 0 ? 1 : 0;
-}
-
-// Exit at once: a client that failed half-way may leave handles that would keep Node running.
-process.exit(await main(process.argv.slice(2)));

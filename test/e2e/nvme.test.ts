@@ -1,0 +1,129 @@
+/**
+ * Real VM: Linux's nvme driver on the NVMe sample, over a 64 MiB backing file:
+ * block I/O with shared and with unshared guest memory, with INTx only,
+ * across a function reset, a reboot, QEMU killed and replaced, and a hot-add.
+ */
+import assert from 'node:assert/strict';
+import { describe } from 'node:test';
+import { assertBar, assertServerAfterQemu, assertServerEnds, guestTest, modules, nvmeDisk, type Guest, type NvmeDisk } from './vm.js';
+
+const MIB = 1 << 20;
+
+/** What guest-nvme.sh checks on the console, and the backing file after the power-off. */
+function assertNvmeIo(g: Guest, disk: NvmeDisk): void {
+  assert.match(g.check('pci'), / vendor=0x1de5 device=0x4e56 class=0x010802 /);
+  assertBar(g, 0, 'size=0x4000 type=mem64');
+  assert.equal(g.check('driver'), 'nvme');
+  assert.match(g.check('disk'), /^nvme\d+n1 size=67108864 logical-block=512 /);
+  for (const what of ['read-host', 'write-1m', 'write-4k', 'discard', 'parallel-read']) assert.equal(g.check(what), 'ok', what);
+  g.assertDone();
+  assert.deepEqual(disk.read(16 * MIB, MIB), disk.b, 'pattern B at 16 MiB (1 MiB writes)');
+  assert.deepEqual(disk.read(32 * MIB, MIB), disk.b, 'pattern B at 32 MiB (4 KiB writes)');
+  assert.deepEqual(disk.read(40 * MIB, MIB / 2), Buffer.alloc(MIB / 2), 'zeros at 40 MiB (the discarded half)');
+  assert.deepEqual(disk.read(40 * MIB + MIB / 2, MIB / 2), disk.b.subarray(MIB / 2), "pattern B's second half at 40.5 MiB");
+  assert.deepEqual(disk.read(8 * MIB, MIB), disk.a, 'pattern A still at 8 MiB');
+}
+
+/** The controller's figures from its shutdown line: "(… commands, … completions, … interrupts)". */
+function shutdownFigures(stdout: string): { completions: number; interrupts: number } {
+  const m = /^nvme: shutdown complete: .*\((\d+) commands, (\d+) completions, (\d+) interrupts\)/m.exec(stdout);
+  assert.ok(m, `the server printed "nvme: shutdown complete" with its figures:\n${stdout}`);
+  return { completions: Number(m[2]), interrupts: Number(m[3]) };
+}
+
+describe('real VM: the NVMe controller', () => {
+  guestTest('nvme: block I/O through shared guest memory, MSI-X', async (g, t) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }] });
+    assertNvmeIo(g, disk);
+    assert.match(g.check('irqs'), /nvme0q0:PCI-MSIX.*nvme0q1:PCI-MSIX/);
+    const figures = shutdownFigures(server.stdout());
+    t.diagnostic(`MSI-X: ${g.check('interrupts')} interrupts in the guest for ${figures.completions} completions`);
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-unshared: block I/O with guest RAM not shared, DMA by message', async (g, t) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], unshared: true });
+    assertNvmeIo(g, disk);
+    t.diagnostic(`DMA by message: ${shutdownFigures(server.stdout()).completions} completions`);
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-intx: block I/O with INTx only (pci=nomsi), about one interrupt per completion', async (g, t) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], append: 'pci=nomsi' });
+    assertNvmeIo(g, disk);
+    assert.match(g.check('irqs'), /nvme0q1:\d+-fasteoi/, 'the queues share the level-triggered INTx line');
+    const interrupts = Number(g.check('interrupts'));
+    const { completions } = shutdownFigures(server.stdout());
+    t.diagnostic(`INTx: ${interrupts} interrupts in the guest for ${completions} completions`);
+    assert.ok(interrupts > 0 && interrupts <= 2 * completions, `${interrupts} interrupts for ${completions} completions`);
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  for (const where of ['root bus', 'root port']) {
+    guestTest(`nvme-reset: sysfs function reset on the ${where}, then I/O again`, async (g) => {
+      const disk = nvmeDisk(g);
+      const server = await g.serve(modules.nvme, { env: disk.env });
+      const port = where === 'root port';
+      await g.bootToPowerOff({
+        initrd: await g.initramfs('nvme', disk.initramfsFiles),
+        devices: [{ server, bus: port ? 'rp1' : undefined }],
+        qemu: port ? ['-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1'] : [],
+        append: 'muser.nvme_mode=reset',
+      });
+      assertNvmeIo(g, disk);
+      assert.match(g.check('reset-method'), /\bflr\b/, 'Linux resets it with a Function Level Reset');
+      assert.equal(g.check('reset'), 'ok');
+      assert.equal(g.check('reset-io'), 'ok');
+      assert.deepEqual(disk.read(24 * MIB, MIB), disk.a, 'what the guest wrote after the reset is in the backing file');
+      await assertServerEnds(server, 0x1de5);
+    });
+  }
+
+  guestTest('nvme-reboot: the guest reboots and uses the controller again', async (g) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], append: 'muser.nvme_mode=reboot', reboot: true });
+    g.check('rebooting');
+    g.check('rebooted');
+    assert.equal(g.checks('driver').length, 2, 'the driver bound on both boots');
+    assertNvmeIo(g, disk);
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-qemu-killed: QEMU killed during I/O, then a new QEMU on the same server', async (g) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    const initrd = await g.initramfs('nvme', disk.initramfsFiles);
+    const first = g.boot({ initrd, devices: [{ server }], append: 'muser.nvme_mode=loop' });
+    await first.waitForCheck('looping');
+    await new Promise((r) => setTimeout(r, 500));
+    first.kill();
+    assert.notEqual(await first.exited, 0, 'QEMU was killed');
+    await assertServerAfterQemu(server, 1);
+    g.rotateConsole();
+    await g.bootToPowerOff({ initrd, devices: [{ server }] });
+    assertNvmeIo(g, disk);
+    await assertServerEnds(server, 0x1de5, 2);
+  });
+
+  guestTest('nvme-hot-add: device_add into an empty PCIe root port of a running guest', async (g) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    const qemu = g.boot({
+      initrd: await g.initramfs('nvme', disk.initramfsFiles),
+      qemu: ['-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1'],
+      append: 'muser.nvme_wait=120',
+    });
+    await qemu.waitForCheck('waiting-for-device');
+    await qemu.qmp('device_add', { driver: 'vfio-user-pci', id: 'nvme', bus: 'rp1', socket: { type: 'unix', path: server.socket } });
+    assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
+    assertNvmeIo(g, disk);
+    await assertServerEnds(server, 0x1de5);
+  });
+});
