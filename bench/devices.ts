@@ -29,7 +29,8 @@ async function measure(count: number, threads: boolean) {
       child.once('exit', (code) => reject(new Error(`devices-server exited with ${code}`)));
     });
     const startMs = (Date.now() - t0) / count;
-    await sleep(500);
+    // Threads shed start-up garbage for a while after they start: let RSS settle before taking it.
+    await sleep(threads ? 2000 : 500);
     const idle = rssKiB(child.pid!);
     const clients: Client[] = [];
     const connectUs: number[] = [];

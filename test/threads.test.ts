@@ -210,6 +210,24 @@ describe('a device on a worker thread, through the API', () => {
     }
   });
 
+  it('closes a thread stuck in a handler: its client sees the hang-up', async () => {
+    const stuckSocket = dir.socket('stuck.sock');
+    const stuck = await serve(pathToFileURL(device), { socket: stuckSocket, thread: true, log: captureLog() });
+    const c = await Client.connect(stuckSocket, { timeout: 0 });
+    try {
+      // Long enough for the thread to report its connection (it does every 100 ms) before it is stuck for good.
+      await new Promise((r) => setTimeout(r, 400));
+      await c.regionWrite(0, 0x04, le32(600_000));
+      const never = c.regionRead(0, 0x04, 4);
+      await new Promise((r) => setTimeout(r, 100));
+      await stuck.close();
+      await assert.rejects(never, /the server closed the connection/);
+      assert.equal(existsSync(stuckSocket), false, 'the socket file is gone');
+    } finally {
+      c.close();
+    }
+  });
+
   it('refuses a device object for a thread, and a module that does not load', async () => {
     const { device: object } = (await import(pathToFileURL(device).href)) as { device: Parameters<typeof serve>[0] };
     await assert.rejects(serve(object, { socket: dir.socket('obj.sock'), thread: true }), ServeError);

@@ -19,6 +19,7 @@ import {
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
+import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -122,6 +123,8 @@ interface Pending {
 
 /** The default reply parser: a copy that outlives the receive buffer. */
 const copyReply: Parse<Reply> = (header, rx, at, fds) => ({ header: { ...header }, payload: Buffer.from(rx.subarray(at + HEADER_SIZE, at + header.size)), fds });
+
+const ignoreReply: Parse<void> = () => undefined;
 
 /** The data of a REGION_READ reply, copied out of the receive buffer. */
 const readReplyData: Parse<Buffer> = (h, rx, at) => {
@@ -402,12 +405,18 @@ export class Client {
   }
 
   /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */
-  async regionWrite(region: number, offset: number, data: Uint8Array, options: { posted?: boolean } = {}): Promise<void> {
-    const access = { offset, region, count: data.length, data: data as Buffer };
-    const write = (out: Buffer, at: number) => msg.writeRegionAccess(out, at, access);
-    const length = msg.REGION_ACCESS_SIZE + data.length;
-    if (options.posted) return this.send(Command.REGION_WRITE, this.takeId(), Flag.NO_REPLY, length, write);
-    await this.call(Command.REGION_WRITE, length, write, undefined, 0, () => undefined);
+  regionWrite(region: number, offset: number, data: Uint8Array, options: { posted?: boolean } = {}): Promise<void> {
+    if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
+    const id = this.takeId();
+    const promise = options.posted ? Promise.resolve() : this.expect(id, Command.REGION_WRITE, ignoreReply);
+    const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + data.length;
+    const at = this.begin(size);
+    const out = this.channel.txBuffer;
+    putHeader(out, at, id, Command.REGION_WRITE, size, options.posted ? Flag.NO_REPLY : 0, 0);
+    msg.putRegionAccess(out, at + HEADER_SIZE, offset, region, data.length);
+    copyInto(out, at + HEADER_SIZE + msg.REGION_ACCESS_SIZE, data);
+    this.channel.commit(at, size);
+    return promise;
   }
 
   /** Coalesced small writes (REGION_WRITE_MULTI); resolves with the count the server did. */

@@ -39,7 +39,8 @@ export class ServeError extends Error {
 export class Server {
   readonly socket: string;
   readonly device: PciDevice;
-  private readonly listenFd: number;
+  /** The listening socket. */
+  readonly listenFd: number;
   private readonly poll: PollHandle;
   private active: Connection | undefined;
   private readonly limits: Limits;

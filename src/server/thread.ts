@@ -7,7 +7,7 @@
  * a shared counter from a timer; when the beat stops for STALL_MS, the main
  * thread logs that the device is stuck (and again when it recovers).
  */
-import { rmSync } from 'node:fs';
+import { closeSync, fstatSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
@@ -31,6 +31,8 @@ export type ThreadMessage =
   | { type: 'ready'; name: string }
   | { type: 'failed'; message: string; usage: boolean }
   | { type: 'log'; level: keyof Logger; message: string }
+  /** The thread's sockets (descriptor and inode), reported as they change. */
+  | { type: 'sockets'; sockets: [number, number][] }
   | { type: 'closed' };
 
 const entry = fileURLToPath(new URL('./worker.js', import.meta.url));
@@ -48,6 +50,7 @@ export class ServerThread {
   private stalledSince: number | undefined;
   private exited = false;
   private closing = false;
+  private sockets: [number, number][] = [];
   private readonly exit: Promise<void>;
 
   private constructor(worker: Worker, name: string, socket: string, beat: Int32Array, log: Logger, exit: Promise<void>) {
@@ -85,7 +88,10 @@ export class ServerThread {
     });
     if (!forwardLog) logger = consoleLogger(name, log);
     const t = new ServerThread(worker, name, options.socket, new Int32Array(heartbeat), logger, exit);
-    worker.on('message', (m: ThreadMessage) => m.type === 'log' && logger[m.level](m.message));
+    worker.on('message', (m: ThreadMessage) => {
+      if (m.type === 'log') logger[m.level](m.message);
+      if (m.type === 'sockets') t.sockets = m.sockets;
+    });
     // An uncaught error in the device's own code ends its thread only: the other devices go on.
     worker.on('error', (e) => logger.error(`${name}: its thread stopped on an uncaught error; the device is no longer served: ${e.stack ?? e.message}`));
     worker.on('exit', (code) => t.closing || logger.error(`${name}: its thread exited (status ${code}); the device is no longer served`));
@@ -119,8 +125,9 @@ export class ServerThread {
 
   /**
    * Stops serving and ends the thread. A thread stuck in a handler is
-   * terminated after STALL_MS; the descriptors it held (its sockets, DMA and
-   * interrupt descriptors) then stay open until the process exits.
+   * terminated after STALL_MS: the sockets it reported (it does every
+   * HEARTBEAT_MS) are closed here, but the DMA and interrupt descriptors it
+   * held stay open until the process exits.
    */
   async close(): Promise<void> {
     this.closing = true;
@@ -134,7 +141,22 @@ export class ServerThread {
     }, STALL_MS);
     await this.exit;
     clearTimeout(timer);
-    // A terminated thread could not remove its socket file.
-    if (terminated) rmSync(this.socket, { force: true });
+    if (terminated) this.closeSockets();
+  }
+
+  /**
+   * What a terminated thread could not do: close its sockets (so that its
+   * client sees the hang-up) and remove the socket file. A descriptor is
+   * closed only while it is still the socket the thread reported.
+   */
+  private closeSockets(): void {
+    for (const [fd, ino] of this.sockets) {
+      try {
+        if (fstatSync(fd).ino === ino) closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+    rmSync(this.socket, { force: true });
   }
 }

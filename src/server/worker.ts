@@ -1,4 +1,5 @@
 /** The entry point of a device thread (see thread.ts): loads the device module, serves it, beats. */
+import { fstatSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { importDevice } from './load.js';
 import { Server, ServeError } from './server.js';
@@ -26,6 +27,16 @@ try {
     });
   });
   post({ type: 'ready', name: device.name });
+  // The sockets in use, so that the main thread can close them should it have to terminate a stuck thread.
+  let reported = '';
+  const report = (): void => {
+    const fds = [server.listenFd, server.connection?.channel.fd].filter((fd): fd is number => fd !== undefined);
+    const sockets = fds.map((fd): [number, number] => [fd, fstatSync(fd).ino]);
+    const text = JSON.stringify(sockets);
+    if (text !== reported) post({ type: 'sockets', sockets });
+    reported = text;
+  };
+  setInterval(report, HEARTBEAT_MS).unref();
 } catch (e) {
   post({ type: 'failed', message: (e as Error).message, usage: e instanceof ServeError });
   process.exit(1);
