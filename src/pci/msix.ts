@@ -82,11 +82,6 @@ export class MsixTable {
     return copyOut(this.pba, offset, count, into, intoOffset);
   }
 
-  /** Guest write to the PBA: range-checked, then ignored (the PBA is read-only). */
-  writePba(offset: number, data: Uint8Array): void {
-    checkAccess('MSI-X PBA', this.pbaBytes, offset, data.length);
-  }
-
   /** The current address, data and mask of a vector. */
   entry(vector: number): MsixEntry {
     const at = this.checkVector(vector) * Msix.ENTRY_SIZE;

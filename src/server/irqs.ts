@@ -40,9 +40,6 @@ function checkEventfd(fd: number): void {
 
 export class IrqTable {
   private readonly vectors: Vector[][];
-  /** Signals delivered per index, for tests and statistics. */
-  readonly delivered = [0, 0, 0, 0, 0];
-
   /** `counts[index]` vectors for each VFIO interrupt index. */
   constructor(readonly counts: readonly number[]) {
     this.vectors = counts.map((n) => Array.from({ length: n }, () => ({ masked: false, pending: false })));
@@ -107,13 +104,7 @@ export class IrqTable {
     // INTx is level-triggered: it stays masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
     if (index === IrqIndex.INTX) v.masked = true;
     native.eventfdWrite(v.trigger, 1);
-    this.delivered[index]++;
     return true;
-  }
-
-  /** Whether the client gave an eventfd for this vector. */
-  hasTrigger(index: number, vector: number): boolean {
-    return this.vectors[index]?.[vector]?.trigger !== undefined;
   }
 
   /** Closes the eventfds of one index and forgets its state. */
