@@ -19,7 +19,7 @@ import {
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
-import { put32, put64 } from '../protocol/le.js';
+import { getLE, put32, put64, setLE } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
@@ -379,8 +379,13 @@ export class Client {
 
   /** Little-endian config space accessors (region 7). */
   readonly config = {
-    read: async (offset: number, size: 1 | 2 | 4): Promise<number> => readLE(await this.regionRead(RegionIndex.CONFIG, offset, size)),
-    write: (offset: number, size: 1 | 2 | 4, value: number): Promise<void> => this.regionWrite(RegionIndex.CONFIG, offset, writeLE(size, value)),
+    read: async (offset: number, size: 1 | 2 | 4): Promise<number> => getLE(await this.regionRead(RegionIndex.CONFIG, offset, size), 0, size),
+    /** Same argument order as a BAR's write handler: offset, value, size. */
+    write: (offset: number, value: number, size: 1 | 2 | 4): Promise<void> => {
+      const data = Buffer.alloc(size);
+      setLE(data, 0, size, value);
+      return this.regionWrite(RegionIndex.CONFIG, offset, data);
+    },
   };
 
   async reset(): Promise<void> {
@@ -501,11 +506,3 @@ function release(mem: GuestMemory): void {
   }
 }
 
-function readLE(b: Buffer): number {
-  return b.length === 1 ? b[0] : b.length === 2 ? b.readUInt16LE(0) : b.readUInt32LE(0);
-}
-function writeLE(size: 1 | 2 | 4, value: number): Buffer {
-  const b = Buffer.alloc(size);
-  b.writeUIntLE(size === 4 ? value >>> 0 : value & ((1 << (8 * size)) - 1), 0, size);
-  return b;
-}

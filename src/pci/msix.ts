@@ -4,7 +4,8 @@
  * Message Upper Address, Message Data, Vector Control (bit 0 Mask, the rest
  * read 0). Entries power on masked; the PBA is read-only to the guest.
  */
-import { checkAccess, copyOut, getLE } from './bytes.js';
+import { getLE } from '../protocol/le.js';
+import { checkAccess, copyOut } from './bytes.js';
 import { Msix } from './regs.js';
 
 /** One MSI-X table entry as the guest programmed it. */
