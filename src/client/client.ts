@@ -23,7 +23,7 @@ import { getLE, put32, put64, setLE } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
-import { native } from '../transport/native.js';
+import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
 
 /** An error reply from the server. */
 export class VfioUserError extends Error {
@@ -437,8 +437,9 @@ export class Client {
     let mem: GuestMemory;
     if (shared) {
       // Sealed, as QEMU's memory-backend-memfd is by default.
-      const fd = native.memfd('muser-guest-memory', size, true);
-      mem = { iova: BigInt(iova), size, bytes: Buffer.from(native.mmap(fd, 0, size, true)), fd };
+      const shm = sharedMemory('muser-guest-memory', size);
+      mem = { iova: BigInt(iova), size, bytes: shm.bytes, fd: shm.fd };
+      backing.set(mem, shm);
     } else {
       mem = { iova: BigInt(iova), size, bytes: Buffer.alloc(size) };
     }
@@ -499,10 +500,11 @@ export class Client {
   }
 }
 
+/** The shared memory behind each GuestMemory that has a descriptor. */
+const backing = new WeakMap<GuestMemory, SharedMemory>();
+
 function release(mem: GuestMemory): void {
-  if (mem.fd !== undefined) {
-    native.munmap(mem.bytes.buffer as ArrayBuffer);
-    native.close(mem.fd);
-  }
+  backing.get(mem)?.close();
+  backing.delete(mem);
 }
 

@@ -9,7 +9,7 @@ import { getLE, setLE } from '../protocol/le.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
 import { Command, Msix } from '../pci/regs.js';
 import { registerBlock, type RegisterBlock } from '../registers/registers.js';
-import { native } from '../transport/native.js';
+import { sharedMemory, type SharedMemory } from '../transport/native.js';
 import { AuthorError, authorError, describeAccess } from './mistakes.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
@@ -36,7 +36,7 @@ export interface IrqLayout {
 interface Bar {
   spec: BarSpec;
   size: number;
-  memory?: { fd: number; bytes: Buffer; areas: { offset: number; size: number }[] };
+  memory?: SharedMemory & { areas: { offset: number; size: number }[] };
   /** Declared registers; offsets they do not cover go to the handlers. */
   block?: RegisterBlock;
 }
@@ -130,7 +130,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       if (!s) return;
       const block = s.registers && registerBlock(s.registers);
       if (block && block.size > s.size) throw new RangeError(`BAR${i} of ${this.name} is ${s.size} bytes, but its registers reach 0x${block.size.toString(16)}`);
-      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? sharedMemory(this.name, i, s) : undefined, block };
+      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? barMemory(this.name, i, s) : undefined, block };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
     this.msixTable?.onUnmask((vector) => this.deliverPendingMsix(vector));
@@ -477,8 +477,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   close(): void {
     for (const bar of this.bars) {
       if (bar?.memory) {
-        native.munmap(bar.memory.bytes.buffer as ArrayBuffer);
-        native.close(bar.memory.fd);
+        bar.memory.close();
         bar.memory = undefined;
       }
     }
@@ -586,7 +585,7 @@ function initialState<S extends object>(name: string, declared: S | undefined): 
 
 // ---------------------------------------------------------------- helpers
 
-function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
+function barMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
   const size = spec.size;
   if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
   const areas = spec.memory === true ? [{ offset: 0, size }] : spec.memory!.areas;
@@ -595,10 +594,8 @@ function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<B
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);
     }
   }
-  // Sealed against resizing: the client gets this descriptor and must not be able to cut pages from under the device.
-  const fd = native.memfd(`muser:${name}:bar${index}`, size, true);
-  const bytes = Buffer.from(native.mmap(fd, 0, size, true));
-  return { fd, bytes, areas };
+  // The client gets this descriptor and must not be able to cut pages from under the device.
+  return Object.assign(sharedMemory(`muser:${name}:bar${index}`, size), { areas });
 }
 
 function freeBarSlot(specs: (BarSpec | undefined)[]): BarIndex {
