@@ -61,9 +61,9 @@ export interface ControllerHost extends Dma {
   /** Whether MSI-X is enabled: one vector per CQ, and INTMS/INTMC do not apply. */
   msixEnabled(): boolean;
   /** Raises MSI-X `vector`, or (without MSI-X) the single INTx/MSI interrupt. */
-  interrupt(vector: number): void;
+  irq(vector: number): void;
   /** No completion is waiting: lowers INTx. */
-  interruptDone(): void;
+  irqDone(): void;
 }
 
 export interface ControllerOptions {
@@ -300,7 +300,7 @@ export class NvmeController {
     this.regs.CSTS.value = 0;
     this.due.clear();
     this.legacyAsserted = false;
-    this.host.interruptDone();
+    this.host.irqDone();
   }
 
   /** Power-on state (a PCI function reset). */
@@ -476,7 +476,7 @@ export class NvmeController {
     for (const cq of this.due) {
       if (!cq.deleted) {
         this.stats.interrupts++;
-        this.host.interrupt(cq.vector);
+        this.host.irq(cq.vector);
       }
     }
     this.due.clear();
@@ -493,14 +493,14 @@ export class NvmeController {
     if (this.host.msixEnabled()) return;
     const pending = this.cqs.some((cq) => cq !== undefined && cq.interrupts && cq.pending);
     if (!pending) {
-      if (this.legacyAsserted) this.host.interruptDone();
+      if (this.legacyAsserted) this.host.irqDone();
       this.legacyAsserted = false;
       return;
     }
     if (this.regs.INTMS.value & 1) return;
     this.legacyAsserted = true;
     this.stats.interrupts++;
-    this.host.interrupt(0);
+    this.host.irq(0);
   }
 
   // ---------------------------------------------------------------- admin commands

@@ -212,7 +212,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
         this.msixTable.setPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSIX, vector);
+      return this.irqVia(IrqIndex.MSIX, vector);
     }
     const msi = this.config.msi();
     if (msi?.enabled) {
@@ -221,7 +221,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
         this.config.setMsiPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSI, vector);
+      return this.irqVia(IrqIndex.MSI, vector);
     }
     if (!this.irqCounts.intx) {
       this.host?.deviceLog?.('debug', `${this.name}: irq(${vector}) with no interrupt enabled by the guest; dropped`);
@@ -233,7 +233,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       this.intxPending = true;
       return false;
     }
-    return this.signal(IrqIndex.INTX, 0);
+    return this.irqVia(IrqIndex.INTX, 0);
   }
 
   /** Sends MSI-X interrupts held back by a mask that is now clear: one vector, or all. */
@@ -244,7 +244,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     for (let v = only ?? 0; v < (only === undefined ? table.tableSize : only + 1); v++) {
       if (table.isPending(v) && !(this.msixTableInUse && table.isMasked(v))) {
         table.setPending(v, false);
-        this.signal(IrqIndex.MSIX, v);
+        this.irqVia(IrqIndex.MSIX, v);
       }
     }
   }
@@ -257,7 +257,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     for (let v = 0; v < msi.vectors; v++) {
       if (release & (1 << v)) {
         this.config.setMsiPending(v, false);
-        this.signal(IrqIndex.MSI, v);
+        this.irqVia(IrqIndex.MSI, v);
       }
     }
   }
@@ -383,7 +383,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   intxEnabled(): void {
     if (this.intxPending && !this.config.interruptDisabled) {
       this.intxPending = false;
-      this.signal(IrqIndex.INTX, 0);
+      this.irqVia(IrqIndex.INTX, 0);
     }
   }
 
@@ -557,8 +557,9 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     return chain;
   }
 
-  private signal(index: number, vector: number): boolean {
-    return this.host?.signal(index, vector) ?? false;
+  /** Raises an interrupt through the VFIO interrupt index the guest enabled. */
+  private irqVia(index: number, vector: number): boolean {
+    return this.host?.irq(index, vector) ?? false;
   }
 
   private requireHost(): DeviceHost {

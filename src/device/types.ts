@@ -78,8 +78,8 @@ export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
 
 /** What the side that attaches the device (a vfio-user server) provides to it. */
 export interface DeviceHost {
-  /** Signals interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
-  signal(index: number, vector: number): boolean;
+  /** Raises interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
+  irq(index: number, vector: number): boolean;
   /** Where the device's own messages go (the server's logger). */
   deviceLog?(level: 'error' | 'warn' | 'info' | 'debug', message: string): void;
   /** Copies guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */

@@ -80,11 +80,11 @@ export class IrqTable {
       if (!selected(i)) continue;
       const vector = s.start + i;
       const v = vectors[vector];
-      if (action === IrqSetFlag.ACTION_TRIGGER) this.signal(s.index, vector);
+      if (action === IrqSetFlag.ACTION_TRIGGER) this.irq(s.index, vector);
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
-        if (v.pending) this.signal(s.index, vector);
+        if (v.pending) this.irq(s.index, vector);
       }
     }
   }
@@ -93,7 +93,7 @@ export class IrqTable {
    * Writes the vector's eventfd. A masked vector (INTx after it fired, until
    * the client unmasks it) keeps the interrupt pending instead.
    */
-  signal(index: number, vector: number): boolean {
+  irq(index: number, vector: number): boolean {
     const v = this.vectors[index]?.[vector];
     if (!v || v.trigger === undefined) return false;
     if (v.masked) {
