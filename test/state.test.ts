@@ -128,6 +128,16 @@ describe('save and restore', () => {
     assert.deepEqual(edu.saveState(), before);
   });
 
+  it('answers reads of any length: 3 bytes of config space and of registers, registers beside handler bytes', async () => {
+    const regs = defineRegisters({ A: { offset: 0, reset: 0x44332211 }, B: { offset: 8, width: 1, reset: 0x99 } });
+    const d = definePciDevice({ id: { vendor: 0x1234, device: 3 }, bars: { 0: { size: 0x100, registers: regs, read: (offset) => offset & 0xff } } });
+    assert.deepEqual(await read(d, RegionIndex.CONFIG, 1, 3), [0x12, 3, 0]);
+    assert.deepEqual(await read(d, 0, 1, 3), [0x22, 0x33, 0x44]);
+    assert.deepEqual(await read(d, 0, 2, 8), [0x33, 0x44, 4, 0, 0, 0, 0x99, 9], 'register bytes, one 4-byte handler read at 4, B, a 1-byte handler read at 9');
+    write(d, 0, 2, 4, 0xaabbccdd);
+    assert.equal(regs.A.value, 0xccdd2211, 'the register part of a write merges; the rest goes to the (absent) write handler');
+  });
+
   it('keeps declared state sealed, saves it, and puts it back on reset', async () => {
     const state = { count: 0, seen: [] as number[], when: 0n };
     const regs = defineRegisters({ COUNT: { offset: 0, read: () => ++state.count } });

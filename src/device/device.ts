@@ -75,8 +75,8 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   readonly state: S;
   private readonly initialState: S;
   private host?: DeviceHost;
-  /** Reused result buffers for 1-, 2- and 4-byte trapped reads, indexed by size. */
-  private readonly scratch: Buffer[] = [1, 1, 2, 2, 4].map((n) => Buffer.alloc(n));
+  /** Reused result buffers for trapped reads of up to 4 bytes, indexed by size. */
+  private readonly scratch: Buffer[] = [0, 1, 2, 3, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
 
   constructor(spec: PciDeviceSpec<S>) {
