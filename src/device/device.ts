@@ -190,7 +190,14 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       for (let i = 0; i < live.length; i++) {
         if (live[i] !== seen[i]) {
           seen[i] = live[i];
-          changed(offset + 4 * i, live[i]);
+          try {
+            changed(offset + 4 * i, live[i]);
+          } catch (e) {
+            // The watch may have started before any client, outside the work a server attributes to this device.
+            const why = authorError(e, `the watch of BAR${index} at 0x${(offset + 4 * i).toString(16)}`).stack;
+            if (this.host?.deviceLog) this.host.deviceLog('error', `${this.name}: ${why}`);
+            else process.stderr.write(`muser[${this.name}] error: ${why}\n`);
+          }
         }
       }
     };
