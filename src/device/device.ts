@@ -424,13 +424,16 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   }
 
   private registerRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
-    const out = count <= 4 ? this.scratch[count] : Buffer.alloc(count);
     try {
-      if (block.covers(offset, count)) return block.read(offset, count, out);
+      if (block.covers(offset, count)) return block.read(offset, count, count <= 4 ? this.scratch[count] : Buffer.alloc(count));
+      return this.mixedRead(index, bar, block, offset, count);
     } catch (e) {
       throw authorError(e, describeAccess(index, offset, count));
     }
-    // Some bytes are registers, the others go where unregistered bytes go.
+  }
+
+  /** Some bytes are registers, the others go where unregistered bytes go. */
+  private mixedRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
     const whole = Buffer.alloc(count);
     const waiting: Promise<unknown>[] = [];
     let at = offset;
