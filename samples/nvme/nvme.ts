@@ -116,7 +116,9 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
     },
     irqs: { intx: true, msix: vectors },
     capabilities: [{ id: 'pm' }, { id: 'pcie' }],
+    state: controller.state,
     reset: () => controller.powerOn(),
+    restored: () => controller.restored(),
   });
   return {
     device,

@@ -51,7 +51,7 @@ export interface RegisterSnapshot {
   fields: { name: string; shift: number; width: number; value: bigint }[];
 }
 
-export class PciDevice<S extends object = Record<string, unknown>> {
+export class PciDevice<S extends object = object> {
   readonly name: string;
   readonly config: ConfigSpace;
   readonly regions: readonly RegionLayout[];
@@ -348,6 +348,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     this.msixTableInUse = (flags & 1) !== 0;
     this.intxPending = (flags & 2) !== 0;
     if (state.author !== undefined) Object.assign(this.state, state.author);
+    this.spec.restored?.();
   }
 
   private stateParts(): StateParts {
@@ -579,7 +580,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
 }
 
 /** Describes a PCI device; serve it with `serve()` or drive it in tests with the client. */
-export function definePciDevice<S extends object = Record<string, unknown>>(spec: PciDeviceSpec<S>): PciDevice<S> {
+export function definePciDevice<S extends object = object>(spec: PciDeviceSpec<S>): PciDevice<S> {
   return new PciDevice(spec);
 }
 

@@ -42,7 +42,7 @@ export interface IrqSpec {
   msix?: number | { vectors: number; bar?: BarIndex; offset?: number };
 }
 
-export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
+export interface PciDeviceSpec<S extends object = object> {
   /** Shown in logs. */
   name?: string;
   id: {
@@ -68,6 +68,8 @@ export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
    * back to its values at definition on reset.
    */
   state?: S;
+  /** Called after restoreState() put saved registers and state in: rebuild what derives from `state`. */
+  restored?(): void;
   /** Called on a device reset (after config space, registers and state went back to power-on values). */
   reset?(): void | Promise<void>;
   /** Called when a client attaches (its DMA maps and interrupts are not set up yet). */
