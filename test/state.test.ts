@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import { join } from 'node:path';
 import { definePciDevice, defineRegisters, protocol, type PciDevice } from '../src/index.js';
 import { createNvme } from '../samples/nvme/nvme.js';
+import { decodePlain, encodePlain, notPlain } from '../src/device/plain-data.js';
 import { tempDir } from './helpers.js';
 
 const { RegionIndex } = protocol;
@@ -160,5 +161,36 @@ describe('save and restore', () => {
     a.restoreState(saved);
     assert.deepEqual(state, { count: 1, seen: [7], when: 5n });
     assert.throws(() => definePciDevice({ id: { vendor: 0x1234, device: 2 }, state: { f: () => 1 } }), (e: Error) => /^state of pci-1234:0002 cannot be saved: .*; declare plain data/.test(e.message));
+  });
+});
+
+describe('plain data of declared state', () => {
+  it('round-trips every kind it accepts, and keeps a __proto__ key as data', () => {
+    const value = {
+      n: [0, -1, 2 ** 31, 1.5, -0, NaN, Infinity],
+      s: ['', 'é€😀'],
+      b: [true, false, null, undefined],
+      big: [0n, -5n, 2n ** 64n + 1n],
+      m: new Map<unknown, unknown>([[1, 'one'], ['k', { deep: [1] }]]),
+      set: new Set([1, 'x']),
+      bytes: Uint8Array.of(1, 2, 3),
+      nested: { a: { b: { c: [] } } },
+    };
+    assert.deepEqual(decodePlain(encodePlain(value)), value);
+    const evil = decodePlain(encodePlain(JSON.parse('{"__proto__": {"polluted": true}}'))) as Record<string, unknown>;
+    assert.equal(Object.getPrototypeOf(evil), Object.prototype);
+    assert.deepEqual(Object.keys(evil), ['__proto__']);
+    assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    assert.throws(() => decodePlain(encodePlain(value).subarray(0, 20)), /cut short/);
+  });
+
+  it('says where a value is not plain data', () => {
+    assert.equal(notPlain({ a: [1, { f: () => 1 }] }), 'state.a[1].f is a function');
+    assert.equal(notPlain({ when: new Date() }), 'state.when is a Date, not a plain object');
+    assert.equal(notPlain({ m: new Map([[1, Symbol('s')]]) }), 'state.m.get(1) is a symbol');
+    const cycle: Record<string, unknown> = {};
+    cycle.self = cycle;
+    assert.match(notPlain(cycle)!, /nests deeper than 64 levels/);
+    assert.equal(notPlain({ ok: [1n, 'x', new Uint8Array(2), new Set([1])] }), undefined);
   });
 });

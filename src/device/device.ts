@@ -11,6 +11,7 @@ import { Command, Msix } from '../pci/regs.js';
 import { registerBlock, type RegisterBlock } from '../registers/registers.js';
 import { sharedMemory, type SharedMemory } from '../transport/native.js';
 import { AuthorError, authorError, describeAccess } from './mistakes.js';
+import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
 
@@ -588,11 +589,9 @@ export function definePciDevice<S extends object = object>(spec: PciDeviceSpec<S
 function initialState<S extends object>(name: string, declared: S | undefined): S {
   if (declared === undefined) return {} as S;
   if (typeof declared !== 'object' || declared === null) throw new TypeError(`state of ${name} must be an object of plain data, not ${typeof declared}`);
-  try {
-    return structuredClone(declared);
-  } catch (e) {
-    throw new TypeError(`state of ${name} cannot be saved: ${(e as Error).message.split('\n')[0]}; declare plain data (numbers, strings, bigints, arrays, objects, typed arrays, Maps, Sets)`);
-  }
+  const why = notPlain(declared);
+  if (why) throw new TypeError(`state of ${name} cannot be saved: ${why}; declare plain data (numbers, strings, booleans, bigints, arrays, plain objects, Maps, Sets, Uint8Arrays)`);
+  return structuredClone(declared);
 }
 
 // ---------------------------------------------------------------- helpers
