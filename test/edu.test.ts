@@ -66,7 +66,7 @@ describe('edu sample', () => {
     const msi = await c.irq(IrqIndex.MSI);
     try {
       const cap = edu.config.capabilityOffset(0x05)!;
-      await c.config.write(cap + 2, 2, 0x0001); // MSI enable, one vector
+      await c.config.write(cap + 2, 0x0001, 2); // MSI enable, one vector
       for (let i = 0; i < 100; i++) mem.bytes[0x100 + i] = i * 3;
       // Source as two halves, high one first; destination and count as 8-byte writes.
       await setReg(0x84, 1);

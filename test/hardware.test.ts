@@ -93,16 +93,16 @@ describe('hardware behaviour a VMM relies on', () => {
     try {
       const exp = await capability(c, 0x10);
       assert.equal((await c.config.read(exp + 4, 4)) & 0x10000000, 0x10000000, 'DevCap: Function Level Reset Capability');
-      await c.config.write(0x04, 2, 0x0006); // memory, bus master
+      await c.config.write(0x04, 0x0006, 2); // memory, bus master
       await c.regionWrite(0, 8, le32(0x5a));
       const before = resets;
       const devctl = await c.config.read(exp + 8, 2);
-      await c.config.write(exp + 8, 2, devctl | 0x8000);
+      await c.config.write(exp + 8, devctl | 0x8000, 2);
       assert.equal(resets, before + 1, "the author's reset ran");
       assert.equal((await c.regionRead(0, 8, 4)).readUInt32LE(0), 0, 'device state is back to power-on');
       assert.equal(await c.config.read(0x04, 2), 0, 'the command register too');
       assert.equal(await c.config.read(exp + 8, 2), devctl, 'Initiate FLR reads 0; the rest of DevCtl is at its power-on value');
-      await c.config.write(exp + 8, 2, devctl);
+      await c.config.write(exp + 8, devctl, 2);
       assert.equal(resets, before + 1, 'a DevCtl write without the bit resets nothing');
     } finally {
       c.close();
@@ -113,13 +113,13 @@ describe('hardware behaviour a VMM relies on', () => {
     const c = await Client.connect(dir.socket());
     try {
       const pm = await capability(c, 0x01);
-      await c.config.write(0x04, 2, 0x0006);
+      await c.config.write(0x04, 0x0006, 2);
       await c.regionWrite(0, 8, le32(0x77));
       const before = resets;
       assert.equal((await c.config.read(pm + 4, 2)) & 0x000b, 0x0008, 'D0, No_Soft_Reset');
-      await c.config.write(pm + 4, 2, 0x0003); // D3hot
+      await c.config.write(pm + 4, 0x0003, 2); // D3hot
       assert.equal((await c.config.read(pm + 4, 2)) & 3, 3);
-      await c.config.write(pm + 4, 2, 0x0000); // back to D0
+      await c.config.write(pm + 4, 0x0000, 2); // back to D0
       assert.equal(resets, before, 'no reset on the way back to D0');
       assert.equal(await c.config.read(0x04, 2), 0x0006, 'the command register kept its value');
       assert.equal((await c.regionRead(0, 8, 4)).readUInt32LE(0), 0x77, 'device state kept');

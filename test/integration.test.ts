@@ -68,9 +68,9 @@ describe('client and server in separate processes', () => {
       assert.equal(await c.config.read(8, 4), 0x05800002);
       assert.equal(await c.config.read(0x2c, 4), 0x00011de5);
       assert.equal(await c.config.read(0x3d, 1), 1, 'INTA');
-      await c.config.write(0x10, 4, 0xffffffff);
+      await c.config.write(0x10, 0xffffffff, 4);
       assert.equal(await c.config.read(0x10, 4), 0xfffff000, '4 KiB memory BAR');
-      await c.config.write(0x10, 4, 0xfebf0000);
+      await c.config.write(0x10, 0xfebf0000, 4);
       assert.equal(await c.config.read(0x10, 4), 0xfebf0000);
       // The capability list walks PM, PCIe, vendor, MSI, MSI-X.
       const ids: number[] = [];
@@ -244,13 +244,13 @@ describe('client and server in separate processes', () => {
       const table = (await c.config.read(msixCap + 4, 4)) >>> 0;
       const bar = table & 7;
       assert.equal(await c.regionRead(bar, (table & ~7) + 12, 4).then((b) => b.readUInt32LE(0)), 1, 'entries power on masked');
-      await c.config.write(msixCap + 2, 2, 0x8000); // MSI-X enable
+      await c.config.write(msixCap + 2, 0x8000, 2); // MSI-X enable
       for (let v = 0; v < 3; v++) await c.regionWrite(bar, (table & ~7) + 16 * v + 12, le32(0)); // unmask
       await c.regionWrite(BAR0, 0x14, le32(3)); // no DMA, raises vector 0
       await vectors[0].wait(0);
       assert.equal(vectors[0].count, 1);
       assert.equal(vectors[1].count, 0);
-      await c.config.write(msixCap + 2, 2, 0);
+      await c.config.write(msixCap + 2, 0, 2);
     } finally {
       c.close();
     }
@@ -260,7 +260,7 @@ describe('client and server in separate processes', () => {
     const c = await Client.connect(socket);
     try {
       await c.regionWrite(BAR0, 0, le32(99));
-      await c.config.write(4, 2, 0x0406);
+      await c.config.write(4, 0x0406, 2);
       await c.reset();
       assert.equal((await c.regionRead(BAR0, 0, 4)).readUInt32LE(0), 0);
       assert.equal(await c.config.read(4, 2), 0);

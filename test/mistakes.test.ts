@@ -68,6 +68,8 @@ describe('author mistakes', () => {
     authorsFramesOnly(await logged(/careless: deferred work failed: Error: the listener went wrong/));
     await c.regionWrite(0, 0x10, le32(1));
     await logged(/careless: deferred work failed: DmaError: .*0x1000/);
+    await c.regionWrite(2, 0, le32(1));
+    authorsFramesOnly(await logged(/careless: the watch of BAR2 at 0x0: Error: the watcher went wrong/));
     await stillServing();
   });
 

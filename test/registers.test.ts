@@ -158,10 +158,22 @@ function modelRead(regs: ModelReg[], offset: number, count: number): number[] {
   return out;
 }
 
-function modelWrite(regs: ModelReg[], offset: number, data: number[]): void {
+/** Applies a write; returns the hook calls it makes: register index, new and old value, in address order. */
+function modelWrite(regs: ModelReg[], offset: number, data: number[]): [number, bigint, bigint][] {
+  const calls: [number, bigint, bigint][] = [];
+  let current: ModelReg | undefined;
+  let before = 0n;
+  const finish = (): void => {
+    if (current) calls.push([regs.indexOf(current), current.value, before]);
+  };
   data.forEach((d, i) => {
     const a = offset + i;
     const r = regs.find((x) => a >= x.offset && a < x.offset + x.width);
+    if (r !== current) {
+      finish();
+      current = r;
+      before = r?.value ?? 0n;
+    }
     if (!r) return;
     for (let b = 0; b < 8; b++) {
       const bit = BigInt((a - r.offset) * 8 + b);
@@ -172,6 +184,8 @@ function modelWrite(regs: ModelReg[], offset: number, data: number[]): void {
       else if (acc === 'w1s' && one) r.value |= 1n << bit;
     }
   });
+  finish();
+  return calls;
 }
 
 const accessArb = fc.constantFrom<Access>('ro', 'rw', 'w1c', 'w1s', 'wo', 'rc');
@@ -184,11 +198,12 @@ const regArb = fc.record({
 });
 const opArb = fc.record({ write: fc.boolean(), offset: fc.nat(80), size: fc.constantFrom(1, 2, 4, 8), data: fc.array(fc.nat(255), { minLength: 8, maxLength: 8 }) });
 
-test('random declarations and accesses agree with a per-bit model', () => {
+test('random declarations and accesses agree with a per-bit model, hooks included', () => {
   fc.assert(
     fc.property(fc.array(regArb, { minLength: 1, maxLength: 6 }), fc.array(opArb, { maxLength: 40 }), (specs, ops) => {
       const decls: Record<string, RegisterDecl> = {};
       const model: ModelReg[] = [];
+      const calls: [number, bigint, bigint][] = [];
       let at = 0;
       specs.forEach((s, i) => {
         at = Math.ceil((at + s.gap) / s.width) * s.width;
@@ -209,7 +224,15 @@ test('random declarations and accesses agree with a per-bit model', () => {
         for (let b = 0; b < bits; b++) access[b] ??= withFields ? 'ro' : s.access;
         const all = (1n << BigInt(bits)) - 1n;
         const reset = s.reset & (withFields ? covered : all);
-        decls[`R${i}`] = { offset: at, width: s.width, reset, access: s.access, fields: withFields ? fields : undefined };
+        const index = i;
+        decls[`R${i}`] = {
+          offset: at,
+          width: s.width,
+          reset,
+          access: s.access,
+          fields: withFields ? fields : undefined,
+          write: (value: number | bigint, old: number | bigint) => void calls.push([index, BigInt(value), BigInt(old)]),
+        };
         model.push({ offset: at, width: s.width, value: reset, access });
         at += s.width;
       });
@@ -217,8 +240,9 @@ test('random declarations and accesses agree with a per-bit model', () => {
       const block = registerBlock(regs);
       for (const op of ops) {
         if (op.write) {
+          calls.length = 0;
           block.write(op.offset, Uint8Array.from(op.data.slice(0, op.size)));
-          modelWrite(model, op.offset, op.data.slice(0, op.size));
+          assert.deepEqual(calls, modelWrite(model, op.offset, op.data.slice(0, op.size)), 'hooks: which, in order, with new and old values');
         } else {
           const got = [...block.read(op.offset, op.size, new Uint8Array(op.size))].map((b, i) => (op.offset + i < block.size ? b : 0));
           assert.deepEqual(got, modelRead(model, op.offset, op.size));

@@ -61,9 +61,9 @@ export interface ControllerHost extends Dma {
   /** Whether MSI-X is enabled: one vector per CQ, and INTMS/INTMC do not apply. */
   msixEnabled(): boolean;
   /** Raises MSI-X `vector`, or (without MSI-X) the single INTx/MSI interrupt. */
-  interrupt(vector: number): void;
+  irq(vector: number): void;
   /** No completion is waiting: lowers INTx. */
-  interruptDone(): void;
+  irqDone(): void;
 }
 
 export interface ControllerOptions {
@@ -84,22 +84,92 @@ export interface ControllerOptions {
 type Outcome = { status: number; result: number } | null;
 const done = (status: number, result = 0): Outcome => ({ status, result });
 
-class CompletionQueue {
-  head = 0;
-  tail = 0;
-  phase = 1;
+/** A completion queue as data: what the controller's saved state holds of it. */
+interface CqState {
+  id: number;
+  base: bigint;
+  size: number;
+  vector: number;
+  interrupts: boolean;
+  head: number;
+  tail: number;
+  phase: number;
   /** Completions waiting for room, in order. */
-  readonly backlog: Completion[] = [];
+  backlog: Completion[];
   /** Submission queues that post here. */
-  sqs = 0;
+  sqs: number;
+}
+
+/** A submission queue as data. */
+interface SqState {
+  id: number;
+  base: bigint;
+  size: number;
+  cqId: number;
+  head: number;
+  tail: number;
+}
+
+/** The controller's state beyond its registers, as plain data the device saves and restores. */
+export interface ControllerState {
+  sqs: (SqState | null)[];
+  cqs: (CqState | null)[];
+  /** Command IDs of outstanding Asynchronous Event Requests. */
+  asyncEvents: number[];
+  /** I/O queues granted by Set Features (Number of Queues). */
+  grantedSqs: number;
+  grantedCqs: number;
+  features: Map<number, number>;
+  temperatureThresholds: Map<number, number>;
+  writeCache: boolean;
+  legacyAsserted: boolean;
+}
+
+class CompletionQueue {
   deleted = false;
-  constructor(
-    readonly id: number,
-    readonly base: bigint,
-    readonly size: number,
-    readonly vector: number,
-    readonly interrupts: boolean,
-  ) {}
+  constructor(readonly q: CqState) {}
+  get id(): number {
+    return this.q.id;
+  }
+  get base(): bigint {
+    return this.q.base;
+  }
+  get size(): number {
+    return this.q.size;
+  }
+  get vector(): number {
+    return this.q.vector;
+  }
+  get interrupts(): boolean {
+    return this.q.interrupts;
+  }
+  get backlog(): Completion[] {
+    return this.q.backlog;
+  }
+  get head(): number {
+    return this.q.head;
+  }
+  set head(v: number) {
+    this.q.head = v;
+  }
+  get tail(): number {
+    return this.q.tail;
+  }
+  set tail(v: number) {
+    this.q.tail = v;
+  }
+  get phase(): number {
+    return this.q.phase;
+  }
+  set phase(v: number) {
+    this.q.phase = v;
+  }
+  get sqs(): number {
+    return this.q.sqs;
+  }
+  set sqs(v: number) {
+    this.q.sqs = v;
+  }
   get full(): boolean {
     return (this.tail + 1) % this.size === this.head;
   }
@@ -109,8 +179,6 @@ class CompletionQueue {
 }
 
 class SubmissionQueue {
-  head = 0;
-  tail = 0;
   /** The drain loop is running. */
   running = false;
   deleted = false;
@@ -119,11 +187,30 @@ class SubmissionQueue {
   /** Called when the queue has no running loop and nothing in flight. */
   idleWaiters: (() => void)[] = [];
   constructor(
-    readonly id: number,
-    readonly base: bigint,
-    readonly size: number,
+    readonly q: SqState,
     readonly cq: CompletionQueue,
   ) {}
+  get id(): number {
+    return this.q.id;
+  }
+  get base(): bigint {
+    return this.q.base;
+  }
+  get size(): number {
+    return this.q.size;
+  }
+  get head(): number {
+    return this.q.head;
+  }
+  set head(v: number) {
+    this.q.head = v;
+  }
+  get tail(): number {
+    return this.q.tail;
+  }
+  set tail(v: number) {
+    this.q.tail = v;
+  }
   get idle(): boolean {
     return !this.running && this.inflight === 0;
   }
@@ -179,22 +266,16 @@ type ControllerRegisters = ReturnType<typeof controllerRegisters>;
 export class NvmeController {
   /** BAR0 below the doorbells; the offsets they leave out read 0. */
   readonly regs: ControllerRegisters;
+  /** Queues and settings as data: the device saves it with the registers (see restored()). */
+  readonly state: ControllerState;
+  /** The queues of `state`, with what only a running controller has (drain loops, commands in flight). */
   private sqs: (SubmissionQueue | undefined)[] = [];
   private cqs: (CompletionQueue | undefined)[] = [];
-  /** Bumped by every controller reset; work of an older epoch posts nothing. */
-  private epoch = 0;
-  /** Command IDs of outstanding Asynchronous Event Requests. */
-  private asyncEvents: number[] = [];
-  /** I/O queues granted by Set Features (Number of Queues). */
-  private grantedSqs: number;
-  private grantedCqs: number;
-  private features = new Map<number, number>();
-  private temperatureThresholds = new Map<number, number>();
-  private writeCache = true;
   /** CQs whose interrupt is due at the end of this event-loop turn. */
   private readonly due = new Set<CompletionQueue>();
   private interruptScheduled = false;
-  private legacyAsserted = false;
+  /** Bumped by every controller reset; work of an older epoch posts nothing (runtime only: no work survives a restore). */
+  private epoch = 0;
 
   readonly backing: BackingFile;
   private readonly blocks: number;
@@ -221,8 +302,17 @@ export class NvmeController {
     this.maxTransfer = PAGE << options.identity.mdts;
     this.warn = options.warn ?? ((m) => process.stderr.write(`nvme: ${m}\n`));
     this.info = options.info ?? (() => undefined);
-    this.grantedSqs = this.ioQueues;
-    this.grantedCqs = this.ioQueues;
+    this.state = {
+      sqs: [],
+      cqs: [],
+      asyncEvents: [],
+      grantedSqs: this.ioQueues,
+      grantedCqs: this.ioQueues,
+      features: new Map(),
+      temperatureThresholds: new Map(),
+      writeCache: true,
+      legacyAsserted: false,
+    };
     this.regs = controllerRegisters(this.identity.maxQueueEntries, {
       cc: (v, old) => this.writeCc(v, old),
       intmc: (v) => this.unmask(v),
@@ -271,11 +361,8 @@ export class NvmeController {
     const asq = this.regs.ASQ.value;
     const acq = this.regs.ACQ.value;
     if (asq === 0n || acq === 0n) return fail('ASQ or ACQ is zero');
-    const cq = new CompletionQueue(0, acq, cqEntries, 0, true);
-    const sq = new SubmissionQueue(0, asq, sqEntries, cq);
-    cq.sqs = 1;
-    this.cqs = [cq];
-    this.sqs = [sq];
+    const cq = this.addCq(0, acq, cqEntries, 0, true);
+    this.addSq(0, asq, sqEntries, cq);
     csts.value = 0;
     csts.RDY = 1;
     this.info(`controller enabled: admin queues of ${sqEntries} and ${cqEntries} entries`);
@@ -290,17 +377,19 @@ export class NvmeController {
     for (const cq of this.cqs) if (cq) cq.deleted = true;
     this.sqs = [];
     this.cqs = [];
-    this.asyncEvents = [];
-    this.grantedSqs = this.ioQueues;
-    this.grantedCqs = this.ioQueues;
-    this.features.clear();
-    this.temperatureThresholds.clear();
-    this.writeCache = true;
+    this.state.sqs = [];
+    this.state.cqs = [];
+    this.state.asyncEvents = [];
+    this.state.grantedSqs = this.ioQueues;
+    this.state.grantedCqs = this.ioQueues;
+    this.state.features.clear();
+    this.state.temperatureThresholds.clear();
+    this.state.writeCache = true;
     this.regs.INTMS.value = 0;
     this.regs.CSTS.value = 0;
     this.due.clear();
-    this.legacyAsserted = false;
-    this.host.interruptDone();
+    this.state.legacyAsserted = false;
+    this.host.irqDone();
   }
 
   /** Power-on state (a PCI function reset). */
@@ -329,6 +418,31 @@ export class NvmeController {
   private fatal(why: string): void {
     if (!this.regs.CSTS.CFS) this.warn(`controller fatal status: ${why}`);
     this.regs.CSTS.CFS = 1;
+  }
+
+  private addCq(id: number, base: bigint, size: number, vector: number, interrupts: boolean): CompletionQueue {
+    const q: CqState = { id, base, size, vector, interrupts, head: 0, tail: 0, phase: 1, backlog: [], sqs: 0 };
+    this.state.cqs[id] = q;
+    return (this.cqs[id] = new CompletionQueue(q));
+  }
+
+  private addSq(id: number, base: bigint, size: number, cq: CompletionQueue): void {
+    const q: SqState = { id, base, size, cqId: cq.id, head: 0, tail: 0 };
+    this.state.sqs[id] = q;
+    this.sqs[id] = new SubmissionQueue(q, cq);
+    cq.sqs++;
+  }
+
+  /**
+   * After the device restored saved state into `state`: the queues as they
+   * were, with nothing in flight. Commands that were running when the state
+   * was saved are not run again (their SQ entries were already consumed).
+   */
+  restored(): void {
+    this.cqs = this.state.cqs.map((q) => (q ? new CompletionQueue(q) : undefined));
+    this.sqs = this.state.sqs.map((q) => (q ? new SubmissionQueue(q, this.cqs[q.cqId]!) : undefined));
+    this.due.clear();
+    for (const sq of this.sqs) if (sq && sq.head !== sq.tail && this.ready) this.doorbell(2 * sq.id, sq.tail);
   }
 
   // ---------------------------------------------------------------- doorbells
@@ -477,7 +591,7 @@ export class NvmeController {
     for (const cq of this.due) {
       if (!cq.deleted) {
         this.stats.interrupts++;
-        this.host.interrupt(cq.vector);
+        this.host.irq(cq.vector);
       }
     }
     this.due.clear();
@@ -494,14 +608,14 @@ export class NvmeController {
     if (this.host.msixEnabled()) return;
     const pending = this.cqs.some((cq) => cq !== undefined && cq.interrupts && cq.pending);
     if (!pending) {
-      if (this.legacyAsserted) this.host.interruptDone();
-      this.legacyAsserted = false;
+      if (this.state.legacyAsserted) this.host.irqDone();
+      this.state.legacyAsserted = false;
       return;
     }
     if (this.regs.INTMS.value & 1) return;
-    this.legacyAsserted = true;
+    this.state.legacyAsserted = true;
     this.stats.interrupts++;
-    this.host.interrupt(0);
+    this.host.irq(0);
   }
 
   // ---------------------------------------------------------------- admin commands
@@ -528,9 +642,9 @@ export class NvmeController {
       case AdminOpcode.ABORT:
         return done(OK, 1); // DW0 bit 0: the command was not aborted
       case AdminOpcode.ASYNC_EVENT_REQUEST:
-        if (this.asyncEvents.length >= this.identity.asyncEventLimit) return done(specificError(Specific.ASYNC_EVENT_LIMIT_EXCEEDED));
+        if (this.state.asyncEvents.length >= this.identity.asyncEventLimit) return done(specificError(Specific.ASYNC_EVENT_LIMIT_EXCEEDED));
         // Kept until a reset: this controller reports no events.
-        this.asyncEvents.push(cmd.cid);
+        this.state.asyncEvents.push(cmd.cid);
         return null;
       default:
         return done(genericError(Generic.INVALID_OPCODE));
@@ -551,26 +665,25 @@ export class NvmeController {
 
   private createCq(cmd: Command): Outcome {
     const { qid, entries, contiguous } = this.queueFields(cmd);
-    if (qid === 0 || qid > this.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    if (qid === 0 || qid > this.state.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
     const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOCQES, CQE_SIZE);
     if (bad) return bad;
     const interrupts = (cmd.cdw11 & 2) !== 0;
     const vector = cmd.cdw11 >>> 16;
     if (interrupts && vector >= this.vectors) return done(specificError(Specific.INVALID_INTERRUPT_VECTOR));
-    this.cqs[qid] = new CompletionQueue(qid, cmd.prp1, entries, vector, interrupts);
+    this.addCq(qid, cmd.prp1, entries, vector, interrupts);
     return done(OK);
   }
 
   private createSq(cmd: Command): Outcome {
     const { qid, entries, contiguous } = this.queueFields(cmd);
     const cqid = cmd.cdw11 >>> 16;
-    if (qid === 0 || qid > this.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    if (qid === 0 || qid > this.state.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
     const cq = cqid === 0 ? undefined : this.cqs[cqid];
     if (!cq) return done(specificError(Specific.COMPLETION_QUEUE_INVALID));
     const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOSQES, SQE_SIZE);
     if (bad) return bad;
-    this.sqs[qid] = new SubmissionQueue(qid, cmd.prp1, entries, cq);
-    cq.sqs++;
+    this.addSq(qid, cmd.prp1, entries, cq);
     return done(OK);
   }
 
@@ -586,6 +699,7 @@ export class NvmeController {
     const epoch = this.epoch;
     sq.deleted = true;
     this.sqs[qid] = undefined;
+    this.state.sqs[qid] = null;
     await this.whenIdle(sq);
     if (epoch !== this.epoch) return null;
     while (sq.head !== sq.tail && !sq.cq.deleted) {
@@ -604,6 +718,7 @@ export class NvmeController {
     if (cq.sqs > 0) return done(specificError(Specific.INVALID_QUEUE_DELETION));
     cq.deleted = true;
     this.cqs[qid] = undefined;
+    this.state.cqs[qid] = null;
     this.due.delete(cq);
     return done(OK);
   }
@@ -690,19 +805,19 @@ export class NvmeController {
         const sqs = v & 0xffff;
         const cqs = v >>> 16;
         if (sqs === 0xffff || cqs === 0xffff) return done(genericError(Generic.INVALID_FIELD));
-        this.grantedSqs = Math.min(sqs + 1, this.ioQueues);
-        this.grantedCqs = Math.min(cqs + 1, this.ioQueues);
+        this.state.grantedSqs = Math.min(sqs + 1, this.ioQueues);
+        this.state.grantedCqs = Math.min(cqs + 1, this.ioQueues);
         return done(OK, this.queuesResult());
       }
       case Feature.POWER_MANAGEMENT:
         if ((v & 0x1f) !== 0) return done(genericError(Generic.INVALID_FIELD)); // one power state
-        this.features.set(fid, v);
+        this.state.features.set(fid, v);
         return done(OK);
       case Feature.VOLATILE_WRITE_CACHE:
-        this.writeCache = (v & 1) !== 0;
+        this.state.writeCache = (v & 1) !== 0;
         return done(OK);
       case Feature.TEMPERATURE_THRESHOLD:
-        this.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
+        this.state.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
         return done(OK);
       case Feature.ARBITRATION:
       case Feature.ERROR_RECOVERY:
@@ -710,7 +825,7 @@ export class NvmeController {
       case Feature.INTERRUPT_VECTOR_CONFIG:
       case Feature.WRITE_ATOMICITY:
       case Feature.ASYNC_EVENT_CONFIG:
-        this.features.set(fid, v);
+        this.state.features.set(fid, v);
         return done(OK);
       default:
         return done(genericError(Generic.INVALID_FIELD));
@@ -740,22 +855,22 @@ export class NvmeController {
       case Feature.NUMBER_OF_QUEUES:
         return done(OK, current ? this.queuesResult() : ((this.ioQueues - 1) | ((this.ioQueues - 1) << 16)) >>> 0);
       case Feature.VOLATILE_WRITE_CACHE:
-        return done(OK, !current || this.writeCache ? 1 : 0);
+        return done(OK, !current || this.state.writeCache ? 1 : 0);
       case Feature.TEMPERATURE_THRESHOLD: {
         const selector = (cmd.cdw11 >>> 16) & 0x3f;
         const under = (selector & 0x30) === 0x10;
         const fallback = under ? 0 : 0x157; // over: 343 K; under: 0 K
-        return done(OK, (current ? this.temperatureThresholds.get(selector) : undefined) ?? fallback);
+        return done(OK, (current ? this.state.temperatureThresholds.get(selector) : undefined) ?? fallback);
       }
       case Feature.INTERRUPT_VECTOR_CONFIG:
         return done(OK, cmd.cdw11 & 0xffff); // this vector, coalescing not disabled
       default:
-        return done(OK, (current ? this.features.get(fid) : undefined) ?? 0);
+        return done(OK, (current ? this.state.features.get(fid) : undefined) ?? 0);
     }
   }
 
   private queuesResult(): number {
-    return ((this.grantedSqs - 1) | ((this.grantedCqs - 1) << 16)) >>> 0;
+    return ((this.state.grantedSqs - 1) | ((this.state.grantedCqs - 1) << 16)) >>> 0;
   }
 
   // ---------------------------------------------------------------- I/O commands
@@ -793,7 +908,7 @@ export class NvmeController {
     const data = await gather(this.host, segments, length);
     this.backing.write(data, position);
     const fua = (cmd.cdw12 & (1 << 30)) !== 0;
-    if (fua || !this.writeCache) await this.backing.flush();
+    if (fua || !this.state.writeCache) await this.backing.flush();
     return done(OK);
   }
 

@@ -9,8 +9,9 @@ import { getLE, setLE } from '../protocol/le.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
 import { Command, Msix } from '../pci/regs.js';
 import { registerBlock, type RegisterBlock } from '../registers/registers.js';
-import { native } from '../transport/native.js';
+import { sharedMemory, type SharedMemory } from '../transport/native.js';
 import { AuthorError, authorError, describeAccess } from './mistakes.js';
+import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
 
@@ -36,7 +37,7 @@ export interface IrqLayout {
 interface Bar {
   spec: BarSpec;
   size: number;
-  memory?: { fd: number; bytes: Buffer; areas: { offset: number; size: number }[] };
+  memory?: SharedMemory & { areas: { offset: number; size: number }[] };
   /** Declared registers; offsets they do not cover go to the handlers. */
   block?: RegisterBlock;
 }
@@ -51,7 +52,7 @@ export interface RegisterSnapshot {
   fields: { name: string; shift: number; width: number; value: bigint }[];
 }
 
-export class PciDevice<S extends object = Record<string, unknown>> {
+export class PciDevice<S extends object = object> {
   readonly name: string;
   readonly config: ConfigSpace;
   readonly regions: readonly RegionLayout[];
@@ -75,8 +76,8 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   readonly state: S;
   private readonly initialState: S;
   private host?: DeviceHost;
-  /** Reused result buffers for 1-, 2- and 4-byte trapped reads, indexed by size. */
-  private readonly scratch: Buffer[] = [1, 1, 2, 2, 4].map((n) => Buffer.alloc(n));
+  /** Reused result buffers for trapped reads of up to 4 bytes, indexed by size. */
+  private readonly scratch: Buffer[] = [0, 1, 2, 3, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
 
   constructor(spec: PciDeviceSpec<S>) {
@@ -130,7 +131,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       if (!s) return;
       const block = s.registers && registerBlock(s.registers);
       if (block && block.size > s.size) throw new RangeError(`BAR${i} of ${this.name} is ${s.size} bytes, but its registers reach 0x${block.size.toString(16)}`);
-      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? sharedMemory(this.name, i, s) : undefined, block };
+      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? barMemory(this.name, i, s) : undefined, block };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
     this.msixTable?.onUnmask((vector) => this.deliverPendingMsix(vector));
@@ -190,7 +191,14 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       for (let i = 0; i < live.length; i++) {
         if (live[i] !== seen[i]) {
           seen[i] = live[i];
-          changed(offset + 4 * i, live[i]);
+          try {
+            changed(offset + 4 * i, live[i]);
+          } catch (e) {
+            // The watch may have started before any client, outside the work a server attributes to this device.
+            const why = authorError(e, `the watch of BAR${index} at 0x${(offset + 4 * i).toString(16)}`).stack;
+            if (this.host?.deviceLog) this.host.deviceLog('error', `${this.name}: ${why}`);
+            else process.stderr.write(`muser[${this.name}] error: ${why}\n`);
+          }
         }
       }
     };
@@ -212,7 +220,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
         this.msixTable.setPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSIX, vector);
+      return this.irqVia(IrqIndex.MSIX, vector);
     }
     const msi = this.config.msi();
     if (msi?.enabled) {
@@ -221,7 +229,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
         this.config.setMsiPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSI, vector);
+      return this.irqVia(IrqIndex.MSI, vector);
     }
     if (!this.irqCounts.intx) {
       this.host?.deviceLog?.('debug', `${this.name}: irq(${vector}) with no interrupt enabled by the guest; dropped`);
@@ -233,7 +241,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
       this.intxPending = true;
       return false;
     }
-    return this.signal(IrqIndex.INTX, 0);
+    return this.irqVia(IrqIndex.INTX, 0);
   }
 
   /** Sends MSI-X interrupts held back by a mask that is now clear: one vector, or all. */
@@ -244,7 +252,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     for (let v = only ?? 0; v < (only === undefined ? table.tableSize : only + 1); v++) {
       if (table.isPending(v) && !(this.msixTableInUse && table.isMasked(v))) {
         table.setPending(v, false);
-        this.signal(IrqIndex.MSIX, v);
+        this.irqVia(IrqIndex.MSIX, v);
       }
     }
   }
@@ -257,7 +265,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     for (let v = 0; v < msi.vectors; v++) {
       if (release & (1 << v)) {
         this.config.setMsiPending(v, false);
-        this.signal(IrqIndex.MSI, v);
+        this.irqVia(IrqIndex.MSI, v);
       }
     }
   }
@@ -343,6 +351,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     this.msixTableInUse = (flags & 1) !== 0;
     this.intxPending = (flags & 2) !== 0;
     if (state.author !== undefined) Object.assign(this.state, state.author);
+    this.spec.restored?.();
   }
 
   private stateParts(): StateParts {
@@ -385,7 +394,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   intxEnabled(): void {
     if (this.intxPending && !this.config.interruptDisabled) {
       this.intxPending = false;
-      this.signal(IrqIndex.INTX, 0);
+      this.irqVia(IrqIndex.INTX, 0);
     }
   }
 
@@ -419,13 +428,16 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   }
 
   private registerRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
-    const out = count <= 4 ? this.scratch[count] : Buffer.alloc(count);
     try {
-      if (block.covers(offset, count)) return block.read(offset, count, out);
+      if (block.covers(offset, count)) return block.read(offset, count, count <= 4 ? this.scratch[count] : Buffer.alloc(count));
+      return this.mixedRead(index, bar, block, offset, count);
     } catch (e) {
       throw authorError(e, describeAccess(index, offset, count));
     }
-    // Some bytes are registers, the others go where unregistered bytes go.
+  }
+
+  /** Some bytes are registers, the others go where unregistered bytes go. */
+  private mixedRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
     const whole = Buffer.alloc(count);
     const waiting: Promise<unknown>[] = [];
     let at = offset;
@@ -483,8 +495,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
   close(): void {
     for (const bar of this.bars) {
       if (bar?.memory) {
-        native.munmap(bar.memory.bytes.buffer as ArrayBuffer);
-        native.close(bar.memory.fd);
+        bar.memory.close();
         bar.memory = undefined;
       }
     }
@@ -564,8 +575,9 @@ export class PciDevice<S extends object = Record<string, unknown>> {
     return chain;
   }
 
-  private signal(index: number, vector: number): boolean {
-    return this.host?.signal(index, vector) ?? false;
+  /** Raises an interrupt through the VFIO interrupt index the guest enabled. */
+  private irqVia(index: number, vector: number): boolean {
+    return this.host?.irq(index, vector) ?? false;
   }
 
   private requireHost(): DeviceHost {
@@ -575,7 +587,7 @@ export class PciDevice<S extends object = Record<string, unknown>> {
 }
 
 /** Describes a PCI device; serve it with `serve()` or drive it in tests with the client. */
-export function definePciDevice<S extends object = Record<string, unknown>>(spec: PciDeviceSpec<S>): PciDevice<S> {
+export function definePciDevice<S extends object = object>(spec: PciDeviceSpec<S>): PciDevice<S> {
   return new PciDevice(spec);
 }
 
@@ -583,16 +595,14 @@ export function definePciDevice<S extends object = Record<string, unknown>>(spec
 function initialState<S extends object>(name: string, declared: S | undefined): S {
   if (declared === undefined) return {} as S;
   if (typeof declared !== 'object' || declared === null) throw new TypeError(`state of ${name} must be an object of plain data, not ${typeof declared}`);
-  try {
-    return structuredClone(declared);
-  } catch (e) {
-    throw new TypeError(`state of ${name} cannot be saved: ${(e as Error).message.split('\n')[0]}; declare plain data (numbers, strings, bigints, arrays, objects, typed arrays, Maps, Sets)`);
-  }
+  const why = notPlain(declared);
+  if (why) throw new TypeError(`state of ${name} cannot be saved: ${why}; declare plain data (numbers, strings, booleans, bigints, arrays, plain objects, Maps, Sets, Uint8Arrays)`);
+  return structuredClone(declared);
 }
 
 // ---------------------------------------------------------------- helpers
 
-function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
+function barMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
   const size = spec.size;
   if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
   const areas = spec.memory === true ? [{ offset: 0, size }] : spec.memory!.areas;
@@ -601,10 +611,8 @@ function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<B
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);
     }
   }
-  // Sealed against resizing: the client gets this descriptor and must not be able to cut pages from under the device.
-  const fd = native.memfd(`muser:${name}:bar${index}`, size, true);
-  const bytes = Buffer.from(native.mmap(fd, 0, size, true));
-  return { fd, bytes, areas };
+  // The client gets this descriptor and must not be able to cut pages from under the device.
+  return Object.assign(sharedMemory(`muser:${name}:bar${index}`, size), { areas });
 }
 
 function freeBarSlot(specs: (BarSpec | undefined)[]): BarIndex {

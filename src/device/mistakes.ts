@@ -26,9 +26,12 @@ export function authorFrames(stack: string): string[] {
   return stack.split('\n').filter((line) => /^\s+at /.test(line) && !line.includes(OWN) && !line.includes('node:internal') && !line.includes('(node:'));
 }
 
-/** `e`, thrown by author code during `access`, as an error that says both. */
+/** Errors that already say which access caused them. */
+const told = new WeakSet<object>();
+
+/** `e`, thrown by author code during `access`, as an error that says both (once, however many layers it passes). */
 export function authorError(e: unknown, access: string): Error {
-  if (e instanceof AuthorError) return e;
+  if (e instanceof AuthorError || (typeof e === 'object' && e !== null && told.has(e))) return e as Error;
   let cause: string;
   let frames: string[] = [];
   if (e instanceof Error) {
@@ -44,6 +47,7 @@ export function authorError(e: unknown, access: string): Error {
   // Guest memory the client did not map stays a DmaError (answered EFAULT), now saying which access.
   const err = e instanceof DmaError ? new DmaError(`${access}: ${cause}`, { cause: e }) : new Error(`${access}: ${cause}`, { cause: e });
   err.stack = [err.message, ...frames].join('\n');
+  told.add(err);
   return err;
 }
 

@@ -2,10 +2,10 @@
  * A device's state as bytes: a header naming the device, then each part
  * (config space, each BAR's registers and memory, the MSI-X table and pending
  * bits) as a length and its bytes, a flags byte, and the author's state
- * (V8's structured serialization). Saving is a few copies into one buffer.
+ * (plain-data.ts). Saving is a few copies into one buffer.
  */
-import { deserialize, serialize } from 'node:v8';
 import { get32, put32 } from '../protocol/le.js';
+import { decodePlain, encodePlain } from './plain-data.js';
 
 const MAGIC = 0x5253554d; // "MUSR"
 const VERSION = 1;
@@ -21,7 +21,7 @@ const decoder = new TextDecoder();
 
 export function saveState(name: string, { parts, flags }: StateParts, author: object): Uint8Array {
   const label = encoder.encode(name);
-  const extra = Object.keys(author).length ? serialize(author) : undefined;
+  const extra = Object.keys(author).length ? encodePlain(author) : undefined;
   let size = 12 + label.length + 1 + 4 + (extra?.length ?? 0);
   for (const [, bytes] of parts) size += 4 + bytes.length;
   const out = new Uint8Array(size);
@@ -66,7 +66,12 @@ export function loadState(name: string, { parts }: StateParts, bytes: Uint8Array
   const flags = bytes[at];
   const extraLength = get32(bytes, at + 1);
   if (at + 5 + extraLength !== bytes.length) fail('its length does not match its contents');
-  const author = extraLength ? (deserialize(bytes.subarray(at + 5)) as object) : undefined;
+  let author: object | undefined;
+  try {
+    author = extraLength ? (decodePlain(bytes.subarray(at + 5)) as object) : undefined;
+  } catch (e) {
+    fail((e as Error).message.replace(/^the saved state /, 'its declared state '));
+  }
   parts.forEach(([, live], i) => live.set(bytes.subarray(offsets[i], offsets[i] + live.length)));
   return { flags, author };
 }

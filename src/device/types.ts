@@ -42,7 +42,7 @@ export interface IrqSpec {
   msix?: number | { vectors: number; bar?: BarIndex; offset?: number };
 }
 
-export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
+export interface PciDeviceSpec<S extends object = object> {
   /** Shown in logs. */
   name?: string;
   id: {
@@ -68,6 +68,8 @@ export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
    * back to its values at definition on reset.
    */
   state?: S;
+  /** Called after restoreState() put saved registers and state in: rebuild what derives from `state`. */
+  restored?(): void;
   /** Called on a device reset (after config space, registers and state went back to power-on values). */
   reset?(): void | Promise<void>;
   /** Called when a client attaches (its DMA maps and interrupts are not set up yet). */
@@ -78,8 +80,8 @@ export interface PciDeviceSpec<S extends object = Record<string, unknown>> {
 
 /** What the side that attaches the device (a vfio-user server) provides to it. */
 export interface DeviceHost {
-  /** Signals interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
-  signal(index: number, vector: number): boolean;
+  /** Raises interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
+  irq(index: number, vector: number): boolean;
   /** Where the device's own messages go (the server's logger). */
   deviceLog?(level: 'error' | 'warn' | 'info' | 'debug', message: string): void;
   /** The device lowered level-triggered interrupt `vector` (INTx): a signal still held back by the mask is dropped. */

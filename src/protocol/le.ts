@@ -48,3 +48,14 @@ export function setLE(b: Uint8Array, at: number, width: 1 | 2 | 4, v: number): v
   else if (width === 2) put16(b, at, v);
   else b[at] = v;
 }
+
+/** A u64 as a bigint. */
+export function getBig64(b: Uint8Array, at: number): bigint {
+  return BigInt(get32(b, at)) | (BigInt(get32(b, at + 4)) << 32n);
+}
+
+/** Stores the low 64 bits of `v`. */
+export function putBig64(b: Uint8Array, at: number, v: bigint): void {
+  put32(b, at, Number(v & 0xffff_ffffn));
+  put32(b, at + 4, Number((v >> 32n) & 0xffff_ffffn));
+}

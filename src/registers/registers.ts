@@ -9,7 +9,7 @@
  * it, an access wider than a register covers its neighbours in address order,
  * and the halves of an 8-byte register may be written in either order.
  */
-import { getLE, setLE } from '../protocol/le.js';
+import { getBig64, getLE, putBig64, setLE } from '../protocol/le.js';
 
 /** Register width in bytes, and access sizes. */
 export type Width = 1 | 2 | 4 | 8;
@@ -267,8 +267,7 @@ export class RegisterBlock {
 
   /** Device side: a value of 1, 2, 4 (number) or 8 (bigint) bytes from the image. */
   load(offset: number, width: Width): number | bigint {
-    if (width === 8) return BigInt(getLE(this.image, offset, 4)) | (BigInt(getLE(this.image, offset + 4, 4)) << 32n);
-    return getLE(this.image, offset, width);
+    return width === 8 ? getBig64(this.image, offset) : getLE(this.image, offset, width);
   }
 
   /** Device side: stores a value into the image (no masks, no hooks). */
@@ -483,8 +482,9 @@ function isThenable(x: unknown): x is PromiseLike<void> {
   return typeof x === 'object' && x !== null && typeof (x as PromiseLike<void>).then === 'function';
 }
 
-function storeLE(into: Uint8Array, offset: number, width: number, value: bigint): void {
-  for (let i = 0; i < width; i++) into[offset + i] = Number((value >> BigInt(8 * i)) & 0xffn);
+function storeLE(into: Uint8Array, offset: number, width: Width, value: bigint): void {
+  if (width === 8) putBig64(into, offset, value);
+  else setLE(into, offset, width, Number(value));
 }
 
 const hex = (n: number | bigint): string => `0x${n.toString(16)}`;

@@ -585,8 +585,8 @@ export class Connection implements DeviceHost {
     });
   }
 
-  signal(index: number, vector: number): boolean {
-    return this.irqs.signal(index, vector);
+  irq(index: number, vector: number): boolean {
+    return this.irqs.irq(index, vector);
   }
 
   deviceLog(level: 'error' | 'warn' | 'info' | 'debug', message: string): void {

@@ -44,9 +44,6 @@ function checkEventfd(fd: number): boolean {
 
 export class IrqTable {
   private readonly vectors: Vector[][];
-  /** Signals delivered per index, for tests and statistics. */
-  readonly delivered = [0, 0, 0, 0, 0];
-
   /** `counts[index]` vectors for each VFIO interrupt index. */
   constructor(readonly counts: readonly number[]) {
     this.vectors = counts.map((n) => Array.from({ length: n }, () => ({ masked: false, pending: false })));
@@ -88,12 +85,12 @@ export class IrqTable {
       if (!selected(i)) continue;
       const vector = s.start + i;
       const v = vectors[vector];
-      if (action === IrqSetFlag.ACTION_TRIGGER) this.signal(s.index, vector);
+      if (action === IrqSetFlag.ACTION_TRIGGER) this.irq(s.index, vector);
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
         // INTx as kernel VFIO does it: an unmask fires again only while the line is still asserted.
-        if (v.pending) this.signal(s.index, vector);
+        if (v.pending) this.irq(s.index, vector);
       }
     }
   }
@@ -102,7 +99,7 @@ export class IrqTable {
    * Writes the vector's eventfd. A masked vector (INTx after it fired, until
    * the client unmasks it) keeps the interrupt pending instead.
    */
-  signal(index: number, vector: number): boolean {
+  irq(index: number, vector: number): boolean {
     const v = this.vectors[index]?.[vector];
     if (!v || v.trigger === undefined) return false;
     if (v.masked) {
@@ -118,7 +115,6 @@ export class IrqTable {
     }
     // A full counter (-EAGAIN) already tells the client there are interrupts to handle.
     native.eventfdWrite(v.trigger, 1, v.blocking);
-    this.delivered[index]++;
     return true;
   }
 
@@ -126,11 +122,6 @@ export class IrqTable {
   lower(index: number, vector: number): void {
     const v = this.vectors[index]?.[vector];
     if (v && index === IrqIndex.INTX) v.pending = false;
-  }
-
-  /** Whether the client gave an eventfd for this vector. */
-  hasTrigger(index: number, vector: number): boolean {
-    return this.vectors[index]?.[vector]?.trigger !== undefined;
   }
 
   /** Closes the eventfds of one index and forgets its state. */

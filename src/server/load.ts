@@ -47,16 +47,18 @@ export async function importDevice(module: string | URL): Promise<PciDevice> {
 /** Why a module did not load, with the file and line where Node knows them. */
 function loadFailure(e: unknown, url: string): string {
   if (!(e instanceof Error)) return String(e);
-  const what = `${e.name}: ${e.message.split('\n')[0]}`;
+  // A built-in error's name says something (SyntaxError, TypeError); an author's own error class speaks for itself.
+  const builtin = [SyntaxError, TypeError, RangeError, ReferenceError].some((c) => e.constructor === c);
+  const what = `${builtin ? `${e.name}: ` : ''}${e.message.split('\n')[0]}`;
   if (e instanceof SyntaxError && url.startsWith('file:')) {
     // Node keeps a syntax error's position out of the error object; its syntax check prints it first.
     const check = spawnSync(process.execPath, ['--check', fileURLToPath(url)], { encoding: 'utf8' });
     const at = /^(.+:\d+)$/m.exec(check.stderr ?? '')?.[1];
-    return at ? `${what} at ${at}` : what;
+    return at ? `${what} (${at})` : what;
   }
   // The module's own line that threw, else the first line outside Node and muser.
   const frames = (e.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l));
   const own = frames.find((l) => l.includes(url)) ?? authorFrames(frames.join('\n'))[0];
   const at = own && /((?:file:\/\/)?\/[^\s()]+?:\d+):\d+\)?$/.exec(own)?.[1];
-  return at ? `${what} at ${at.startsWith('file:') ? fileURLToPath(at.replace(/:\d+$/, '')) + at.slice(at.lastIndexOf(':')) : at}` : what;
+  return at ? `${what} (${at.startsWith('file:') ? fileURLToPath(at.replace(/:\d+$/, '')) + at.slice(at.lastIndexOf(':')) : at})` : what;
 }
