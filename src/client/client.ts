@@ -338,6 +338,21 @@ export class Client {
     }
   }
 
+  /** The region's sub-regions that take eventfds (ioeventfds) instead of writes, and the eventfds, which the caller then owns. */
+  async regionIoFds(index: number): Promise<{ subregions: msg.IoFdSubregion[]; fds: number[] }> {
+    let argsz = msg.REGION_IO_FDS_SIZE;
+    for (;;) {
+      const r = await this.request(Command.DEVICE_GET_REGION_IO_FDS, msg.encodeRegionIoFdsRequest({ argsz, flags: 0, index, count: 0 }));
+      const info = msg.decodeRegionIoFds(r.payload);
+      if (info.argsz > argsz) {
+        closeAll(r.fds);
+        argsz = info.argsz;
+        continue;
+      }
+      return { subregions: info.subregions, fds: r.fds };
+    }
+  }
+
   async irqInfo(index: number): Promise<msg.IrqInfo> {
     const r = await this.request(Command.DEVICE_GET_IRQ_INFO, msg.encodeIrqInfo({ argsz: msg.IRQ_INFO_SIZE, flags: 0, index, count: 0 }));
     return msg.decodeIrqInfo(r.payload);

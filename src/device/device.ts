@@ -91,6 +91,11 @@ export class PciDevice {
     });
     this.rom = spec.rom;
     specs.forEach((s, i) => {
+      for (const r of s?.ioeventfds ?? []) {
+        if (![1, 2, 4].includes(r.size) || r.offset % r.size || r.offset < 0 || r.offset + r.size > s!.size) {
+          throw new RangeError(`BAR${i} of ${this.name}: ioeventfd register at 0x${r.offset.toString(16)} must be 1, 2 or 4 bytes, naturally aligned, inside the BAR`);
+        }
+      }
       if (s) this.bars[i] = { spec: s, size: s.size, memory: s.memory ? sharedMemory(this.name, i, s) : undefined };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
@@ -262,6 +267,11 @@ export class PciDevice {
   };
 
   // ------------------------------------------------------------------ for the server
+
+  /** The doorbell registers BAR `index` offers to ring through eventfds (BarSpec.ioeventfds). */
+  ioeventfds(index: number): readonly { offset: number; size: AccessSize; value?: number }[] {
+    return this.bars[index]?.spec.ioeventfds ?? [];
+  }
 
   /** Connects the device to a client (or disconnects it with undefined), and tells the author. */
   attach(host: DeviceHost | undefined): void {

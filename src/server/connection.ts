@@ -15,6 +15,7 @@ import {
   Errno,
   Flag,
   HEADER_SIZE,
+  IoFdType,
   IrqIndex,
   IrqInfoFlag,
   PROTOCOL_MAJOR,
@@ -29,6 +30,7 @@ import { copyInto, put32, put64 } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
+import { native, type PollHandle } from '../transport/native.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
 import type { PciDevice } from '../device/device.js';
 import { checkBacking, DmaMapTable } from './dma.js';
@@ -69,6 +71,8 @@ export const DMA_MESSAGE_DATA = 32 * 1024;
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
 const EMPTY = new Uint8Array(0);
+/** KVM_IOEVENTFD_FLAG_DATAMATCH (<linux/kvm.h>): only a write of the given value rings. */
+const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
 /** Largest message before negotiation: VERSION and its JSON. */
 const PRE_NEGOTIATION_MAX = 64 * 1024;
 /**
@@ -119,6 +123,8 @@ export class Connection implements DeviceHost {
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
+  /** Eventfds handed out by DEVICE_GET_REGION_IO_FDS, per region, with their watches. */
+  private readonly ioFds = new Map<number, { fd: number; poll: PollHandle }[]>();
   /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
   private unsettled = 0;
   private settledWaiters: (() => void)[] = [];
@@ -407,8 +413,47 @@ export class Connection implements DeviceHost {
     const req = msg.decodeRegionIoFdsRequest(p);
     check(req.argsz >= msg.REGION_IO_FDS_SIZE, 'EINVAL', `DEVICE_GET_REGION_IO_FDS argsz ${req.argsz} is below ${msg.REGION_IO_FDS_SIZE}`);
     this.region(req.index);
-    // No region offers I/O descriptors: an empty list tells the client to use messages.
-    this.reply(h, msg.encodeRegionIoFds({ argsz: msg.REGION_IO_FDS_SIZE, flags: 0, index: req.index, count: 0, subregions: [] }));
+    const registers = req.index <= RegionIndex.BAR5 ? this.device.ioeventfds(req.index) : [];
+    const argsz = msg.REGION_IO_FDS_SIZE + msg.IO_FD_SUBREGION_SIZE * registers.length;
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs (an empty list: use messages).
+    if (req.argsz < argsz || registers.length === 0) {
+      return this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions: [] }));
+    }
+    check(registers.length <= this.limits!.maxMsgFds, 'E2BIG', `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`);
+    const fds = this.ioEventfds(req.index, registers);
+    const subregions = registers.map((r, i) => ({
+      offset: BigInt(r.offset),
+      size: BigInt(r.size),
+      fdIndex: i,
+      type: IoFdType.IOEVENTFD,
+      flags: r.value === undefined ? 0 : KVM_IOEVENTFD_FLAG_DATAMATCH,
+      data: BigInt(r.value ?? 0),
+    }));
+    this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions }), fds);
+  }
+
+  /** This connection's eventfds for the doorbells of a region, made on first request and watched: a ring is a write. */
+  private ioEventfds(index: number, registers: readonly { offset: number; size: number; value?: number }[]): number[] {
+    let made = this.ioFds.get(index);
+    if (!made) {
+      made = registers.map((r) => {
+        const fd = native.eventfd(0, true);
+        const data = Buffer.alloc(r.size);
+        data.writeUIntLE((r.value ?? 0) & (2 ** (8 * r.size) - 1), 0, r.size);
+        const poll = native.poll(fd, native.READABLE, () => {
+          if (native.eventfdRead(fd) <= 0) return;
+          try {
+            const done = this.device.regionWrite(index, r.offset, data);
+            if (done) done.catch((e: unknown) => this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`));
+          } catch (e) {
+            this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`);
+          }
+        });
+        return { fd, poll };
+      });
+      this.ioFds.set(index, made);
+    }
+    return made.map((m) => m.fd);
   }
 
   private irqInfo(h: Header, p: Buffer): void {
@@ -633,6 +678,13 @@ export class Connection implements DeviceHost {
     this.outstanding.clear();
     this.dma.unmapAll();
     this.irqs.releaseAll();
+    for (const list of this.ioFds.values()) {
+      for (const { fd, poll } of list) {
+        poll.close();
+        native.close(fd);
+      }
+    }
+    this.ioFds.clear();
     this.device.attach(undefined);
     const cb = this.onClosed;
     this.onClosed = undefined;
