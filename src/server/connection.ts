@@ -125,6 +125,9 @@ export class Connection implements DeviceHost {
   private onClosed: (() => void) | undefined;
   /** Eventfds handed out by DEVICE_GET_REGION_IO_FDS, per region, with their watches. */
   private readonly ioFds = new Map<number, { fd: number; poll: PollHandle }[]>();
+  /** Twin-socket mode: the channel of our requests to the client, and the client's end of it. */
+  private twin: Channel | undefined;
+  private twinPeer: number | undefined;
   /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
   private unsettled = 0;
   private settledWaiters: (() => void)[] = [];
@@ -337,6 +340,12 @@ export class Connection implements DeviceHost {
       ours.pgsizes = PAGE_SIZE;
     }
     if (theirs.writeMultiple !== undefined) ours.writeMultiple = theirs.writeMultiple;
+    // Twin-socket mode when the client offers it: our DMA requests and their replies get a socket of their own.
+    const fds: number[] = [];
+    if (theirs.twinSocket?.supported === true) {
+      fds.push(this.openTwin());
+      ours.twinSocket = { supported: true, fdIndex: 0 };
+    }
     this.limits = {
       maxMsgFds: peer.maxMsgFds,
       maxDataXferSize: Math.min(this.options.maxDataXferSize, peer.maxDataXferSize),
@@ -345,7 +354,36 @@ export class Connection implements DeviceHost {
       writeMultiple: theirs.writeMultiple === true,
     };
     this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.limits.maxDataXferSize);
-    this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }));
+    if (this.twin) this.twin.maxMessageSize = this.channel.maxMessageSize;
+    this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }), fds);
+  }
+
+  /**
+   * The server-to-client channel of twin-socket mode; returns the client's
+   * end, which we keep open until the connection closes: the VERSION reply
+   * carrying it may wait in the send buffer.
+   */
+  private openTwin(): number {
+    const [mine, theirs] = native.socketpair();
+    this.twinPeer = theirs;
+    this.twin = new Channel(
+      mine,
+      {
+        message: (h, p, fds) => {
+          if (isReply(h.flags)) return this.onReply(h, p, fds);
+          closeAll(fds);
+          this.log.warn(`client sent ${commandName(h.command)} on the server-to-client socket; closing the connection`);
+          this.channel.close();
+        },
+        framingError: (_h, e) => {
+          this.log.warn(`client broke framing on the server-to-client socket (${e.message}); closing the connection`);
+          this.channel.close();
+        },
+        closed: () => this.channel.close(),
+      },
+      { maxMessageSize: PRE_NEGOTIATION_MAX, maxPendingOutput: MAX_PENDING_OUTPUT },
+    );
+    return theirs;
   }
 
   private dmaMap(h: Header, p: Buffer, fds: number[]): void {
@@ -599,7 +637,7 @@ export class Connection implements DeviceHost {
     this.nextId = (this.nextId + 1) & 0xffff;
     return new Promise((resolve, reject) => {
       this.outstanding.set(id, { resolve, reject });
-      this.channel.send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
+      (this.twin ?? this.channel).send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
     });
   }
 
@@ -678,6 +716,9 @@ export class Connection implements DeviceHost {
     this.outstanding.clear();
     this.dma.unmapAll();
     this.irqs.releaseAll();
+    this.twin?.close();
+    if (this.twinPeer !== undefined) closeAll([this.twinPeer]);
+    this.twinPeer = undefined;
     for (const list of this.ioFds.values()) {
       for (const { fd, poll } of list) {
         poll.close();
