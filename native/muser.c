@@ -323,6 +323,23 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
+/* socketpair() -> [fd, fd]: a connected AF_UNIX stream pair, non-blocking and
+ * CLOEXEC (a server's end and a client's end of a second channel). Throws. */
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  (void)info;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) <
+      0) {
+    throw_errno(env, errno, "socketpair", NULL);
+    return NULL;
+  }
+  napi_value pair;
+  NAPI_OR_THROW(env, napi_create_array_with_length(env, 2, &pair));
+  NAPI_OR_THROW(env, napi_set_element(env, pair, 0, make_int(env, sv[0])));
+  NAPI_OR_THROW(env, napi_set_element(env, pair, 1, make_int(env, sv[1])));
+  return pair;
+}
+
 /* accept(fd) -> new fd or -errno */
 static napi_value js_accept(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
@@ -1207,6 +1224,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("listen", js_listen, NULL),
       METHOD("accept", js_accept, NULL),
       METHOD("connect", js_connect, NULL),
+      METHOD("socketpair", js_socketpair, NULL),
       METHOD("recvmsg", js_recvmsg, NULL),
       METHOD("sendmsg", js_sendmsg, NULL),
       METHOD("poll", js_poll, s),

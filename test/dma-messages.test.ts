@@ -9,7 +9,11 @@ import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, serve, type Server } from '../src/index.js';
 import { DMA_MESSAGE_DATA } from '../src/server/connection.js';
 import { native } from '../src/transport/native.js';
-import { tempDir, type TempDir } from './helpers.js';
+import { Command, Flag } from '../src/protocol/constants.js';
+import { decodeHeader, encodeMessage } from '../src/protocol/header.js';
+import * as msg from '../src/protocol/messages.js';
+import { rawMessage, RawConnection } from './fixtures/raw.js';
+import { tempDir, waitFor, type TempDir } from './helpers.js';
 
 const KIB = 1024;
 const GUEST = 0x100000;
@@ -35,6 +39,7 @@ const device = definePciDevice({
         if (op === 2) result = { data: await device.dma.read(GUEST + 10, 500 * KIB), views: device.dma.views(GUEST, 4096) };
         if (op === 3) await device.dma.scatter(ranges, pattern(total, 2));
         if (op === 4) result = { data: await device.dma.gather(ranges) };
+        if (op === 5) await device.dma.write(GUEST, Buffer.from('twin'));
       },
     },
   },
@@ -75,6 +80,51 @@ describe('DMA by message', () => {
       assert.ok(c.largestDma > 0 && c.largestDma <= DMA_MESSAGE_DATA, `largest DMA message ${c.largestDma} bytes, at most ${DMA_MESSAGE_DATA}`);
     } finally {
       c.close();
+    }
+  });
+
+  it('twin-socket mode: DMA requests and their replies go on a socket of their own', async () => {
+    const c = await Client.connect(dir.socket(), { capabilities: { maxMsgFds: 16, maxDataXferSize: 1 << 20, twinSocket: { supported: true } } });
+    try {
+      assert.equal(c.twinSocket, true);
+      assert.deepEqual(c.serverCapabilities.twinSocket, { supported: true, fdIndex: 0 });
+      const mem = await c.mapMemory(GUEST, SIZE, { shared: false });
+      await c.regionWrite(0, 0, Buffer.from([5, 0, 0, 0]));
+      assert.equal(mem.bytes.subarray(0, 4).toString(), 'twin');
+      await c.regionWrite(0, 0, Buffer.from([1, 0, 0, 0]));
+      await c.regionWrite(0, 0, Buffer.from([2, 0, 0, 0]));
+      assert.deepEqual(Buffer.from(result.data!), pattern(500 * KIB, 1), 'DMA reads and writes in pieces, on the twin socket');
+    } finally {
+      c.close();
+    }
+  });
+
+  it('twin-socket mode on the wire: the DMA_WRITE arrives on the second socket, nothing on the first until it is answered', async () => {
+    const raw = new RawConnection(dir.socket());
+    let twin = -1;
+    try {
+      const v = await raw.version('{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true}}}');
+      assert.equal(v.fds.length, 1, 'the VERSION reply carries the client end');
+      twin = v.fds[0];
+      assert.equal(JSON.parse(msg.decodeVersion(v.payload).json!).capabilities.twin_socket.fd_index, 0);
+      const map = await raw.request(Command.DMA_MAP, msg.encodeDmaMap({ argsz: msg.DMA_MAP_SIZE, flags: 3, offset: 0n, iova: BigInt(GUEST), size: 0x1000n }));
+      assert.equal(map.header.flags, Flag.REPLY);
+      await raw.send(rawMessage({ id: 77, command: Command.REGION_WRITE }, msg.encodeRegionAccess({ offset: 0, region: 0, count: 4, data: Buffer.from([5, 0, 0, 0]) })));
+      const buf = Buffer.alloc(4096);
+      const fds = new Int32Array(2);
+      let n = -native.errno.EAGAIN;
+      await waitFor(() => (n = native.recvmsg(twin, buf, 0, buf.length, fds)) !== -native.errno.EAGAIN, 2000, 'the DMA_WRITE on the twin socket');
+      const h = decodeHeader(buf);
+      assert.deepEqual([h.command, h.flags, h.size, n], [Command.DMA_WRITE, Flag.COMMAND, 16 + 16 + 4, 16 + 16 + 4]);
+      assert.equal(buf.subarray(32, 36).toString(), 'twin');
+      assert.ok(await raw.quietFor(50), 'the REGION_WRITE reply waits for the DMA');
+      const reply = encodeMessage({ id: h.id, command: Command.DMA_WRITE, flags: Flag.REPLY, error: 0 }, msg.encodeDmaWriteReply(BigInt(GUEST), 4));
+      native.sendmsg(twin, reply, 0, reply.length, null);
+      const done = await raw.next();
+      assert.deepEqual([done.header.id, done.header.flags], [77, Flag.REPLY]);
+    } finally {
+      if (twin >= 0) native.close(twin);
+      raw.close();
     }
   });
 

@@ -17,7 +17,7 @@ import { Client } from 'muser';
 const here = dirname(fileURLToPath(import.meta.url));
 if (process.argv.includes('--vm')) {
   const script = join(here, '..', '..', '..', 'scripts', 'e2e', 'run.sh');
-  process.exit(spawnSync('bash', [script, '--only', 'gpio'], { stdio: 'inherit' }).status ?? 1);
+  process.exit(spawnSync('bash', [script, '--only', 'gpio', '--', '--test-name-pattern=^gpio:'], { stdio: 'inherit' }).status ?? 1);
 }
 const cli = join(here, '..', '..', 'src', 'cli', 'main.js');
 const dir = mkdtempSync(join(tmpdir(), 'muser-demo-'));

@@ -159,6 +159,8 @@ export class Client {
   /** Requests waiting; while there are any, the socket keeps the process alive (an idle client does not). */
   private waiting = 0;
   private readonly memory: GuestMemory[] = [];
+  /** Twin-socket mode: the channel the server's requests come on. */
+  private twin: Channel | undefined;
   /** Largest DMA_READ or DMA_WRITE the server sent (bytes of guest memory), for tests. */
   largestDma = 0;
   private readonly interrupts: Interrupt[] = [];
@@ -196,9 +198,36 @@ export class Client {
   private async negotiate(caps: Capabilities): Promise<void> {
     const r = await this.request(Command.VERSION, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, json: formatCapabilities(caps) }));
     const v = msg.decodeVersion(r.payload);
-    if (v.major !== PROTOCOL_MAJOR || v.minor > PROTOCOL_MINOR) throw new Error(`server speaks vfio-user ${v.major}.${v.minor}, not ${PROTOCOL_MAJOR}.${PROTOCOL_MINOR}`);
-    this.serverCapabilities = parseCapabilities(v.json);
-    this.limits = negotiated(this.serverCapabilities);
+    let fds = r.fds;
+    try {
+      if (v.major !== PROTOCOL_MAJOR || v.minor > PROTOCOL_MINOR) throw new Error(`server speaks vfio-user ${v.major}.${v.minor}, not ${PROTOCOL_MAJOR}.${PROTOCOL_MINOR}`);
+      this.serverCapabilities = parseCapabilities(v.json);
+      this.limits = negotiated(this.serverCapabilities);
+      const twin = this.serverCapabilities.twinSocket;
+      if (caps.twinSocket?.supported && twin?.supported) {
+        // The spec: a server that enables the mode without a valid descriptor is inconsistent, and the client must hang up.
+        const fd = twin.fdIndex === undefined ? undefined : fds[twin.fdIndex];
+        if (fd === undefined) throw new Error('server enabled twin-socket mode without a descriptor for it');
+        fds = fds.filter((x) => x !== fd);
+        this.twin = new Channel(
+          fd,
+          {
+            message: (h, rx, at, f) => (isReply(h.flags) ? closeAll(f) : this.serve(h, rx.subarray(at + HEADER_SIZE, at + h.size), f, this.twin!)),
+            framingError: () => undefined,
+            closed: () => undefined,
+          },
+          { maxMessageSize: 64 * 1024 * 1024 },
+        );
+        this.twin.unref();
+      }
+    } finally {
+      closeAll(fds);
+    }
+  }
+
+  /** Whether the server's requests (DMA_READ, DMA_WRITE) come on a socket of their own (twin-socket mode). */
+  get twinSocket(): boolean {
+    return this.twin !== undefined;
   }
 
   // ---------------------------------------------------------------- requests
@@ -350,6 +379,21 @@ export class Client {
         continue;
       }
       return { ...info, capabilities: msg.decodeRegionCaps(info), fd: r.fds[0] };
+    }
+  }
+
+  /** The region's sub-regions that take eventfds (ioeventfds) instead of writes, and the eventfds, which the caller then owns. */
+  async regionIoFds(index: number): Promise<{ subregions: msg.IoFdSubregion[]; fds: number[] }> {
+    let argsz = msg.REGION_IO_FDS_SIZE;
+    for (;;) {
+      const r = await this.request(Command.DEVICE_GET_REGION_IO_FDS, msg.encodeRegionIoFdsRequest({ argsz, flags: 0, index, count: 0 }));
+      const info = msg.decodeRegionIoFds(r.payload);
+      if (info.argsz > argsz) {
+        closeAll(r.fds);
+        argsz = info.argsz;
+        continue;
+      }
+      return { subregions: info.subregions, fds: r.fds };
     }
   }
 
@@ -514,9 +558,9 @@ export class Client {
   }
 
   /** Answers the server's DMA_READ / DMA_WRITE from guest memory. */
-  private serve(h: Header, payload: Buffer, fds: number[]): void {
-    const reply = (p?: Buffer) => this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, p));
-    const fail = (errno: number) => this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
+  private serve(h: Header, payload: Buffer, fds: number[], channel = this.channel): void {
+    const reply = (p?: Buffer) => channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, p));
+    const fail = (errno: number) => channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
     try {
       if (fds.length > 0) throw new ProtocolError('EINVAL', 'server requests carry no descriptors');
       if (h.command === Command.DMA_READ) {
@@ -550,6 +594,7 @@ export class Client {
   /** Closes the connection, its interrupts and its guest memory. */
   close(): void {
     this.channel.close();
+    this.twin?.close();
     for (const i of this.interrupts.splice(0)) i.close();
     for (const m of this.memory.splice(0)) release(m);
   }

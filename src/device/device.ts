@@ -129,6 +129,11 @@ export class PciDevice<S extends object = object> {
     this.rom = spec.rom;
     specs.forEach((s, i) => {
       if (!s) return;
+      for (const r of s.ioeventfds ?? []) {
+        if (![1, 2, 4].includes(r.size) || r.offset % r.size || r.offset < 0 || r.offset + r.size > s.size) {
+          throw new RangeError(`BAR${i} of ${this.name}: ioeventfd register at 0x${r.offset.toString(16)} must be 1, 2 or 4 bytes, naturally aligned, inside the BAR`);
+        }
+      }
       const block = s.registers && registerBlock(s.registers);
       if (block && block.size > s.size) throw new RangeError(`BAR${i} of ${this.name} is ${s.size} bytes, but its registers reach 0x${block.size.toString(16)}`);
       this.bars[i] = { spec: s, size: s.size, memory: s.memory ? barMemory(this.name, i, s) : undefined, block };
@@ -312,6 +317,11 @@ export class PciDevice<S extends object = object> {
   };
 
   // ------------------------------------------------------------------ for the server
+
+  /** The doorbell registers BAR `index` offers to ring through eventfds (BarSpec.ioeventfds). */
+  ioeventfds(index: number): readonly { offset: number; size: AccessSize; value?: number }[] {
+    return this.bars[index]?.spec.ioeventfds ?? [];
+  }
 
   /** Connects the device to a client (or disconnects it with undefined), and tells the author. */
   attach(host: DeviceHost | undefined): void {

@@ -26,6 +26,14 @@ export interface BarSpec {
    * memory read and write it directly.
    */
   memory?: true | { areas: { offset: number; size: number }[] };
+  /**
+   * Doorbell-style registers a client may ring through an eventfd instead of
+   * a message (DEVICE_GET_REGION_IO_FDS; a VMM hands the eventfd to KVM as an
+   * ioeventfd). A ring reaches `write` as (offset, value ?? 0, size): the
+   * written value does not travel through an eventfd, so declare registers
+   * whose writes only mean "go", or give the one `value` that counts.
+   */
+  ioeventfds?: { offset: number; size: AccessSize; value?: number }[];
 }
 
 export type BarIndex = 0 | 1 | 2 | 3 | 4 | 5;

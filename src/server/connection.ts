@@ -15,6 +15,7 @@ import {
   Errno,
   Flag,
   HEADER_SIZE,
+  IoFdType,
   IrqIndex,
   IrqInfoFlag,
   PROTOCOL_MAJOR,
@@ -29,6 +30,7 @@ import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
+import { native, type PollHandle } from '../transport/native.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
 import type { PciDevice } from '../device/device.js';
 import { checkBacking, DmaMapTable } from './dma.js';
@@ -69,6 +71,8 @@ export const DMA_MESSAGE_DATA = 32 * 1024;
 const MAX_MSG_FDS = 16;
 const PAGE_SIZE = 4096;
 const EMPTY = new Uint8Array(0);
+/** KVM_IOEVENTFD_FLAG_DATAMATCH (<linux/kvm.h>): only a write of the given value rings. */
+const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
 /** Largest message before negotiation: VERSION and its JSON. */
 const PRE_NEGOTIATION_MAX = 64 * 1024;
 /**
@@ -126,6 +130,11 @@ export class Connection implements DeviceHost {
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
+  /** Eventfds handed out by DEVICE_GET_REGION_IO_FDS, per region, with their watches. */
+  private readonly ioFds = new Map<number, { fd: number; poll: PollHandle }[]>();
+  /** Twin-socket mode: the channel of our requests to the client, and the client's end of it. */
+  private twin: Channel | undefined;
+  private twinPeer: number | undefined;
   /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
   private unsettled = 0;
   private settledWaiters: (() => void)[] = [];
@@ -351,6 +360,12 @@ export class Connection implements DeviceHost {
       ours.pgsizes = PAGE_SIZE;
     }
     if (theirs.writeMultiple !== undefined) ours.writeMultiple = theirs.writeMultiple;
+    // Twin-socket mode when the client offers it: our DMA requests and their replies get a socket of their own.
+    const fds: number[] = [];
+    if (theirs.twinSocket?.supported === true) {
+      fds.push(this.openTwin());
+      ours.twinSocket = { supported: true, fdIndex: 0 };
+    }
     this.limits = {
       maxMsgFds: peer.maxMsgFds,
       maxDataXferSize: Math.min(this.options.maxDataXferSize, peer.maxDataXferSize),
@@ -359,7 +374,36 @@ export class Connection implements DeviceHost {
       writeMultiple: theirs.writeMultiple === true,
     };
     this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.limits.maxDataXferSize);
-    this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }));
+    if (this.twin) this.twin.maxMessageSize = this.channel.maxMessageSize;
+    this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }), fds);
+  }
+
+  /**
+   * The server-to-client channel of twin-socket mode; returns the client's
+   * end, which we keep open until the connection closes: the VERSION reply
+   * carrying it may wait in the send buffer.
+   */
+  private openTwin(): number {
+    const [mine, theirs] = native.socketpair();
+    this.twinPeer = theirs;
+    this.twin = new Channel(
+      mine,
+      {
+        message: (h, rx, at, fds) => {
+          if (isReply(h.flags)) return this.onReply(h, rx.subarray(at + HEADER_SIZE, at + h.size), fds);
+          closeAll(fds);
+          this.log.warn(`client sent ${commandName(h.command)} on the server-to-client socket; closing the connection`);
+          this.channel.close();
+        },
+        framingError: (_h, e) => {
+          this.log.warn(`client broke framing on the server-to-client socket (${e.message}); closing the connection`);
+          this.channel.close();
+        },
+        closed: () => this.channel.close(),
+      },
+      { maxMessageSize: PRE_NEGOTIATION_MAX, maxPendingOutput: MAX_PENDING_OUTPUT },
+    );
+    return theirs;
   }
 
   private dmaMap(h: Header, p: Buffer, fds: number[]): void {
@@ -427,8 +471,47 @@ export class Connection implements DeviceHost {
     const req = msg.decodeRegionIoFdsRequest(p);
     check(req.argsz >= msg.REGION_IO_FDS_SIZE, 'EINVAL', `DEVICE_GET_REGION_IO_FDS argsz ${req.argsz} is below ${msg.REGION_IO_FDS_SIZE}`);
     this.region(req.index);
-    // No region offers I/O descriptors: an empty list tells the client to use messages.
-    this.reply(h, msg.encodeRegionIoFds({ argsz: msg.REGION_IO_FDS_SIZE, flags: 0, index: req.index, count: 0, subregions: [] }));
+    const registers = req.index <= RegionIndex.BAR5 ? this.device.ioeventfds(req.index) : [];
+    const argsz = msg.REGION_IO_FDS_SIZE + msg.IO_FD_SUBREGION_SIZE * registers.length;
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs (an empty list: use messages).
+    if (req.argsz < argsz || registers.length === 0) {
+      return this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions: [] }));
+    }
+    check(registers.length <= this.limits!.maxMsgFds, 'E2BIG', `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`);
+    const fds = this.ioEventfds(req.index, registers);
+    const subregions = registers.map((r, i) => ({
+      offset: BigInt(r.offset),
+      size: BigInt(r.size),
+      fdIndex: i,
+      type: IoFdType.IOEVENTFD,
+      flags: r.value === undefined ? 0 : KVM_IOEVENTFD_FLAG_DATAMATCH,
+      data: BigInt(r.value ?? 0),
+    }));
+    this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions }), fds);
+  }
+
+  /** This connection's eventfds for the doorbells of a region, made on first request and watched: a ring is a write. */
+  private ioEventfds(index: number, registers: readonly { offset: number; size: number; value?: number }[]): number[] {
+    let made = this.ioFds.get(index);
+    if (!made) {
+      made = registers.map((r) => {
+        const fd = native.eventfd(0, true);
+        const data = Buffer.alloc(r.size);
+        data.writeUIntLE((r.value ?? 0) & (2 ** (8 * r.size) - 1), 0, r.size);
+        const poll = native.poll(fd, native.READABLE, () => {
+          if (native.eventfdRead(fd) <= 0) return;
+          try {
+            const done = this.device.regionWrite(index, r.offset, data);
+            if (done) done.catch((e: unknown) => this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`));
+          } catch (e) {
+            this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`);
+          }
+        });
+        return { fd, poll };
+      });
+      this.ioFds.set(index, made);
+    }
+    return made.map((m) => m.fd);
   }
 
   private irqInfo(h: Header, p: Buffer): void {
@@ -581,7 +664,7 @@ export class Connection implements DeviceHost {
     this.nextId = (this.nextId + 1) & 0xffff;
     return new Promise((resolve, reject) => {
       this.outstanding.set(id, { resolve, reject });
-      this.channel.send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
+      (this.twin ?? this.channel).send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
     });
   }
 
@@ -664,6 +747,16 @@ export class Connection implements DeviceHost {
     this.outstanding.clear();
     this.dma.unmapAll();
     this.irqs.releaseAll();
+    this.twin?.close();
+    if (this.twinPeer !== undefined) closeAll([this.twinPeer]);
+    this.twinPeer = undefined;
+    for (const list of this.ioFds.values()) {
+      for (const { fd, poll } of list) {
+        poll.close();
+        native.close(fd);
+      }
+    }
+    this.ioFds.clear();
     this.device.attach(undefined);
     const cb = this.onClosed;
     this.onClosed = undefined;

@@ -85,7 +85,12 @@ export class IrqTable {
       if (!selected(i)) continue;
       const vector = s.start + i;
       const v = vectors[vector];
-      if (action === IrqSetFlag.ACTION_TRIGGER) this.irq(s.index, vector);
+      if (action === IrqSetFlag.ACTION_TRIGGER) {
+        // A client's own trigger is one signal; it does not raise the device's INTx line.
+        const up = v.pending;
+        this.irq(s.index, vector);
+        if (s.index === IrqIndex.INTX) v.pending = up;
+      }
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;

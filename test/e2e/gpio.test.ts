@@ -30,7 +30,17 @@ describe('real VM: the GPIO card', () => {
     await qemu.waitForCheck('unplug-me');
     await qemu.qmp('device_del', { id: 'gpio' });
     await qemu.waitForCheck('plug-me');
-    await qemu.qmp('device_add', { driver: 'vfio-user-pci', id: 'gpio', bus: 'rp1', socket: { type: 'unix', path: server.socket } });
+    // The guest lets go of the card before QEMU has finished removing it: until then its ID is taken.
+    const add = { driver: 'vfio-user-pci', id: 'gpio', bus: 'rp1', socket: { type: 'unix', path: server.socket } };
+    for (let tries = 100; ; tries--) {
+      const error = await qemu.qmp('device_add', add).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      if (!error) break;
+      if (!/Duplicate device ID/.test(error.message) || tries === 0) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
     assert.equal(g.check('iin0'), '0 0 0 1 1 1 0 0 0 1 1 1');
     g.check('unplugged');
