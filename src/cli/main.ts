@@ -1,17 +1,20 @@
 #!/usr/bin/env node
 /**
- * `muser serve <device module> --socket <path>`: loads a device module and
- * serves its device over vfio-user until SIGINT or SIGTERM.
+ * The `muser` command: `serve` loads a device module and serves its device
+ * over vfio-user until SIGINT or SIGTERM; `replay` and `lspci` look at a
+ * device; `help` explains each of them.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, extname, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { PciDevice } from '../device/device.js';
 import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
+import { stopWithLauncher } from './launcher.js';
+import { LSPCI_USAGE, lspciCommand } from './lspci.js';
+import { loadDevice, UsageError } from './usage.js';
 
-const USAGE = `usage: muser serve <device module> --socket <path> [options]
+const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [options]
 
   <device module>   a JavaScript module whose default export (or export "device")
                     is a device made with definePciDevice()
@@ -28,38 +31,23 @@ Attach it to a VM with:
     -object memory-backend-memfd,id=mem,size=1G,share=on \\
     -device '{"driver":"vfio-user-pci","socket":{"path":"<path>","type":"unix"}}'`;
 
-const LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
+const COMMANDS: Record<string, { usage: string; run(argv: string[]): Promise<void> }> = {
+  serve: { usage: SERVE_USAGE, run: serveCommand },
+  lspci: { usage: LSPCI_USAGE, run: lspciCommand },
+};
 
-/** A mistake in how muser was invoked: printed as one line, exit status 2. */
-class UsageError extends Error {}
+const USAGE = `usage: muser <command> [arguments]
+
+  muser serve <device module> --socket <path>   serve a device to a vfio-user client such as QEMU
+  muser lspci <device module> | --socket <path> show config space as lspci -vvv decodes it
+  muser help <command>                          what a command takes
+  muser --version                               the version of muser`;
+
+const LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
 
 function version(): string {
   const pkg = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'package.json');
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
-}
-
-async function loadDevice(path: string): Promise<PciDevice> {
-  const file = resolve(path);
-  if (!existsSync(file)) throw new UsageError(`device module ${path} does not exist; give the path of a .js file that exports a device`);
-  if (['.ts', '.mts', '.cts'].includes(extname(file)) && !(process.features as { typescript?: unknown }).typescript) {
-    throw new UsageError(`${path} is TypeScript, which this Node.js cannot load; compile it (npx tsc) and pass the .js file`);
-  }
-  let mod: Record<string, unknown>;
-  try {
-    mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
-  } catch (e) {
-    throw new UsageError(`device module ${path} failed to load: ${(e as Error).message}`);
-  }
-  const candidates = [mod.default, mod.device, ...Object.values(mod)];
-  // Duck-typed: the module may import its own copy of muser.
-  const device = candidates.find((x): x is PciDevice => x instanceof PciDevice || isDeviceLike(x));
-  if (!device) throw new UsageError(`device module ${path} exports no device; export default definePciDevice({...})`);
-  return device;
-}
-
-function isDeviceLike(x: unknown): boolean {
-  const d = x as Partial<PciDevice> | undefined;
-  return typeof d === 'object' && d !== null && typeof d.regionRead === 'function' && typeof d.attach === 'function' && Array.isArray(d.regions);
 }
 
 /** A whole-number option, or undefined when not given. */
@@ -73,6 +61,26 @@ function count(values: Record<string, unknown>, name: string, min: number): numb
 }
 
 async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  if (command === undefined) {
+    process.stderr.write(`${USAGE}\n`);
+    process.exit(2);
+  }
+  if (command === '--version' || command === '-v') return void console.log(version());
+  if (command === '--help' || command === '-h') return void console.log(USAGE);
+  if (command === 'help') {
+    if (rest.length === 0) return void console.log(USAGE);
+    const topic = COMMANDS[rest[0]];
+    if (!topic) throw new UsageError(`there is no command "${rest[0]}"; the commands are ${Object.keys(COMMANDS).join(', ')}`);
+    return void console.log(topic.usage);
+  }
+  const chosen = COMMANDS[command];
+  if (!chosen) throw new UsageError(`unknown command "${command}"; the commands are ${Object.keys(COMMANDS).join(', ')} (muser --help)`);
+  if (rest.includes('--help') || rest.includes('-h')) return void console.log(chosen.usage);
+  await chosen.run(rest);
+}
+
+async function serveCommand(argv: string[]): Promise<void> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -86,19 +94,14 @@ async function main(argv: string[]): Promise<void> {
         'max-data-xfer-size': { type: 'string' },
         'max-queued-commands': { type: 'string' },
         'handler-timeout': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
       },
     });
   } catch (e) {
     // Node's parser explains at length; its first sentence is what the person needs.
-    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser --help for the options`);
+    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser help serve for the options`);
   }
   const { values, positionals } = parsed;
-  if (values.version) return void console.log(version());
-  if (values.help || positionals.length === 0) return void console.log(USAGE);
-  const [command, modulePath, ...extra] = positionals;
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}"; the command is: muser serve <device module> --socket <path>`);
+  const [modulePath, ...extra] = positionals;
   if (!modulePath) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
   if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"; muser serve takes one device module`);
   if (!values.socket) throw new UsageError('muser serve needs --socket <path>: where the vfio-user client will connect');
@@ -135,6 +138,7 @@ async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  stopWithLauncher(stop);
   console.log(`muser: serving ${device.name} on ${server.socket}`);
 }
 

@@ -15,7 +15,6 @@ import {
   IrqSetFlag,
   PROTOCOL_MAJOR,
   PROTOCOL_MINOR,
-  RegionIndex,
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
@@ -24,6 +23,7 @@ import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
 import { native } from '../transport/native.js';
+import { ClientConfig } from './config.js';
 
 /** An error reply from the server. */
 export class VfioUserError extends Error {
@@ -377,11 +377,8 @@ export class Client {
     return msg.decodeWriteMultiReply(r.payload);
   }
 
-  /** Little-endian config space accessors (region 7). */
-  readonly config = {
-    read: async (offset: number, size: 1 | 2 | 4): Promise<number> => readLE(await this.regionRead(RegionIndex.CONFIG, offset, size)),
-    write: (offset: number, size: 1 | 2 | 4, value: number): Promise<void> => this.regionWrite(RegionIndex.CONFIG, offset, writeLE(size, value)),
-  };
+  /** Config space (region 7): little-endian reads and writes, capabilities, MSI and MSI-X enable. */
+  readonly config: ClientConfig = new ClientConfig(this);
 
   async reset(): Promise<void> {
     await this.request(Command.DEVICE_RESET);
@@ -499,13 +496,4 @@ function release(mem: GuestMemory): void {
     native.munmap(mem.bytes.buffer as ArrayBuffer);
     native.close(mem.fd);
   }
-}
-
-function readLE(b: Buffer): number {
-  return b.length === 1 ? b[0] : b.length === 2 ? b.readUInt16LE(0) : b.readUInt32LE(0);
-}
-function writeLE(size: 1 | 2 | 4, value: number): Buffer {
-  const b = Buffer.alloc(size);
-  b.writeUIntLE(size === 4 ? value >>> 0 : value & ((1 << (8 * size)) - 1), 0, size);
-  return b;
 }
