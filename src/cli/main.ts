@@ -12,7 +12,7 @@ import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
 import { stopWithLauncher } from './launcher.js';
 import { LSPCI_USAGE, lspciCommand } from './lspci.js';
-import { loadDevice, UsageError } from './usage.js';
+import { loadDevice, optionalValue, UsageError } from './usage.js';
 
 const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [options]
 
@@ -25,6 +25,8 @@ const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [options
   --max-data-xfer-size <n>    largest region or DMA transfer in one message (default 1048576)
   --max-queued-commands <n>   commands that may wait behind a slow handler (default 4096)
   --handler-timeout <ms>      answer a handler still running after this with ETIMEDOUT (default 4000; 0: never)
+  --trace [file]    print every command and region access to stderr; with a file, write
+                    them there as JSON lines (what muser replay reads)
 
 Attach it to a VM with:
   qemu-system-x86_64 ... -machine memory-backend=mem \\
@@ -80,7 +82,8 @@ async function main(argv: string[]): Promise<void> {
   await chosen.run(rest);
 }
 
-async function serveCommand(argv: string[]): Promise<void> {
+async function serveCommand(args: string[]): Promise<void> {
+  const { rest: argv, value: trace } = optionalValue(args, 'trace');
   let parsed;
   try {
     parsed = parseArgs({
@@ -126,6 +129,7 @@ async function serveCommand(argv: string[]): Promise<void> {
       socket: values.socket,
       mode,
       log,
+      trace,
       ...limits,
     });
   } catch (e) {

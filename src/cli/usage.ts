@@ -31,3 +31,25 @@ function isDeviceLike(x: unknown): boolean {
   const d = x as Partial<PciDevice> | undefined;
   return typeof d === 'object' && d !== null && typeof d.regionRead === 'function' && typeof d.attach === 'function' && Array.isArray(d.regions);
 }
+
+/**
+ * Takes `--name [VALUE]` out of `argv` (node's parser has no optional
+ * values): VALUE is the next argument unless it starts with '-';
+ * `--name=VALUE` works too. True when given without a value.
+ */
+export function optionalValue(argv: string[], name: string): { rest: string[]; value: string | true | undefined } {
+  const rest: string[] = [];
+  let value: string | true | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === `--${name}`) {
+      const next = argv[i + 1];
+      if (next !== undefined && !next.startsWith('-')) {
+        value = next;
+        i++;
+      } else value = true;
+    } else if (arg.startsWith(`--${name}=`)) value = arg.slice(name.length + 3);
+    else rest.push(arg);
+  }
+  return { rest, value };
+}

@@ -207,7 +207,7 @@ export class Connection implements DeviceHost {
   }
 
   /** Answers a command; returns a Promise when the answer waits for the device. */
-  private execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
+  protected execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
     try {
       // Checks on the per-message path build their message only when they fail.
       if ((h.flags & Flag.TYPE_MASK) !== Flag.COMMAND) throw new ProtocolError('EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
@@ -442,7 +442,7 @@ export class Connection implements DeviceHost {
   }
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
-  private replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
+  protected replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
     const at = this.channel.reserve(size);
@@ -487,12 +487,12 @@ export class Connection implements DeviceHost {
 
   // ---------------------------------------------------------------- replies
 
-  private reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+  protected reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
   }
 
-  private replyError(h: Header, errno: number): void {
+  protected replyError(h: Header, errno: number): void {
     if (this.isAbandoned(h)) return;
     // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));

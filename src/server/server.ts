@@ -7,6 +7,8 @@ import { native, type PollHandle } from '../transport/native.js';
 import type { PciDevice } from '../device/device.js';
 import { Connection, defaultLimits, type Limits } from './connection.js';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
+import { fileTrace, terminalTrace, type TraceOption, type TraceWriter } from '../trace/trace.js';
+import { TracedConnection } from './traced-connection.js';
 
 export interface ServeOptions extends Partial<Limits> {
   /** Path of the UNIX socket to create. */
@@ -15,6 +17,12 @@ export interface ServeOptions extends Partial<Limits> {
   mode?: number;
   /** A Logger, or a level for the default stderr logger (default 'warn'). */
   log?: Logger | LogLevel;
+  /**
+   * Trace every command and region access: true writes readable lines to
+   * stderr, a path writes JSON lines to that file (what `muser replay`
+   * reads), a function receives each event. Off by default, and free when off.
+   */
+  trace?: TraceOption;
 }
 
 /** Thrown for mistakes in how serve() was called (bad path, socket in use): one sentence, no stack needed. */
@@ -32,6 +40,8 @@ export class Server {
   private readonly log: Logger;
   private closing = false;
   private idleWaiters: (() => void)[] = [];
+  private readonly trace: TraceWriter | undefined;
+  private readonly traceEpoch = process.hrtime.bigint();
   /** Clients served so far. */
   connections = 0;
 
@@ -45,6 +55,7 @@ export class Server {
       maxQueuedCommands: options.maxQueuedCommands ?? defaultLimits.maxQueuedCommands,
       handlerTimeoutMs: options.handlerTimeoutMs ?? defaultLimits.handlerTimeoutMs,
     };
+    this.trace = traceWriter(options.trace);
     removeStaleSocket(this.socket);
     try {
       this.listenFd = native.listen(this.socket, options.mode ?? 0o600, 16);
@@ -78,11 +89,14 @@ export class Server {
       }
       this.connections++;
       this.log.info(`client connected to ${this.device.name}`);
-      this.active = new Connection(fd, this.device, this.limits, this.log, () => {
+      const closed = () => {
         this.active = undefined;
         this.log.info(`client disconnected from ${this.device.name}`);
         for (const w of this.idleWaiters.splice(0)) w();
-      });
+      };
+      this.active = this.trace
+        ? new TracedConnection({ sink: this.trace.sink, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
+        : new Connection(fd, this.device, this.limits, this.log, closed);
     }
   }
 
@@ -98,6 +112,18 @@ export class Server {
       // already removed
     }
     this.active?.close();
+    this.trace?.close();
+  }
+}
+
+function traceWriter(option: TraceOption | undefined): TraceWriter | undefined {
+  if (option === undefined || option === false) return undefined;
+  if (option === true) return terminalTrace();
+  if (typeof option === 'function') return { sink: option, close: () => undefined };
+  try {
+    return fileTrace(option);
+  } catch (e) {
+    throw new ServeError(`cannot write the trace to ${option}: ${(e as Error).message}`);
   }
 }
 

@@ -1,0 +1,157 @@
+/**
+ * A Connection that reports each command to a trace sink. Tracing is a
+ * subclass rather than a flag so that an untraced connection runs exactly
+ * the code it runs without tracing: no test on the per-message path.
+ */
+import { Command, commandName, errnoName, Flag, IrqSetFlag } from '../protocol/constants.js';
+import type { Header } from '../protocol/header.js';
+import * as msg from '../protocol/messages.js';
+import type { PciDevice } from '../device/device.js';
+import { regionName, traceValue, type TraceAccess, type TraceEvent, type TraceSink } from '../trace/trace.js';
+import { Connection } from './connection.js';
+
+interface Entry {
+  event: TraceEvent;
+  start: bigint;
+  answered: boolean;
+}
+
+/** Register names come from the register engine when the device has one. */
+interface NamedRegisters {
+  registerName?(region: number, offset: number): string | undefined;
+}
+
+const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
+const hex64 = (v: bigint): string => `0x${v.toString(16)}`;
+
+export class TracedConnection extends Connection {
+  private readonly entries = new Map<Header, Entry>();
+  private readonly sink: TraceSink;
+  private readonly traced: PciDevice & NamedRegisters;
+  private readonly epoch: bigint;
+
+  constructor(trace: { sink: TraceSink; device: PciDevice; epoch: bigint }, ...args: ConstructorParameters<typeof Connection>) {
+    super(...args);
+    this.sink = trace.sink;
+    this.traced = trace.device;
+    this.epoch = trace.epoch;
+  }
+
+  protected override execute(h: Header, p: Buffer, fds: number[]): Promise<void> | undefined {
+    const start = process.hrtime.bigint();
+    const event: TraceEvent = { t: Number(start - this.epoch) / 1e6, id: h.id, command: commandName(h.command), us: 0, request: hex(p) };
+    if (h.flags & Flag.NO_REPLY) event.posted = true;
+    if (fds.length > 0) event.fds = fds.length;
+    // Described before running: a handler may keep the payload's view of the receive buffer only until it returns.
+    this.describe(event, h.command, p);
+    const entry: Entry = { event, start, answered: false };
+    this.entries.set(h, entry);
+    const pending = super.execute(h, p, fds);
+    if (!pending) return this.finish(h, entry);
+    return pending.then(() => this.finish(h, entry));
+  }
+
+  protected override reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+    super.reply(h, payload, fds);
+    this.answered(h, payload && hex(payload));
+  }
+
+  protected override replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
+    super.replyAccess(h, a, data);
+    const entry = this.entries.get(h);
+    if (entry && data && !entry.answered) entry.event.value = traceValue(data);
+    // The reply payload is the access header (offset, region, count) and the data read.
+    const head = Buffer.alloc(msg.REGION_ACCESS_SIZE);
+    head.writeBigUInt64LE(BigInt(a.offset), 0);
+    head.writeUInt32LE(a.region, 8);
+    head.writeUInt32LE(a.count, 12);
+    this.answered(h, hex(head) + (data ? hex(data) : ''));
+  }
+
+  protected override replyError(h: Header, errno: number): void {
+    super.replyError(h, errno);
+    const entry = this.entries.get(h);
+    if (entry) {
+      if (!entry.answered) entry.event.error = errnoName(errno);
+      entry.answered = true;
+      return;
+    }
+    // Outside any command: a message that broke framing.
+    this.sink({ t: this.now(), id: h.id, command: commandName(h.command), us: 0, error: errnoName(errno), request: '' });
+  }
+
+  private answered(h: Header, reply: string | undefined): void {
+    const entry = this.entries.get(h);
+    if (!entry || entry.answered) return;
+    entry.answered = true;
+    if (reply !== undefined) entry.event.reply = reply;
+  }
+
+  private finish(h: Header, entry: Entry): undefined {
+    this.entries.delete(h);
+    const e = entry.event;
+    e.us = Number(process.hrtime.bigint() - entry.start) / 1e3;
+    if (h.command === Command.VERSION && !e.error && this.negotiated) e.negotiated = { ...this.negotiated };
+    try {
+      this.sink(e);
+    } catch {
+      // A sink that fails (a full disk) must not take the connection down.
+    }
+    return undefined;
+  }
+
+  private now(): number {
+    return Number(process.hrtime.bigint() - this.epoch) / 1e6;
+  }
+
+  private access(region: number, offset: number, size: number, data?: Uint8Array): TraceAccess {
+    const a: TraceAccess = { region: regionName(region), offset, size };
+    if (data && data.length > 0) a.value = traceValue(data);
+    const name = this.registerName(region, offset);
+    if (name) a.register = name;
+    return a;
+  }
+
+  private registerName(region: number, offset: number): string | undefined {
+    try {
+      return this.traced.registerName?.(region, offset);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Adds what the command is about; a payload that does not decode is left to the command's own error reply. */
+  private describe(e: TraceEvent, command: number, p: Buffer): void {
+    try {
+      switch (command) {
+        case Command.REGION_READ:
+        case Command.REGION_WRITE: {
+          const a = msg.decodeRegionAccess(p, command === Command.REGION_WRITE);
+          Object.assign(e, this.access(a.region, a.offset, a.count, command === Command.REGION_WRITE ? a.data : undefined));
+          break;
+        }
+        case Command.REGION_WRITE_MULTI:
+          e.writes = msg.decodeRegionWriteMulti(p).map((w) => this.access(w.region, w.offset, w.count, w.data.subarray(0, w.count)));
+          break;
+        case Command.DMA_MAP: {
+          const m = msg.decodeDmaMap(p);
+          e.dma = { iova: hex64(m.iova), size: hex64(m.size), offset: hex64(m.offset), flags: m.flags };
+          break;
+        }
+        case Command.DMA_UNMAP: {
+          const u = msg.decodeDmaUnmap(p);
+          e.dma =
+            u.flags & msg.DMA_UNMAP_ALL ? { iova: hex64(u.iova), size: hex64(u.size), flags: u.flags, all: true } : { iova: hex64(u.iova), size: hex64(u.size), flags: u.flags };
+          break;
+        }
+        case Command.DEVICE_SET_IRQS: {
+          const s = msg.decodeSetIrqs(p);
+          e.irqs = { index: s.index, start: s.start, count: s.count, flags: s.flags & (IrqSetFlag.DATA_TYPE_MASK | IrqSetFlag.ACTION_TYPE_MASK) };
+          break;
+        }
+      }
+    } catch {
+      // The command itself answers with the error.
+    }
+  }
+}
