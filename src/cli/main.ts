@@ -12,6 +12,7 @@ import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
 import { stopWithLauncher } from './launcher.js';
 import { LSPCI_USAGE, lspciCommand } from './lspci.js';
+import { REPLAY_USAGE, replayCommand } from './replay.js';
 import { loadDevice, optionalValue, UsageError } from './usage.js';
 
 const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [options]
@@ -35,12 +36,14 @@ Attach it to a VM with:
 
 const COMMANDS: Record<string, { usage: string; run(argv: string[]): Promise<void> }> = {
   serve: { usage: SERVE_USAGE, run: serveCommand },
+  replay: { usage: REPLAY_USAGE, run: replayCommand },
   lspci: { usage: LSPCI_USAGE, run: lspciCommand },
 };
 
 const USAGE = `usage: muser <command> [arguments]
 
   muser serve <device module> --socket <path>   serve a device to a vfio-user client such as QEMU
+  muser replay <trace file> <device module>     replay a recorded session, report replies that differ
   muser lspci <device module> | --socket <path> show config space as lspci -vvv decodes it
   muser help <command>                          what a command takes
   muser --version                               the version of muser`;

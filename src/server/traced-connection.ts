@@ -21,6 +21,9 @@ interface NamedRegisters {
   registerName?(region: number, offset: number): string | undefined;
 }
 
+/** Guest memory reads up to this size keep their bytes in the trace; bulk data is left out. */
+const MAX_RECORDED_READ = 4096;
+
 const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
 const hex64 = (v: bigint): string => `0x${v.toString(16)}`;
 
@@ -59,7 +62,7 @@ export class TracedConnection extends Connection {
   protected override replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
     super.replyAccess(h, a, data);
     const entry = this.entries.get(h);
-    if (entry && data && !entry.answered) entry.event.value = traceValue(data);
+    if (entry && data && !entry.answered && !(h.flags & Flag.NO_REPLY)) entry.event.value = traceValue(data);
     // The reply payload is the access header (offset, region, count) and the data read.
     const head = Buffer.alloc(msg.REGION_ACCESS_SIZE);
     head.writeBigUInt64LE(BigInt(a.offset), 0);
@@ -77,12 +80,41 @@ export class TracedConnection extends Connection {
       return;
     }
     // Outside any command: a message that broke framing.
-    this.sink({ t: this.now(), id: h.id, command: commandName(h.command), us: 0, error: errnoName(errno), request: '' });
+    this.emit({ t: this.now(), id: h.id, command: commandName(h.command), us: 0, error: errnoName(errno), request: '' });
+  }
+
+  // Guest memory the device reads (small reads: queue entries, descriptors) goes into the trace, for replay.
+  override async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
+    const data = await super.dmaRead(iova, length);
+    this.memoryRead(iova, [data]);
+    return data;
+  }
+
+  override dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
+    const views = super.dmaViews(iova, length, write);
+    if (views && !write) this.memoryRead(iova, views);
+    return views;
+  }
+
+  private memoryRead(iova: bigint, pieces: Uint8Array[]): void {
+    const size = pieces.reduce((n, p) => n + p.length, 0);
+    const event: TraceEvent = { t: this.now(), id: 0, command: 'DMA_READ', us: 0, request: '', dma: { iova: hex64(iova), size: hex64(BigInt(size)), flags: 0 } };
+    if (size <= MAX_RECORDED_READ) event.memory = pieces.map(hex).join('');
+    this.emit(event);
+  }
+
+  private emit(event: TraceEvent): void {
+    try {
+      this.sink(event);
+    } catch {
+      // A sink that fails (a full disk) must not take the connection down.
+    }
   }
 
   private answered(h: Header, reply: string | undefined): void {
     const entry = this.entries.get(h);
-    if (!entry || entry.answered) return;
+    // A posted command is "answered" by the code path that would reply; nothing goes out.
+    if (!entry || entry.answered || h.flags & Flag.NO_REPLY) return;
     entry.answered = true;
     if (reply !== undefined) entry.event.reply = reply;
   }
@@ -92,11 +124,7 @@ export class TracedConnection extends Connection {
     const e = entry.event;
     e.us = Number(process.hrtime.bigint() - entry.start) / 1e3;
     if (h.command === Command.VERSION && !e.error && this.negotiated) e.negotiated = { ...this.negotiated };
-    try {
-      this.sink(e);
-    } catch {
-      // A sink that fails (a full disk) must not take the connection down.
-    }
+    this.emit(e);
     return undefined;
   }
 

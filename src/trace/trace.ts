@@ -43,7 +43,12 @@ export interface TraceEvent extends Partial<TraceAccess> {
   irqs?: { index: number; start: number; count: number; flags: number };
   /** REGION_WRITE_MULTI: each write. */
   writes?: TraceAccess[];
-  /** The command's payload, hex. */
+  /**
+   * DMA_READ events are the device reading guest memory (directly or by
+   * message), as it happens: the bytes it read, hex, for reads of up to 4 KiB.
+   */
+  memory?: string;
+  /** The command's payload, hex (empty for DMA_READ events). */
   request: string;
   /** The reply's payload, hex (absent for posted commands and error replies). */
   reply?: string;
@@ -78,7 +83,8 @@ function access(a: TraceAccess): string {
 
 /** One readable line per event. */
 export function formatEvent(e: TraceEvent): string {
-  const head = `${e.t.toFixed(3).padStart(10)} #${String(e.id).padEnd(5)} ${e.command.padEnd(22)}`;
+  const id = e.command === 'DMA_READ' ? '' : `#${e.id}`;
+  const head = `${e.t.toFixed(3).padStart(10)} ${id.padEnd(6)} ${e.command.padEnd(22)}`;
   const parts: string[] = [];
   if (e.region !== undefined) parts.push(`${e.command === 'REGION_READ' ? '' : '<- '}${access(e as TraceAccess)}`);
   if (e.writes) parts.push(e.writes.map((w) => `<- ${access(w)}`).join(', '));
@@ -91,8 +97,10 @@ export function formatEvent(e: TraceEvent): string {
   if (e.dma) {
     const d = e.dma;
     if (d.all) parts.push('all ranges');
+    else if (e.command === 'DMA_READ') parts.push(`device read iova ${d.iova} size ${d.size}`);
     else parts.push(`iova ${d.iova} size ${d.size}${d.offset !== undefined ? ` offset ${d.offset}` : ''} flags ${d.flags}`);
   }
+  if (e.command === 'DMA_READ' && e.memory) parts.push(e.memory.length > 32 ? `${e.memory.slice(0, 32)}…` : e.memory);
   if (e.command === 'DMA_MAP') parts.push(e.fds ? 'with a descriptor' : 'without a descriptor (DMA by message)');
   if (e.irqs) parts.push(`index ${e.irqs.index} vectors ${e.irqs.start}+${e.irqs.count} flags 0x${e.irqs.flags.toString(16)}${e.fds ? `, ${e.fds} eventfds` : ''}`);
   if (e.posted) parts.push('(posted)');
