@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { serve, ServeError } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
+import { inspect, type Inspector } from '../inspect/inspector.js';
 import { stopWithLauncher } from './launcher.js';
 import { LSPCI_USAGE, lspciCommand } from './lspci.js';
 import { REPLAY_USAGE, replayCommand } from './replay.js';
@@ -26,6 +27,8 @@ const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [options
   --max-data-xfer-size <n>    largest region or DMA transfer in one message (default 1048576)
   --max-queued-commands <n>   commands that may wait behind a slow handler (default 4096)
   --handler-timeout <ms>      answer a handler still running after this with ETIMEDOUT (default 4000; 0: never)
+  --inspect [port]  serve a page on http://127.0.0.1:<port>/ (default: a free port) that
+                    shows the device live: config space, registers, DMA maps, interrupts, trace
   --trace [file]    print every command and region access to stderr; with a file, write
                     them there as JSON lines (what muser replay reads)
 
@@ -86,7 +89,11 @@ async function main(argv: string[]): Promise<void> {
 }
 
 async function serveCommand(args: string[]): Promise<void> {
-  const { rest: argv, value: trace } = optionalValue(args, 'trace');
+  const { rest: withoutTrace, value: trace } = optionalValue(args, 'trace');
+  const { rest: argv, value: inspectPort } = optionalValue(withoutTrace, 'inspect');
+  if (typeof inspectPort === 'string' && (!/^\d+$/.test(inspectPort) || Number(inspectPort) > 65535)) {
+    throw new UsageError(`--inspect ${inspectPort} is not a port number (0 to 65535)`);
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -139,9 +146,19 @@ async function serveCommand(args: string[]): Promise<void> {
     if (e instanceof ServeError) throw new UsageError(e.message);
     throw e;
   }
+  let inspector: Inspector | undefined;
+  if (inspectPort !== undefined) {
+    try {
+      inspector = await inspect(server, { port: inspectPort === true ? 0 : Number(inspectPort) });
+    } catch (e) {
+      await server.close();
+      throw new UsageError(`cannot serve the inspector on 127.0.0.1:${inspectPort === true ? 0 : inspectPort}: ${(e as Error).message}`);
+    }
+    console.log(`muser: inspector on ${inspector.url}`);
+  }
   // Handlers first, then the line that tells a supervisor we are ready: a signal sent on seeing it must find them.
   const stop = (): void => {
-    void server.close().then(() => process.exit(0));
+    void Promise.all([server.close(), inspector?.close()]).then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -7,7 +7,7 @@ import { native, type PollHandle } from '../transport/native.js';
 import type { PciDevice } from '../device/device.js';
 import { Connection, defaultLimits, type Limits } from './connection.js';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
-import { fileTrace, terminalTrace, type TraceOption, type TraceWriter } from '../trace/trace.js';
+import { fileTrace, terminalTrace, type TraceEvent, type TraceOption, type TraceSink, type TraceWriter } from '../trace/trace.js';
 import { TracedConnection } from './traced-connection.js';
 
 export interface ServeOptions extends Partial<Limits> {
@@ -40,7 +40,8 @@ export class Server {
   private readonly log: Logger;
   private closing = false;
   private idleWaiters: (() => void)[] = [];
-  private readonly trace: TraceWriter | undefined;
+  private readonly traceWriter: TraceWriter | undefined;
+  private readonly traceSinks = new Set<TraceSink>();
   private readonly traceEpoch = process.hrtime.bigint();
   /** Clients served so far. */
   connections = 0;
@@ -55,7 +56,8 @@ export class Server {
       maxQueuedCommands: options.maxQueuedCommands ?? defaultLimits.maxQueuedCommands,
       handlerTimeoutMs: options.handlerTimeoutMs ?? defaultLimits.handlerTimeoutMs,
     };
-    this.trace = traceWriter(options.trace);
+    this.traceWriter = traceWriter(options.trace);
+    if (this.traceWriter) this.traceSinks.add(this.traceWriter.sink);
     removeStaleSocket(this.socket);
     try {
       this.listenFd = native.listen(this.socket, options.mode ?? 0o600, 16);
@@ -94,11 +96,25 @@ export class Server {
         this.log.info(`client disconnected from ${this.device.name}`);
         for (const w of this.idleWaiters.splice(0)) w();
       };
-      this.active = this.trace
-        ? new TracedConnection({ sink: this.trace.sink, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
-        : new Connection(fd, this.device, this.limits, this.log, closed);
+      this.active =
+        this.traceSinks.size > 0
+          ? new TracedConnection({ sink: this.traceToSinks, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
+          : new Connection(fd, this.device, this.limits, this.log, closed);
     }
   }
+
+  /**
+   * Adds a receiver of trace events (the inspector page is one); clients that
+   * connect from now on are traced. Returns the function that removes it.
+   */
+  addTraceSink(sink: TraceSink): () => void {
+    this.traceSinks.add(sink);
+    return () => this.traceSinks.delete(sink);
+  }
+
+  private readonly traceToSinks = (event: TraceEvent): void => {
+    for (const sink of this.traceSinks) sink(event);
+  };
 
   /** Stops listening, drops the client, removes the socket file. The device stays usable. */
   async close(): Promise<void> {
@@ -112,7 +128,7 @@ export class Server {
       // already removed
     }
     this.active?.close();
-    this.trace?.close();
+    this.traceWriter?.close();
   }
 }
 

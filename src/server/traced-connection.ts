@@ -83,6 +83,14 @@ export class TracedConnection extends Connection {
     this.emit({ t: this.now(), id: h.id, command: commandName(h.command), us: 0, error: errnoName(errno), request: '' });
   }
 
+  override signal(index: number, vector: number): boolean {
+    const delivered = super.signal(index, vector);
+    const event: TraceEvent = { t: this.now(), id: 0, command: 'IRQ', us: 0, request: '', irqs: { index, start: vector, count: 1, flags: 0 } };
+    if (!delivered) event.held = true;
+    this.emit(event);
+    return delivered;
+  }
+
   // Guest memory the device reads (small reads: queue entries, descriptors) goes into the trace, for replay.
   override async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
     const data = await super.dmaRead(iova, length);

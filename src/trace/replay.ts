@@ -60,7 +60,8 @@ export async function replay(device: PciDevice, events: readonly TraceEvent[], o
     if (memory !== undefined) owned.push(memory.fd);
     const maps: Mapped[] = [];
     for (const [index, event] of events.entries()) {
-      if (event.command === 'DMA_READ' || (event.request === '' && event.command !== 'DEVICE_RESET')) continue; // not a command: a read of memory, an error outside any command
+      // Not commands: the device reading memory or raising an interrupt, an error outside any command.
+      if (event.command === 'DMA_READ' || event.command === 'IRQ' || (event.request === '' && event.command !== 'DEVICE_RESET')) continue;
       // What the device read after this command arrived, in place before it is sent: it may read while answering or just after.
       if (memory !== undefined) restoreMemory(events, index + 1, memory, maps);
       replayed++;
@@ -111,7 +112,7 @@ function decodeMapped(e: TraceEvent): Mapped {
 
 /** Writes the recorded DMA_READ bytes that follow position `from` (up to the next command) into guest memory. */
 function restoreMemory(events: readonly TraceEvent[], from: number, memory: { bytes: Buffer }, maps: readonly Mapped[]): void {
-  for (let i = from; i < events.length && events[i].command === 'DMA_READ'; i++) {
+  for (let i = from; i < events.length && (events[i].command === 'DMA_READ' || events[i].command === 'IRQ'); i++) {
     const e = events[i];
     if (!e.memory || !e.dma) continue;
     let iova = BigInt(e.dma.iova);

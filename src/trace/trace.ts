@@ -39,8 +39,10 @@ export interface TraceEvent extends Partial<TraceAccess> {
   negotiated?: { maxMsgFds: number; maxDataXferSize: number; maxDmaMaps: number; pgsizes: number; writeMultiple: boolean };
   /** DMA_MAP and DMA_UNMAP: the range (iova, size and offset in hex). */
   dma?: { iova: string; size: string; offset?: string; flags: number; all?: true };
-  /** DEVICE_SET_IRQS. */
+  /** DEVICE_SET_IRQS; for IRQ events, the index and vector (start) raised. */
   irqs?: { index: number; start: number; count: number; flags: number };
+  /** IRQ events are the device raising an interrupt: true when it was not delivered (masked, or no eventfd). */
+  held?: true;
   /** REGION_WRITE_MULTI: each write. */
   writes?: TraceAccess[];
   /**
@@ -83,7 +85,7 @@ function access(a: TraceAccess): string {
 
 /** One readable line per event. */
 export function formatEvent(e: TraceEvent): string {
-  const id = e.command === 'DMA_READ' ? '' : `#${e.id}`;
+  const id = e.command === 'DMA_READ' || e.command === 'IRQ' ? '' : `#${e.id}`;
   const head = `${e.t.toFixed(3).padStart(10)} ${id.padEnd(6)} ${e.command.padEnd(22)}`;
   const parts: string[] = [];
   if (e.region !== undefined) parts.push(`${e.command === 'REGION_READ' ? '' : '<- '}${access(e as TraceAccess)}`);
@@ -102,7 +104,9 @@ export function formatEvent(e: TraceEvent): string {
   }
   if (e.command === 'DMA_READ' && e.memory) parts.push(e.memory.length > 32 ? `${e.memory.slice(0, 32)}…` : e.memory);
   if (e.command === 'DMA_MAP') parts.push(e.fds ? 'with a descriptor' : 'without a descriptor (DMA by message)');
-  if (e.irqs) parts.push(`index ${e.irqs.index} vectors ${e.irqs.start}+${e.irqs.count} flags 0x${e.irqs.flags.toString(16)}${e.fds ? `, ${e.fds} eventfds` : ''}`);
+  if (e.command === 'IRQ' && e.irqs)
+    parts.push(`${['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'][e.irqs.index] ?? e.irqs.index} vector ${e.irqs.start}${e.held ? ' held (masked or no eventfd)' : ''}`);
+  else if (e.irqs) parts.push(`index ${e.irqs.index} vectors ${e.irqs.start}+${e.irqs.count} flags 0x${e.irqs.flags.toString(16)}${e.fds ? `, ${e.fds} eventfds` : ''}`);
   if (e.posted) parts.push('(posted)');
   const outcome = e.error ? `-> ${e.error}` : '';
   return `${head} ${[...parts, outcome].filter(Boolean).join('  ')}  ${e.us.toFixed(1)} µs`;
