@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, parseTrace, protocol, serve, type TraceEvent } from '../src/index.js';
-import { dist, startServer, tempDir, waitFor, type TempDir } from './helpers.js';
+import { dist, fixture, startServer, tempDir, waitFor, type TempDir } from './helpers.js';
 
 const { Errno } = protocol;
 
@@ -84,6 +84,36 @@ describe('trace', () => {
     assert.equal(outside.error, 'EINVAL');
     for (const e of events) assert.ok(e.us > 0 && e.us < 5e6 && e.t >= 0, `${e.command} timing ${e.us} µs at ${e.t} ms`);
     for (let i = 1; i < events.length; i++) assert.ok(events[i].t >= events[i - 1].t, 'events in order of arrival');
+  });
+
+  it('reports what the device read of guest memory and the interrupts it raised', async () => {
+    const { device } = (await import(fixture('test-device.js'))) as typeof import('./fixtures/test-device.js');
+    const events: TraceEvent[] = [];
+    const socket = dir.socket('dma.sock');
+    const server = await serve(device, { socket, log: 'silent', trace: (e) => events.push(e) });
+    const c = await Client.connect(socket);
+    try {
+      const mem = await c.mapMemory(0x100000, 0x1000);
+      mem.bytes.set([1, 2, 3, 4, 5], 0x10);
+      const intx = await c.irq(protocol.IrqIndex.INTX);
+      const le32 = (v: number) => Buffer.from(Uint32Array.of(v).buffer);
+      await c.regionWrite(0, 0x08, le32(0x100010));
+      await c.regionWrite(0, 0x10, le32(5));
+      await c.regionWrite(0, 0x14, le32(2)); // sum guest bytes, then raise interrupt 0
+      await intx.wait(0);
+      await waitFor(() => events.some((e) => e.command === 'IRQ'), 2000, 'the IRQ event');
+    } finally {
+      c.close();
+      await server.close();
+    }
+    const read = events.find((e) => e.command === 'DMA_READ');
+    assert.deepEqual(read?.dma, { iova: '0x100010', size: '0x5', flags: 0 });
+    assert.equal(read?.memory, '0102030405');
+    const irq = events.find((e) => e.command === 'IRQ');
+    assert.deepEqual(irq?.irqs, { index: protocol.IrqIndex.INTX, start: 0, count: 1, flags: 0 });
+    assert.equal(irq?.held, undefined, 'delivered');
+    const go = events.findIndex((e) => e.command === 'REGION_WRITE' && e.offset === 0x14);
+    assert.ok(events.indexOf(read!) < go, 'the read happened while the GO write was being answered, and is reported before it');
   });
 
   it('muser serve --trace FILE writes JSON lines; --trace alone writes readable lines to stderr', async () => {

@@ -88,3 +88,34 @@ describe('muser serve --inspect, in headless Chromium', () => {
     );
   });
 });
+
+describe('the inspector with a device that describes its registers', () => {
+  let dir: TempDir;
+  let server: ReturnType<typeof spawn>;
+  let page: Browser;
+  let client: Client;
+
+  before(async () => {
+    dir = tempDir();
+    server = spawn(process.execPath, [cli, 'serve', fixture('described-device.js'), '--socket', dir.socket(), '--inspect=0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor(() => out.includes('muser: serving') || server.exitCode !== null, 15_000, 'the server');
+    page = await openPage(/muser: inspector on (\S+)/.exec(out)![1]);
+  });
+  after(async () => {
+    client?.close();
+    await page?.close();
+    server.kill('SIGTERM');
+    dir.remove();
+  });
+
+  it('shows registers with their fields, and register names in the trace', async () => {
+    await until<boolean>(page, "document.getElementById('registers-section')?.hidden === false", (v) => v, 'the register panel');
+    client = await Client.connect(dir.socket());
+    await client.regionWrite(0, 0, le32(0x31));
+    const regs = await until<string>(page, "document.getElementById('registers').textContent", (v) => v.includes('0x00000031'), 'the new value');
+    assert.match(regs, /BAR00x000CONTROL0x00000031ENABLE\[0\]=0x1 MODE\[7:4\]=0x3/);
+    assert.match(await page.evaluate<string>("document.getElementById('trace').textContent"), /<- BAR0\+0x000\/4 0x00000031 CONTROL/);
+  });
+});
