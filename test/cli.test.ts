@@ -36,7 +36,7 @@ describe('muser serve', () => {
     assert.equal(bare.status, 2);
     assert.equal(bare.stdout, '');
     assert.match(bare.stderr, /^usage: muser <command>/);
-    for (const name of ['serve', 'lspci', 'help']) assert.match(bare.stderr, new RegExp(`muser ${name} `));
+    for (const name of ['serve', 'replay', 'lspci', 'help']) assert.match(bare.stderr, new RegExp(`muser ${name} `));
     const help = muser('--help');
     assert.equal(help.status, 0);
     assert.equal(help.stdout.trimEnd(), bare.stderr.trimEnd());
@@ -52,6 +52,10 @@ describe('muser serve', () => {
     assert.equal(lspci.status, 0);
     assert.match(lspci.stdout, /^usage: muser lspci <device module>/);
     assert.notEqual(lspci.stdout, serve.stdout);
+    assert.match(muser('help', 'replay').stdout, /^usage: muser replay <trace file> <device module>/);
+    assert.match(serve.stdout, /--trace \[file\]/);
+    assert.match(serve.stdout, /--inspect \[port\]/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--inspect', '70000'], /^muser: --inspect 70000 is not a port number \(0 to 65535\)$/);
     refuses(['help', 'start'], /^muser: there is no command "start"; the commands are serve, /);
   });
 
