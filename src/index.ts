@@ -7,6 +7,7 @@
 export * from './device/index.js';
 export { serve, Server, ServeError, type ServeOptions } from './server/server.js';
 export { formatEvent, parseTrace, type TraceAccess, type TraceEvent, type TraceOption, type TraceSink } from './trace/trace.js';
+export { replay, type ReplayDifference, type ReplayResult } from './trace/replay.js';
 export { inspect, type Inspector } from './inspect/inspector.js';
 export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
 export type { Limits } from './server/connection.js';

@@ -81,7 +81,10 @@ export async function inspect(server: Server, options: { port?: number } = {}): 
       removeSink();
       clearInterval(poll);
       for (const s of streams) s.end();
-      await new Promise<void>((resolve) => http.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+      // A browser keeps its connections open; the page is going away with the server.
+      http.closeAllConnections();
+      await closed;
     },
   };
 }
