@@ -7,7 +7,8 @@
  *
  * Guest memory is mapped as recorded and starts zeroed; what the device read
  * of it (reads of up to 4 KiB: queue entries, descriptors) is in the trace
- * and written back before the command after which it was read. Bulk data is
+ * and written back before the command that precedes the read in the trace is
+ * sent (the read happened during the command after it, or after it). Bulk data is
  * not recorded, so a device whose replies depend on it may differ.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
