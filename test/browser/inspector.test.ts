@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { Client } from '../../src/index.js';
 import { cli, fixture, tempDir, waitFor, type TempDir } from '../helpers.js';
@@ -50,6 +52,25 @@ describe('muser serve --inspect, in headless Chromium', () => {
     await page?.close();
     server.kill('SIGTERM');
     dir.remove();
+  });
+
+  it('listens on 127.0.0.1 only', async () => {
+    const port = Number(new URL(url).port);
+    assert.equal(new URL(url).hostname, '127.0.0.1');
+    const others = Object.values(networkInterfaces())
+      .flat()
+      .filter((a) => a && !a.internal && a.family === 'IPv4');
+    for (const a of others) {
+      const refused = await new Promise<boolean>((resolve) => {
+        const s = connect(port, a!.address);
+        s.once('connect', () => {
+          s.destroy();
+          resolve(false);
+        });
+        s.once('error', () => resolve(true));
+      });
+      assert.ok(refused, `the inspector answered on ${a!.address}:${port}`);
+    }
   });
 
   it('shows the device IDs and, decoded by lspci, its capabilities', async () => {
