@@ -32,20 +32,45 @@ describe('muser serve', () => {
   });
   after(() => dir.remove());
 
-  it('prints its usage with no arguments and with --help', () => {
-    for (const args of [[], ['--help']]) {
-      const r = muser(...args);
-      assert.equal(r.status, 0);
-      assert.match(r.stdout, /usage: muser serve <device module> --socket <path>/);
-      assert.match(r.stdout, /vfio-user-pci/);
-    }
+  it('prints the commands and exits 2 with no arguments, and 0 with --help', () => {
+    const bare = muser();
+    assert.equal(bare.status, 2);
+    assert.equal(bare.stdout, '');
+    assert.match(bare.stderr, /^usage: muser <command>/);
+    for (const name of ['serve', 'replay', 'lspci', 'help']) assert.match(bare.stderr, new RegExp(`muser ${name} `));
+    const help = muser('--help');
+    assert.equal(help.status, 0);
+    assert.equal(help.stdout.trimEnd(), bare.stderr.trimEnd());
+  });
+
+  it('explains each command with help COMMAND and COMMAND --help', () => {
+    const serve = muser('help', 'serve');
+    assert.equal(serve.status, 0);
+    assert.match(serve.stdout, /^usage: muser serve <device module> --socket <path>/);
+    assert.match(serve.stdout, /vfio-user-pci/);
+    assert.equal(muser('serve', '--help').stdout, serve.stdout);
+    const lspci = muser('lspci', '-h');
+    assert.equal(lspci.status, 0);
+    assert.match(lspci.stdout, /^usage: muser lspci <device module>/);
+    assert.notEqual(lspci.stdout, serve.stdout);
+    assert.match(muser('help', 'replay').stdout, /^usage: muser replay <trace file> <device module>/);
+    assert.match(serve.stdout, /--trace \[file\]/);
+    assert.match(serve.stdout, /--inspect \[port\]/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--inspect', '70000'], /^muser: --inspect 70000 is not a port number \(0 to 65535\)$/);
+    refuses(['help', 'start'], /^muser: there is no command "start"; the commands are serve, /);
+  });
+
+  it('prints its version', () => {
+    const r = muser('--version');
+    assert.equal(r.status, 0);
+    assert.match(r.stdout, /^\d+\.\d+\.\d+\n$/);
   });
 
   it('says in one line what is wrong with the command line', () => {
     refuses(['serve', join(dir.path, 'nope.js'), '--socket', dir.socket()], /^muser: device module .*nope\.js does not exist; give the path of a \.js file/);
     refuses(['serve', gpio], /^muser: muser serve needs --socket <path>/);
     refuses(['serve', '--socket', dir.socket()], /^muser: muser serve needs a device module/);
-    refuses(['serve', gpio, '--socket', dir.socket(), '--bogus'], /^muser: Unknown option '--bogus'; run muser --help for the options$/);
+    refuses(['serve', gpio, '--socket', dir.socket(), '--bogus'], /^muser: Unknown option '--bogus'; run muser help serve for the options$/);
     refuses(['serve', gpio, '--socket', dir.socket(), '--mode', '999'], /^muser: --mode 999 is not an octal permission like 600 or 660$/);
     refuses(['serve', gpio, '--socket', dir.socket(), '--log', 'loud'], /^muser: --log loud is not one of silent, error, warn, info, debug$/);
     refuses(['start', gpio], /^muser: unknown command "start"/);

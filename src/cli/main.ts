@@ -1,18 +1,22 @@
 #!/usr/bin/env node
 /**
- * `muser serve <device module> --socket <path>`: loads a device module and
- * serves its device over vfio-user until SIGINT or SIGTERM.
+ * The `muser` command: `serve` loads a device module and serves its device
+ * over vfio-user until SIGINT or SIGTERM; `replay` and `lspci` look at a
+ * device; `help` explains each of them.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, extname, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { PciDevice } from '../device/device.js';
-import { importDevice } from '../server/load.js';
-import { serve, ServeError } from '../server/server.js';
+import { serve, ServeError, type Server } from '../server/server.js';
 import type { LogLevel } from '../server/log.js';
+import { inspect, type Inspector } from '../inspect/inspector.js';
+import { stopWithLauncher } from './launcher.js';
+import { LSPCI_USAGE, lspciCommand } from './lspci.js';
+import { REPLAY_USAGE, replayCommand } from './replay.js';
+import { checkModule, loadDevice, optionalValue, UsageError } from './usage.js';
 
-const USAGE = `usage: muser serve <device module> --socket <path> [<device module> --socket <path> ...] [options]
+const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [<device module> --socket <path> ...] [options]
 
   <device module>   a JavaScript module whose default export (or export "device")
                     is a device made with definePciDevice()
@@ -27,34 +31,35 @@ const USAGE = `usage: muser serve <device module> --socket <path> [<device modul
   --max-data-xfer-size <n>    largest region or DMA transfer in one message (default 1048576)
   --max-queued-commands <n>   commands that may wait behind a slow handler (default 4096)
   --handler-timeout <ms>      answer a handler still running after this with ETIMEDOUT (default 4000; 0: never)
+  --inspect [port]  serve a page on http://127.0.0.1:<port>/ (default: a free port) that
+                    shows the device live: config space, registers, DMA maps, interrupts, trace
+  --trace [file]    print every command and region access to stderr; with a file, write
+                    them there as JSON lines (what muser replay reads)
 
 Attach it to a VM with:
   qemu-system-x86_64 ... -machine memory-backend=mem \\
     -object memory-backend-memfd,id=mem,size=1G,share=on \\
     -device '{"driver":"vfio-user-pci","socket":{"path":"<path>","type":"unix"}}'`;
 
-const LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
+const COMMANDS: Record<string, { usage: string; run(argv: string[]): Promise<void> }> = {
+  serve: { usage: SERVE_USAGE, run: serveCommand },
+  replay: { usage: REPLAY_USAGE, run: replayCommand },
+  lspci: { usage: LSPCI_USAGE, run: lspciCommand },
+};
 
-/** A mistake in how muser was invoked: printed as one line, exit status 2. */
-class UsageError extends Error {}
+const USAGE = `usage: muser <command> [arguments]
+
+  muser serve <device module> --socket <path>   serve devices to a vfio-user client such as QEMU
+  muser replay <trace file> <device module>     replay a recorded session, report replies that differ
+  muser lspci <device module> | --socket <path> show config space as lspci -vvv decodes it
+  muser help <command>                          what a command takes
+  muser --version                               the version of muser`;
+
+const LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
 
 function version(): string {
   const pkg = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'package.json');
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
-}
-
-/** A device module path that exists and that this Node.js can load. */
-function checkModule(path: string): string {
-  const file = resolve(path);
-  if (!existsSync(file)) throw new UsageError(`device module ${path} does not exist; give the path of a .js file that exports a device`);
-  if (['.ts', '.mts', '.cts'].includes(extname(file)) && !(process.features as { typescript?: unknown }).typescript) {
-    throw new UsageError(`${path} is TypeScript, which this Node.js cannot load; compile it (npx tsc) and pass the .js file`);
-  }
-  return file;
-}
-
-async function loadDevice(path: string): Promise<PciDevice> {
-  return importDevice(pathToFileURL(checkModule(path)).href);
 }
 
 /** A whole-number option, or undefined when not given. */
@@ -68,6 +73,31 @@ function count(values: Record<string, unknown>, name: string, min: number): numb
 }
 
 async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  if (command === undefined) {
+    process.stderr.write(`${USAGE}\n`);
+    process.exit(2);
+  }
+  if (command === '--version' || command === '-v') return void console.log(version());
+  if (command === '--help' || command === '-h') return void console.log(USAGE);
+  if (command === 'help') {
+    if (rest.length === 0) return void console.log(USAGE);
+    const topic = COMMANDS[rest[0]];
+    if (!topic) throw new UsageError(`there is no command "${rest[0]}"; the commands are ${Object.keys(COMMANDS).join(', ')}`);
+    return void console.log(topic.usage);
+  }
+  const chosen = COMMANDS[command];
+  if (!chosen) throw new UsageError(`unknown command "${command}"; the commands are ${Object.keys(COMMANDS).join(', ')} (muser --help)`);
+  if (rest.includes('--help') || rest.includes('-h')) return void console.log(chosen.usage);
+  await chosen.run(rest);
+}
+
+async function serveCommand(args: string[]): Promise<void> {
+  const { rest: withoutTrace, value: trace } = optionalValue(args, 'trace');
+  const { rest: argv, value: inspectPort } = optionalValue(withoutTrace, 'inspect');
+  if (typeof inspectPort === 'string' && (!/^\d+$/.test(inspectPort) || Number(inspectPort) > 65535)) {
+    throw new UsageError(`--inspect ${inspectPort} is not a port number (0 to 65535)`);
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -83,24 +113,24 @@ async function main(argv: string[]): Promise<void> {
         'max-data-xfer-size': { type: 'string' },
         'max-queued-commands': { type: 'string' },
         'handler-timeout': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
       },
     });
   } catch (e) {
     // Node's parser explains at length; its first sentence is what the person needs.
-    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser --help for the options`);
+    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser help serve for the options`);
   }
   const { values, positionals } = parsed;
-  if (values.version) return void console.log(version());
-  if (values.help || positionals.length === 0) return void console.log(USAGE);
-  const [command, ...modulePaths] = positionals;
-  if (command !== 'serve') throw new UsageError(`unknown command "${command}"; the command is: muser serve <device module> --socket <path>`);
+  const modulePaths = positionals;
   if (modulePaths.length === 0) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
   const sockets = values.socket ?? [];
   if (sockets.length === 0) throw new UsageError('muser serve needs --socket <path>: where the vfio-user client will connect');
   if (sockets.length !== modulePaths.length) {
     throw new UsageError(`muser serve got ${modulePaths.length} device modules and ${sockets.length} --socket paths; give each device module its own --socket`);
+  }
+  const one = modulePaths.length === 1 && !values.threads;
+  if (inspectPort !== undefined && !one) throw new UsageError('--inspect shows one device: serve a single device module, without --threads');
+  if (typeof trace === 'string' && modulePaths.length > 1) {
+    throw new UsageError(`--trace ${trace} records one device: trace several devices to the terminal (--trace alone) or run one muser serve per device`);
   }
   let mode = 0o600;
   if (values.mode !== undefined) {
@@ -124,15 +154,16 @@ async function main(argv: string[]): Promise<void> {
   }
   const servers: { name: string; socket: string; close(): Promise<void> }[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
+  let served: Server | undefined;
   try {
     for (const [i, modulePath] of modulePaths.entries()) {
-      const options = { socket: sockets[i], mode, log, ...limits };
+      const options = { socket: sockets[i], mode, log, trace, ...limits };
       if (values.threads) {
         servers.push(await serve(pathToFileURL(checkModule(modulePath)), { ...options, thread: true }));
       } else {
         const device = await loadDevice(modulePath);
-        const server = await serve(device, options);
-        servers.push({ name: device.name, socket: server.socket, close: () => server.close() });
+        served = await serve(device, options);
+        servers.push({ name: device.name, socket: served.socket, close: served.close.bind(served) });
       }
     }
   } catch (e) {
@@ -140,13 +171,25 @@ async function main(argv: string[]): Promise<void> {
     if (e instanceof ServeError) throw new UsageError(e.message);
     throw e;
   }
+  if (inspectPort !== undefined && served) {
+    const port = inspectPort === true ? 0 : Number(inspectPort);
+    try {
+      const inspector = await inspect(served, { port });
+      servers.push({ name: 'inspector', socket: '', close: () => inspector.close() });
+      console.log(`muser: inspector on ${inspector.url}`);
+    } catch (e) {
+      await closeAll();
+      throw new UsageError(`cannot serve the inspector on 127.0.0.1:${port}: ${(e as Error).message}`);
+    }
+  }
   // Handlers first, then the lines that tell a supervisor we are ready: a signal sent on seeing them must find them.
   const stop = (): void => {
     void closeAll().then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  for (const s of servers) console.log(`muser: serving ${s.name} on ${s.socket}`);
+  stopWithLauncher(stop);
+  for (const s of servers) if (s.socket) console.log(`muser: serving ${s.name} on ${s.socket}`);
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {

@@ -15,15 +15,15 @@ import {
   IrqSetFlag,
   PROTOCOL_MAJOR,
   PROTOCOL_MINOR,
-  RegionIndex,
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
-import { copyInto, getLE, put32, put64, setLE } from '../protocol/le.js';
+import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
 import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
+import { ClientConfig } from './config.js';
 
 /** An error reply from the server. */
 export class VfioUserError extends Error {
@@ -474,16 +474,8 @@ export class Client {
     return msg.decodeWriteMultiReply(r.payload);
   }
 
-  /** Little-endian config space accessors (region 7). */
-  readonly config = {
-    read: async (offset: number, size: 1 | 2 | 4): Promise<number> => getLE(await this.regionRead(RegionIndex.CONFIG, offset, size), 0, size),
-    /** Same argument order as a BAR's write handler: offset, value, size. */
-    write: (offset: number, value: number, size: 1 | 2 | 4): Promise<void> => {
-      const data = Buffer.alloc(size);
-      setLE(data, 0, size, value);
-      return this.regionWrite(RegionIndex.CONFIG, offset, data);
-    },
-  };
+  /** Config space (region 7): little-endian reads and writes, capabilities, MSI and MSI-X enable. */
+  readonly config: ClientConfig = new ClientConfig(this);
 
   async reset(): Promise<void> {
     await this.request(Command.DEVICE_RESET);
@@ -607,4 +599,3 @@ function release(mem: GuestMemory): void {
   backing.get(mem)?.close();
   backing.delete(mem);
 }
-

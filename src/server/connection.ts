@@ -254,7 +254,7 @@ export class Connection implements DeviceHost {
   }
 
   /** Answers a command; returns a Promise when the answer waits for the device (then `current` is the header it answers). */
-  private execute(h: Header, rx: Buffer, at: number, fds: number[]): Promise<void> | undefined {
+  protected execute(h: Header, rx: Buffer, at: number, fds: number[]): Promise<void> | undefined {
     try {
       // Checks on the per-message path build their message only when they fail.
       if ((h.flags & Flag.TYPE_MASK) !== Flag.COMMAND) throw new ProtocolError('EINVAL', `message type ${h.flags & Flag.TYPE_MASK} is neither command nor reply`);
@@ -580,7 +580,7 @@ export class Connection implements DeviceHost {
   }
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
-  private replyAccess(h: Header, region: number, offset: number, count: number, data?: Uint8Array): void {
+  protected replyAccess(h: Header, region: number, offset: number, count: number, data?: Uint8Array): void {
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? count : 0);
     const at = this.channel.reserve(size);
@@ -628,12 +628,12 @@ export class Connection implements DeviceHost {
 
   // ---------------------------------------------------------------- replies
 
-  private reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+  protected reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
   }
 
-  private replyError(h: Header, errno: number): void {
+  protected replyError(h: Header, errno: number): void {
     if (this.isAbandoned(h)) return;
     // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));

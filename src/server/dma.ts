@@ -148,6 +148,11 @@ export class DmaMapTable {
     return pieces;
   }
 
+  /** The mappings in iova order (what an inspector shows). */
+  list(): readonly DmaMapping[] {
+    return this.maps;
+  }
+
   /** Index of the first mapping whose iova is above `iova`. */
   private insertionPoint(iova: bigint): number {
     let lo = 0;

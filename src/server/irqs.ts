@@ -129,6 +129,11 @@ export class IrqTable {
     if (v && index === IrqIndex.INTX) v.pending = false;
   }
 
+  /** Whether the client gave an eventfd for this vector. */
+  hasTrigger(index: number, vector: number): boolean {
+    return this.vectors[index]?.[vector]?.trigger !== undefined;
+  }
+
   /** Closes the eventfds of one index and forgets its state. */
   disable(index: number): void {
     for (const v of this.vectors[index]) {

@@ -10,6 +10,8 @@ import { Connection, defaultLimits, type Limits } from './connection.js';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
 import { importDevice } from './load.js';
 import { ServerThread } from './thread.js';
+import { fileTrace, terminalTrace, type TraceEvent, type TraceOption, type TraceSink, type TraceWriter } from '../trace/trace.js';
+import { TracedConnection } from './traced-connection.js';
 
 /** How long to wait before accepting again when the process is out of descriptors. */
 const ACCEPT_RETRY_MS = 100;
@@ -29,6 +31,12 @@ export interface ServeOptions extends Partial<Limits> {
   pollUs?: number;
   /** Serve on a worker thread of its own (the device module is loaded there); needs a module, not a device. */
   thread?: boolean;
+  /**
+   * Trace every command and region access: true writes readable lines to
+   * stderr, a path writes JSON lines to that file (what `muser replay`
+   * reads), a function receives each event. Off by default, and free when off.
+   */
+  trace?: TraceOption;
 }
 
 /** Thrown for mistakes in how serve() was called (bad path, socket in use): one sentence, no stack needed. */
@@ -52,6 +60,9 @@ export class Server {
   private keepAlive: NodeJS.Timeout | undefined;
   private acceptFailing = false;
   private idleWaiters: (() => void)[] = [];
+  private readonly traceWriter: TraceWriter | undefined;
+  private readonly traceSinks = new Set<TraceSink>();
+  private readonly traceEpoch = process.hrtime.bigint();
   /** Clients served so far. */
   connections = 0;
 
@@ -69,6 +80,8 @@ export class Server {
     if (!Number.isInteger(this.pollUs) || this.pollUs < 0 || this.pollUs > 1_000_000) {
       throw new ServeError(`poll time ${this.pollUs} µs is not a whole number of microseconds from 0 to 1000000`);
     }
+    this.traceWriter = traceWriter(options.trace);
+    if (this.traceWriter) this.traceSinks.add(this.traceWriter.sink);
     removeStaleSocket(this.socket);
     try {
       this.listenFd = native.listen(this.socket, options.mode ?? 0o600, 16);
@@ -114,9 +127,7 @@ export class Server {
       }
       this.connections++;
       this.log.info(`client connected to ${this.device.name}`);
-      // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
-      const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
-      const connection: Connection = runAs(owner, () => new Connection(fd, this.device, this.limits, this.log, () => {
+      const closed = (): void => {
         this.active = undefined;
         this.log.info(`client disconnected from ${this.device.name}`);
         // A handler still running would reach the next client with its DMA and interrupts: that client waits for it,
@@ -135,7 +146,14 @@ export class Server {
           }
         }
         for (const w of this.idleWaiters.splice(0)) w();
-      }));
+      };
+      // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
+      const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
+      const connection: Connection = runAs(owner, () =>
+        this.traceSinks.size > 0
+          ? new TracedConnection({ sink: this.traceToSinks, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
+          : new Connection(fd, this.device, this.limits, this.log, closed),
+      );
       if (this.pollUs > 0) connection.channel.pollFor(this.pollUs);
       this.active = connection;
     }
@@ -158,6 +176,19 @@ export class Server {
     });
   }
 
+  /**
+   * Adds a receiver of trace events (the inspector page is one); clients that
+   * connect from now on are traced. Returns the function that removes it.
+   */
+  addTraceSink(sink: TraceSink): () => void {
+    this.traceSinks.add(sink);
+    return () => this.traceSinks.delete(sink);
+  }
+
+  private readonly traceToSinks = (event: TraceEvent): void => {
+    for (const sink of this.traceSinks) sink(event);
+  };
+
   /** Stops listening, drops the client, removes the socket file. The device stays usable. */
   async close(): Promise<void> {
     if (this.closing) return;
@@ -171,6 +202,18 @@ export class Server {
       // already removed
     }
     this.active?.close();
+    this.traceWriter?.close();
+  }
+}
+
+function traceWriter(option: TraceOption | undefined): TraceWriter | undefined {
+  if (option === undefined || option === false) return undefined;
+  if (option === true) return terminalTrace();
+  if (typeof option === 'function') return { sink: option, close: () => undefined };
+  try {
+    return fileTrace(option);
+  } catch (e) {
+    throw new ServeError(`cannot write the trace to ${option}: ${(e as Error).message}`);
   }
 }
 
