@@ -145,7 +145,7 @@ describe('trace', () => {
     const lines = toTerminal.stderr().trimEnd().split('\n');
     assert.equal(lines.length, 3, toTerminal.stderr());
     assert.match(lines[0], /^ +\d+\.\d{3} #0 +VERSION +max_msg_fds 16, max_data_xfer_size 1048576, .* µs$/);
-    assert.match(lines[1], /^ +\d+\.\d{3} #1 +REGION_READ +config\+0x000\/2 0x494f +\d+\.\d µs$/);
+    assert.match(lines[1], /^ +\d+\.\d{3} #1 +REGION_READ +config\+0x000\/2 0x494f VENDOR_ID +\d+\.\d µs$/);
     assert.match(lines[2], /REGION_READ +BAR2\+0x000\/1 0x00 /);
   });
 });
