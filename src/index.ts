@@ -9,5 +9,6 @@ export { serve, Server, ServeError, type ServeOptions } from './server/server.js
 export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
 export type { Limits } from './server/connection.js';
 export { Client, VfioUserError, Interrupt, type GuestMemory, type RegionDescription, type ConnectOptions } from './client/client.js';
+export { migrate, DeviceMigration, type MigrateOptions, type MigrateReport, type MemoryPair } from './client/migration.js';
 export * as protocol from './protocol/index.js';
 export * as pci from './pci/index.js';

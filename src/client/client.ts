@@ -24,6 +24,7 @@ import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
 import { native } from '../transport/native.js';
+import { DeviceMigration } from './migration.js';
 
 /** An error reply from the server. */
 export class VfioUserError extends Error {
@@ -153,6 +154,8 @@ export class Client {
   private timer: NodeJS.Timeout | undefined;
   private flushQueued = false;
   private closeError: Error | undefined;
+  /** Live migration of the device: its state machine, data stream and DMA logging. */
+  readonly migration = new DeviceMigration(this);
 
   private constructor(fd: number, timeout: number) {
     this.timeout = timeout;
