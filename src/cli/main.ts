@@ -9,7 +9,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { PciDevice } from '../device/device.js';
 import { serve, ServeError } from '../server/server.js';
-import type { LogLevel } from '../server/log.js';
+import { consoleLogger, type LogLevel } from '../server/log.js';
+import { defaultLimits, type Limits } from '../server/connection.js';
+import { Supervisor } from '../supervisor/supervisor.js';
 
 const USAGE = `usage: muser serve <device module> --socket <path> [options]
 
@@ -22,6 +24,8 @@ const USAGE = `usage: muser serve <device module> --socket <path> [options]
   --max-data-xfer-size <n>    largest region or DMA transfer in one message (default 1048576)
   --max-queued-commands <n>   commands that may wait behind a slow handler (default 4096)
   --handler-timeout <ms>      answer a handler still running after this with ETIMEDOUT (default 4000; 0: never)
+  --restartable     run the device in a child process that is restarted with its state if it dies,
+                    and upgraded live (module reloaded from disk) on SIGHUP; the client stays connected
 
 Attach it to a VM with:
   qemu-system-x86_64 ... -machine memory-backend=mem \\
@@ -86,6 +90,7 @@ async function main(argv: string[]): Promise<void> {
         'max-data-xfer-size': { type: 'string' },
         'max-queued-commands': { type: 'string' },
         'handler-timeout': { type: 'string' },
+        restartable: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -116,6 +121,7 @@ async function main(argv: string[]): Promise<void> {
     maxQueuedCommands: count(values, 'max-queued-commands', 0),
     handlerTimeoutMs: count(values, 'handler-timeout', 0),
   };
+  if (values.restartable) return supervise(modulePath, values.socket, mode, log, limits);
   const device = await loadDevice(modulePath);
   let server;
   try {
@@ -136,6 +142,30 @@ async function main(argv: string[]): Promise<void> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   console.log(`muser: serving ${device.name} on ${server.socket}`);
+}
+
+/** `--restartable`: this process keeps the socket and the client; the device runs in a child it restarts. */
+async function supervise(modulePath: string, socket: string, mode: number, log: LogLevel, limits: Partial<Limits>): Promise<void> {
+  const module = resolve(modulePath);
+  if (!existsSync(module)) throw new UsageError(`device module ${modulePath} does not exist; give the path of a .js file that exports a device`);
+  let supervisor: Supervisor;
+  try {
+    supervisor = new Supervisor({ module, socket, mode, limits: { ...defaultLimits, ...definedOnly(limits) }, log: consoleLogger('muser', log), logLevel: log });
+  } catch (e) {
+    if (e instanceof ServeError) throw new UsageError(e.message);
+    throw new UsageError(`cannot listen on ${socket}: ${(e as Error).message}`);
+  }
+  const stop = (): void => {
+    void supervisor.close().then(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  process.on('SIGHUP', () => supervisor.upgrade());
+  console.log(`muser: serving ${modulePath} on ${socket} (restartable)`);
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {

@@ -6,6 +6,7 @@
  */
 import { IrqIndex, RegionIndex } from '../protocol/constants.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
+import { fstatSync } from 'node:fs';
 import { native } from '../transport/native.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
 
@@ -428,9 +429,27 @@ function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<B
     }
   }
   // Sealed against resizing: the client gets this descriptor and must not be able to cut pages from under the device.
-  const fd = native.memfd(`muser:${name}:bar${index}`, size, true);
+  const fd = adoptedBarMemory(index, size) ?? native.memfd(`muser:${name}:bar${index}`, size, true);
   const bytes = Buffer.from(native.mmap(fd, 0, size, true));
   return { fd, bytes, areas };
+}
+
+/**
+ * BAR memory a restarted device process takes over from the one before it
+ * (the client has it mapped): descriptors by BAR index, set before the device
+ * module is loaded.
+ */
+const adopted = new Map<number, number>();
+export function adoptBarMemory(fds: ReadonlyMap<number, number>): void {
+  for (const [index, fd] of fds) adopted.set(index, fd);
+}
+function adoptedBarMemory(index: number, size: number): number | undefined {
+  const fd = adopted.get(index);
+  if (fd === undefined) return undefined;
+  adopted.delete(index);
+  if (fstatSync(fd).size === size) return fd;
+  native.close(fd);
+  return undefined;
 }
 
 function freeBarSlot(specs: (BarSpec | undefined)[]): BarIndex {

@@ -109,6 +109,8 @@ export class Connection implements DeviceHost {
   private nextId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   private onClosed: (() => void) | undefined;
+  /** ID of the last command answered (or, posted, completed): what a supervisor saves with the device's state. */
+  lastAnswered = -1;
 
   constructor(
     fd: number,
@@ -472,6 +474,7 @@ export class Connection implements DeviceHost {
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
   private replyAccess(h: Header, a: msg.RegionAccess, data?: Uint8Array): void {
+    this.lastAnswered = h.id;
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? a.count : 0);
     const at = this.channel.reserve(size);
@@ -517,12 +520,14 @@ export class Connection implements DeviceHost {
   // ---------------------------------------------------------------- replies
 
   private reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+    this.lastAnswered = h.id;
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
   }
 
   private replyError(h: Header, errno: number): void {
     if (this.isAbandoned(h)) return;
+    this.lastAnswered = h.id;
     // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
   }

@@ -110,7 +110,7 @@ export async function serve(device: PciDevice, options: ServeOptions): Promise<S
  * A socket file left by a process that died is replaced; one that a live
  * server answers on is an error, and so is anything that is not a socket.
  */
-function removeStaleSocket(path: string): void {
+export function removeStaleSocket(path: string): void {
   let st;
   try {
     st = lstatSync(path);
