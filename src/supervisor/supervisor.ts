@@ -71,11 +71,13 @@ interface DeviceProcess {
   /** Whether it was told to reset after refusing the saved state. */
   refused: boolean;
   live: boolean;
+  /** Whether it answered any of the client's commands (one that never does, dies in a loop). */
+  served: boolean;
 }
 
 const MAX_MESSAGE = 64 << 20;
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'child.js');
-/** A device process that dies sooner than this after it went live counts towards a crash loop. */
+/** A device process that dies sooner than this after it started, without having answered the client, is crash-looping. */
 const CRASH_LOOP_WINDOW_MS = 1000;
 
 export class Supervisor {
@@ -191,6 +193,7 @@ export class Supervisor {
       closeAll(fds);
       return this.o.log.warn(`the device process answered #${h.id}, which is not waiting`);
     }
+    d.served = true;
     const done = this.inFlight.splice(0, at + 1);
     const answered = done.pop()!;
     for (const m of done) this.settle(m, true);
@@ -280,6 +283,7 @@ export class Supervisor {
       restart: this.version !== undefined,
       refused: false,
       live: false,
+      served: false,
     };
     d.channel = new Channel(
       ours,
@@ -354,7 +358,7 @@ export class Supervisor {
     this.upgrading = false;
     if (!planned) this.downSince = performance.now();
     this.recover();
-    const quick = !d.live || performance.now() - d.startedAt < CRASH_LOOP_WINDOW_MS;
+    const quick = !d.served && performance.now() - d.startedAt < CRASH_LOOP_WINDOW_MS;
     this.failures = planned ? 0 : quick ? this.failures + 1 : 0;
     const delay = this.failures <= 1 ? 0 : Math.min(50 * 2 ** (this.failures - 2), 5000);
     if (!planned) this.report(`the device process ${d.proc.signalCode ? `was killed by ${d.proc.signalCode}` : `exited with status ${d.proc.exitCode}`}; restarting it${delay ? ` in ${delay} ms (it keeps dying)` : ''}`);
