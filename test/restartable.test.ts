@@ -98,7 +98,7 @@ describe('muser serve --restartable', () => {
     const c = await Client.connect(socket, { timeout: 10_000 });
     try {
       await c.reset();
-      await c.mapMemory(0x100000, 8 * PAGE);
+      const mem = await c.mapMemory(0x100000, 8 * PAGE);
       await w32(c, REG.ringLo, 0x107000);
       await w32(c, 0x2c, 0x1234);
       await w32(c, 0x20, 300);
@@ -109,9 +109,13 @@ describe('muser serve --restartable', () => {
           assert.equal(n, 1);
           assert.equal(await r32(c, 0x2c), 0x1234);
         }],
-        ['DMA_MAP', () => c.mapMemory(0x200000, PAGE), async () => {
-          await command(c, 2, 0x200000n, 16, 0);
-          await completed(c, (await r32(c, REG.completed)) || 1);
+        ['DMA_MAP', () => c.mapMemory(0x200000, PAGE), async (m) => {
+          (m as { bytes: Buffer }).bytes.fill(0xee, 0, 16);
+          const n = await r32(c, REG.completed);
+          await command(c, 1, 0x200000n, 16, 4);
+          await command(c, 2, 0x100800n, 16, 4);
+          await completed(c, n + 2);
+          assert.ok(mem.bytes.subarray(0x800, 0x810).every((b) => b === 0xee), 'the device reaches the new map');
         }],
         ['DMA_UNMAP', () => c.dmaUnmap(0x200000n, BigInt(PAGE)), async () => {
           await assert.rejects(c.dmaUnmap(0x200000n, BigInt(PAGE)), (e: unknown) => e instanceof VfioUserError && e.errno === Errno.ENOENT);
