@@ -22,11 +22,18 @@ const le32 = (v: number): Buffer => {
 const w32 = (c: Client, offset: number, v: number): Promise<void> => c.regionWrite(0, offset, le32(v));
 const r32 = async (c: Client, offset: number): Promise<number> => (await c.regionRead(0, offset, 4)).readUInt32LE(0);
 
-/** The supervisor's device process. */
-function devicePid(supervisor: number): number | undefined {
+/** The supervisor's children with the title `muser: <what>` (the device process, or the spare waiting to replace it). */
+function childPid(supervisor: number, what: 'device' | 'spare device'): number | undefined {
   const children = readFileSync(`/proc/${supervisor}/task/${supervisor}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  return children[0];
+  return children.find((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(`muser: ${what} process`);
+    } catch {
+      return false;
+    }
+  });
 }
+const devicePid = (supervisor: number): number | undefined => childPid(supervisor, 'device');
 
 async function newDevicePid(supervisor: number, old: number | undefined): Promise<number> {
   let pid: number | undefined;
@@ -189,9 +196,12 @@ describe('muser serve --restartable', () => {
       await c.irq(IrqIndex.INTX);
       await c.regionInfo(RegionIndex.BAR0);
       await w32(c, 0x2c, 0);
+      await waitFor(() => childPid(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
       const baseline = await settledFdCount(pid);
       const pauses: number[] = [];
       for (let i = 1; i <= 100; i++) {
+        // As after any restart once things settle, a spare process is ready to take over.
+        await waitFor(() => childPid(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
         const before = devicePid(pid);
         const t = performance.now();
         process.kill(before!, 'SIGKILL');

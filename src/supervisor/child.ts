@@ -8,7 +8,8 @@
  *
  * Descriptors: 3 is the relay, 4 the state memfd; MUSER_BAR_FDS lists BAR
  * memory as index:fd pairs. MUSER_MODULE is the device module, MUSER_LIMITS
- * the server limits (JSON).
+ * the server limits (JSON). It starts ahead of need and waits for one line on
+ * stdin: `fresh`, or `restore` when a saved state is about to be restored.
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -30,8 +31,29 @@ async function loadDevice(path: string): Promise<PciDevice> {
   return device as PciDevice;
 }
 
+/** The supervisor's go-ahead: the first line on stdin. */
+function goAhead(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (d: string) => {
+      text += d;
+      const end = text.indexOf('\n');
+      if (end >= 0) {
+        process.stdin.pause();
+        resolve(text.slice(0, end));
+      }
+    });
+    process.stdin.once('end', () => reject(new Error('the supervisor went away before starting this device process')));
+  });
+}
+
 async function main(): Promise<void> {
   const env = process.env;
+  // Titles tell the two apart in ps (and in tests).
+  process.title = 'muser: spare device process';
+  const mode = await goAhead();
+  process.title = 'muser: device process';
   const bars = new Map<number, number>();
   for (const pair of (env.MUSER_BAR_FDS ?? '').split(',').filter(Boolean)) {
     const [index, fd] = pair.split(':').map(Number);
@@ -47,7 +69,7 @@ async function main(): Promise<void> {
   const identity = encodeIdentity(configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array));
   // A process that replaces another saves nothing until the state saved before it is restored (or refused and reset):
   // a save before would put a power-on state in the place of the one it is about to be given.
-  let restored = env.MUSER_RESTORE !== '1';
+  let restored = mode !== 'restore';
   let resumed = false;
   const save = (): void => {
     if (!restored) {

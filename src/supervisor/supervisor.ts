@@ -57,6 +57,14 @@ interface InFlight extends Held {
   deaths: number;
 }
 
+interface Spare {
+  proc: ChildProcess;
+  /** Our end of its relay socket. */
+  ours: number;
+  /** The BAR memory it was given (barsKey). */
+  bars: string;
+}
+
 interface DeviceProcess {
   proc: ChildProcess;
   channel: Channel;
@@ -85,6 +93,7 @@ export class Supervisor {
   private readonly listenPoll: PollHandle;
   private client: Channel | undefined;
   private device: DeviceProcess | undefined;
+  private spare: Spare | undefined;
   private readonly store = StateStore.create();
   private version: Held | undefined;
   private maxDataXferSize = 1 << 20;
@@ -163,6 +172,7 @@ export class Supervisor {
     this.irqs.clear();
     clearTimeout(this.restartTimer);
     this.stopDevice();
+    this.dropSpare();
   }
 
   // ---------------------------------------------------------------- the device process
@@ -256,23 +266,54 @@ export class Supervisor {
     }
   }
 
-  private startDevice(upgrade: boolean): void {
-    if (!this.client || this.closing) return;
+  /**
+   * A device process, started and waiting to be told to load the module: Node's start-up is most of a restart's
+   * pause, so one waits ready. It holds the BAR memory known when it started; a new BAR makes a new spare.
+   */
+  private spawnSpare(): Spare {
     const [ours, theirs] = connectedPair();
-    const saved = this.version ? this.store.read() : undefined;
     const barFds = [...this.bars.entries()];
     const proc = spawn(process.execPath, [CHILD], {
-      stdio: ['ignore', 'inherit', 'inherit', theirs, this.store.fd, ...barFds.map(([, fd]) => fd)],
+      stdio: ['pipe', 'inherit', 'inherit', theirs, this.store.fd, ...barFds.map(([, fd]) => fd)],
       env: {
         ...process.env,
         MUSER_MODULE: this.o.module,
         MUSER_LIMITS: JSON.stringify(this.o.limits),
         MUSER_LOG: this.o.logLevel,
         MUSER_BAR_FDS: barFds.map(([index], i) => `${index}:${5 + i}`).join(','),
-        MUSER_RESTORE: saved && saved.stream.length > 0 ? '1' : '0',
       },
     });
     native.close(theirs);
+    const spare: Spare = { proc, ours, bars: barsKey(this.bars) };
+    proc.once('exit', () => {
+      if (this.spare === spare) this.dropSpare();
+    });
+    return spare;
+  }
+
+  private dropSpare(): void {
+    const spare = this.spare;
+    this.spare = undefined;
+    if (!spare) return;
+    spare.proc.kill('SIGKILL');
+    native.close(spare.ours);
+  }
+
+  /** Keeps a spare ready for the next restart, after the current process went live. */
+  private prepareSpare(): void {
+    if (this.spare && this.spare.bars !== barsKey(this.bars)) this.dropSpare();
+    if (!this.spare && this.client && !this.closing) this.spare = this.spawnSpare();
+  }
+
+  private startDevice(upgrade: boolean): void {
+    if (!this.client || this.closing) return;
+    const saved = this.version ? this.store.read() : undefined;
+    if (this.spare?.bars !== barsKey(this.bars)) this.dropSpare();
+    const spare = this.spare ?? this.spawnSpare();
+    this.spare = undefined;
+    const { proc, ours } = spare;
+    // Go: load the module; restore the state before saving any.
+    proc.stdin!.end(saved && saved.stream.length > 0 ? 'restore\n' : 'fresh\n');
     const d: DeviceProcess = {
       proc,
       channel: undefined as unknown as Channel,
@@ -336,6 +377,7 @@ export class Supervisor {
   private goLive(d: DeviceProcess): void {
     d.live = true;
     if (d.restart) this.pauses.push(performance.now() - this.downSince);
+    setImmediate(() => this.prepareSpare());
     // Delivered again first, in their order, then what came while it was down.
     const again = this.inFlight;
     this.inFlight = [];
@@ -438,6 +480,7 @@ export class Supervisor {
     rmSync(this.o.socket, { force: true });
     this.client?.close();
     this.stopDevice();
+    this.dropSpare();
     for (const fd of this.bars.values()) native.close(fd);
     this.bars.clear();
   }
@@ -484,6 +527,8 @@ function madeReply(m: Held): Buffer | undefined {
       return undefined;
   }
 }
+
+const barsKey = (bars: ReadonlyMap<number, number>): string => [...bars.keys()].sort().join(',');
 
 function findLast<T>(list: T[], test: (x: T) => boolean): number {
   for (let i = list.length - 1; i >= 0; i--) if (test(list[i])) return i;
