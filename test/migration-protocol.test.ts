@@ -90,6 +90,10 @@ describe('migration feature data', () => {
     );
     assert.deepEqual(mig.decodeIdentity(back[0].data), { vendor: 0x1de5, device: 0x5703, subsystemVendor: 0x1de5, subsystemDevice: 2 });
     assert.deepEqual(mig.decodeHeldIrqs(hex('02000000 05000000')), [{ index: 2, vector: 5 }]);
+    same(mig.encodeStateVersion(3), hex('03000000'));
+    assert.equal(mig.decodeStateVersion(hex('03000000')), 3);
+    assert.deepEqual(mig.decodeRecords(hex('04000000 04000000 03000000')).map((r) => r.kind), [mig.RecordKind.STATE_VERSION]);
+    rejects(() => mig.decodeStateVersion(hex('0300')), 'must be 4 bytes');
     rejects(() => mig.decodeRecords(v.subarray(0, 26)), 'ends inside a 3-byte record at byte 16');
     rejects(() => mig.decodeRecords(v.subarray(0, 20)), 'ends inside a record header at byte 16');
     rejects(() => mig.decodeRecords(hex('09000000 00000000')), 'unknown kind 9');

@@ -224,7 +224,14 @@ describe('muser serve --restartable: upgrades and crash loops', () => {
   let server: ServerProcess;
   let module: string;
   let pid: number;
-  const good = (revision: number): string => `import { storeDevice } from ${JSON.stringify(fixture('store-device.js'))};\nexport default storeDevice({ revision: ${revision} });\n`;
+  const good = (revision: number, more = ''): string =>
+    `import { storeDevice } from ${JSON.stringify(fixture('store-device.js'))};\nexport default storeDevice({ revision: ${revision}${more} });\n`;
+  const upgrade = async (text: string): Promise<void> => {
+    const before = devicePid(pid);
+    writeFileSync(module, text);
+    process.kill(pid, 'SIGHUP');
+    await newDevicePid(pid, before);
+  };
 
   before(async () => {
     dir = tempDir();
@@ -263,6 +270,16 @@ describe('muser serve --restartable: upgrades and crash loops', () => {
       await command(c, 2, 0x101000n, 128, 1);
       await completed(c, 2);
       assert.ok(mem.bytes.subarray(0x1000, 0x1080).every((b) => b === 0x42), 'the state went through three upgrades');
+
+      // A module with a new state format is offered the old state with its version: this one takes it.
+      await upgrade(good(10, ', stateVersion: 2'));
+      assert.equal((await c.regionRead(RegionIndex.CONFIG, 8, 1))[0], 10);
+      assert.equal(await r32(c, REG.completed), 2, 'state version 1 taken by a module of version 2');
+      // This one refuses it: the device starts from power-on, and the log says why.
+      await upgrade(good(11, ', stateVersion: 3, refuseOther: true'));
+      assert.equal((await c.regionRead(RegionIndex.CONFIG, 8, 1))[0], 11);
+      assert.equal(await r32(c, REG.completed), 0, 'a refused state leaves a reset device');
+      assert.match(server.stderr(), /the device refused its saved state .*; it was reset to power-on/);
     } finally {
       c.close();
     }

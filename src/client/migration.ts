@@ -109,6 +109,8 @@ export interface MigrateOptions {
   rounds?: number;
   /** Dirty-log page size (default 4096). */
   pageSize?: number;
+  /** Called before each pre-copy round while the guest runs (a VMM copies the guest's own dirty memory here). */
+  round?(round: number): void | Promise<void>;
   /** Called when the downtime begins, before the device stops: a VMM pauses its vCPUs here. */
   pause?(): void | Promise<void>;
 }
@@ -149,6 +151,7 @@ export async function migrate(o: MigrateOptions): Promise<MigrateReport> {
   for (const m of o.memory) m.destination.bytes.set(m.source.bytes.subarray(0, m.destination.size));
   const preCopyDirtyPages: number[] = [];
   for (let i = 0; i < (o.rounds ?? 3); i++) {
+    await o.round?.(i);
     const n = await copyDirty();
     preCopyDirtyPages.push(n);
     if (n === 0) break;

@@ -192,6 +192,8 @@ export const RecordKind = {
   STATE: 2,
   /** Interrupts raised while the device was stopped, to deliver when it runs: (u32 index, u32 vector) pairs. */
   HELD_IRQS: 3,
+  /** The version of the state's format, as the device that saved it declares it: u32. */
+  STATE_VERSION: 4,
 } as const;
 
 export interface StreamRecord {
@@ -222,7 +224,7 @@ export function decodeRecords(p: Uint8Array): StreamRecord[] {
     check(p.length - at >= RECORD_HEADER_SIZE, 'EINVAL', `migration data ends inside a record header at byte ${at}`);
     const kind = v.getUint32(at, true);
     const length = v.getUint32(at + 4, true);
-    check(kind >= RecordKind.IDENTITY && kind <= RecordKind.HELD_IRQS, 'EINVAL', `migration data has a record of unknown kind ${kind} at byte ${at}`);
+    check(kind >= RecordKind.IDENTITY && kind <= RecordKind.STATE_VERSION, 'EINVAL', `migration data has a record of unknown kind ${kind} at byte ${at}`);
     const start = at + RECORD_HEADER_SIZE;
     if (length > p.length - start) throw new ProtocolError('EINVAL', `migration data ends inside a ${length}-byte record at byte ${at}`);
     records.push({ kind, data: p.subarray(start, start + length) });
@@ -252,6 +254,17 @@ export function decodeIdentity(data: Uint8Array): Identity {
   check(data.length === IDENTITY_SIZE, 'EINVAL', `migration identity record must be ${IDENTITY_SIZE} bytes, got ${data.length}`);
   const v = view(data);
   return { vendor: v.getUint16(0, true), device: v.getUint16(2, true), subsystemVendor: v.getUint16(4, true), subsystemDevice: v.getUint16(6, true) };
+}
+
+export function encodeStateVersion(version: number): Buffer {
+  const p = Buffer.alloc(4);
+  p.writeUInt32LE(version, 0);
+  return p;
+}
+
+export function decodeStateVersion(data: Uint8Array): number {
+  check(data.length === 4, 'EINVAL', `state version record must be 4 bytes, got ${data.length}`);
+  return view(data).getUint32(0, true);
 }
 
 export interface HeldIrq {

@@ -21,7 +21,14 @@ import { Feature, MigState, MigrationFlag, MIG_STATE_COUNT, migStateName, Record
  */
 export interface Migratable {
   saveState(): Uint8Array;
-  restoreState(bytes: Uint8Array): void;
+  /**
+   * Takes a saved state. `version` is the stateVersion of the device that
+   * saved it (undefined if it declared none): a newer module may convert an
+   * older state, or throw to refuse it (the device is then reset).
+   */
+  restoreState(bytes: Uint8Array, version?: number): void;
+  /** The version of the format saveState() writes. */
+  readonly stateVersion?: number;
   /**
    * Resolves once work the device started on its own (outside an access
    * handler: queues it drains, timers) has finished, so that the state saved
@@ -295,8 +302,8 @@ export class Migration {
   /** One arc of the state machine, with its action. */
   private async arc(from: number, to: number): Promise<void> {
     if (isRunning(from) && !isRunning(to)) await this.device!.quiesce?.();
-    if (to === PRE_COPY && from === RUNNING) this.beginSaving([this.identityRecord(), this.stateRecord()]);
-    else if (to === STOP_COPY) this.beginSaving([this.identityRecord(), this.stateRecord(), this.heldRecord()], from === PRE_COPY_P2P);
+    if (to === PRE_COPY && from === RUNNING) this.beginSaving(stateRecords(this.device!, this.host.identity()));
+    else if (to === STOP_COPY) this.beginSaving([...stateRecords(this.device!, this.host.identity()), this.heldRecord()], from === PRE_COPY_P2P);
     else if (isSaving(from) && !isSaving(to)) this.endSaving();
     if (to === RESUMING) {
       this.incoming = [];
@@ -331,9 +338,11 @@ export class Migration {
     const records = mig.decodeRecords(Buffer.concat(this.incoming));
     const identity = records.find((r) => r.kind === RecordKind.IDENTITY);
     let state: Uint8Array | undefined;
+    let version: number | undefined;
     let held: HeldIrq[] = [];
     for (const r of records) {
       if (r.kind === RecordKind.STATE) state = r.data;
+      if (r.kind === RecordKind.STATE_VERSION) version = mig.decodeStateVersion(r.data);
       if (r.kind === RecordKind.HELD_IRQS) held = mig.decodeHeldIrqs(r.data);
     }
     check(identity !== undefined && state !== undefined, 'EINVAL', 'migration data lacks the device identity or its state');
@@ -345,7 +354,7 @@ export class Migration {
       `migration data is from device ${ids(theirs)}, this is ${ids(ours)}`,
     );
     try {
-      this.device!.restoreState(state);
+      this.device!.restoreState(state, version);
     } catch (e) {
       // Part of the state may be in; only a reset gives a known device again.
       this.state = ERROR;
@@ -357,15 +366,17 @@ export class Migration {
     this.host.log.info(`resumed from ${state.length} bytes of migrated state`);
   }
 
-  private identityRecord(): mig.StreamRecord {
-    return { kind: RecordKind.IDENTITY, data: mig.encodeIdentity(this.host.identity()) };
-  }
-  private stateRecord(): mig.StreamRecord {
-    return { kind: RecordKind.STATE, data: this.device!.saveState() };
-  }
   private heldRecord(): mig.StreamRecord {
     return { kind: RecordKind.HELD_IRQS, data: mig.encodeHeldIrqs(this.held) };
   }
+}
+
+/** The records that carry a device's state: which device, the format's version if it declares one, the state. */
+export function stateRecords(device: Migratable, identity: mig.Identity): mig.StreamRecord[] {
+  const records: mig.StreamRecord[] = [{ kind: RecordKind.IDENTITY, data: mig.encodeIdentity(identity) }];
+  if (device.stateVersion !== undefined) records.push({ kind: RecordKind.STATE_VERSION, data: mig.encodeStateVersion(device.stateVersion) });
+  records.push({ kind: RecordKind.STATE, data: device.saveState() });
+  return records;
 }
 
 /** A reply carrying feature data: argsz says how much. */

@@ -15,10 +15,10 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { adoptBarMemory, PciDevice } from '../device/device.js';
 import { RegionIndex } from '../protocol/constants.js';
-import { encodeIdentity, encodeRecords, MigState, RecordKind } from '../protocol/migration.js';
+import { encodeRecords, MigState } from '../protocol/migration.js';
 import { Connection, type Limits } from '../server/connection.js';
 import { consoleLogger, type LogLevel } from '../server/log.js';
-import { configIdentity, migratable } from '../server/migration.js';
+import { configIdentity, migratable, stateRecords } from '../server/migration.js';
 import { StateStore } from './state.js';
 
 const RELAY_FD = 3;
@@ -66,7 +66,7 @@ async function main(): Promise<void> {
   const store = new StateStore(STATE_FD);
   const state = migratable(device);
   const connection = new Connection(RELAY_FD, device, limits, log, () => process.exit(0));
-  const identity = encodeIdentity(configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array));
+  const identity = configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array);
   // A process that replaces another saves nothing until the state saved before it is restored (or refused and reset):
   // a save before would put a power-on state in the place of the one it is about to be given.
   let restored = mode !== 'restore';
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
       else if (resumed) restored = true;
       if (!restored) return;
     }
-    const stream = state ? encodeRecords([{ kind: RecordKind.IDENTITY, data: identity }, { kind: RecordKind.STATE, data: state.saveState() }]) : new Uint8Array(0);
+    const stream = state ? encodeRecords(stateRecords(state, identity)) : new Uint8Array(0);
     store.save(stream, connection.lastAnswered);
   };
   connection.channel.beforeFlush = save;
