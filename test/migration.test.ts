@@ -243,6 +243,10 @@ describe('live migration against muser serve', () => {
       assert.deepEqual(await report(unshared), [4, 10, 11], 'memory reached by DMA_WRITE messages');
       assert.equal(unshared.bytes[0x4000], 0xa5);
       assert.deepEqual(await report(shared, 2 * PAGE), [7], 'the ring page at a coarser page size');
+      const huge = protocol.encodeDmaLoggingReport({ iova: 0n, length: 1n << 62n, pageSize: 1n, bitmap: Buffer.alloc(0) });
+      await expectErrno(m.feature(Feature.DMA_LOGGING_REPORT | FeatureFlag.GET, huge, 0x7fffffff), Errno.E2BIG);
+      const tooSmall = protocol.encodeDmaLoggingReport({ iova: 0x100000n, length: BigInt(16 * PAGE), pageSize: BigInt(PAGE), bitmap: Buffer.alloc(0) });
+      await expectErrno(m.feature(Feature.DMA_LOGGING_REPORT | FeatureFlag.GET, tooSmall, 0), Errno.EINVAL);
       await m.stopLogging();
       await expectErrno(m.report(0x100000n, BigInt(16 * PAGE), PAGE), Errno.EINVAL);
       assert.equal(await m.startLogging(1 << 21), 1 << 21, 'a new start after a stop, with the page size asked for');

@@ -170,6 +170,8 @@ export class DirtyLog {
 
 // ---------------------------------------------------------------- one connection's migration
 
+/** Largest DMA logging bitmap one report builds: 256 GiB of guest memory in 4 KiB pages. */
+const MAX_BITMAP = 8n << 20n;
 /** Largest migration stream a destination accepts (a device's state and its shared BAR memory). */
 const MAX_INCOMING = 256 << 20;
 
@@ -266,6 +268,10 @@ export class Migration {
       default: {
         const r = mig.decodeDmaLoggingReport(f.data, false);
         check(this.dirty !== undefined, 'EINVAL', 'DMA logging report while DMA logging is not running');
+        // The bitmap is built before the reply: its size is checked first, against the reply room and a sane bound.
+        const bytes = mig.bitmapBytes(r.length, r.pageSize);
+        check(bytes <= MAX_BITMAP, 'E2BIG', `a DMA logging report of ${bytes} bytes of bitmap is above ${MAX_BITMAP >> 20n} MiB; ask for a smaller range or larger pages`);
+        check(BigInt(f.argsz) >= BigInt(8 + mig.DMA_LOGGING_REPORT_SIZE) + bytes, 'EINVAL', `DEVICE_FEATURE argsz ${f.argsz} has no room for the ${bytes}-byte bitmap`);
         return reply(f, mig.encodeDmaLoggingReport({ ...r, bitmap: this.dirty.report(r.iova, r.length, r.pageSize) }));
       }
     }

@@ -13,6 +13,8 @@
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+// The whole package, loaded before the go-ahead: device modules import it, and a spare has it ready.
+import '../index.js';
 import { adoptBarMemory, PciDevice } from '../device/device.js';
 import { RegionIndex } from '../protocol/constants.js';
 import { encodeRecords, MigState } from '../protocol/migration.js';
