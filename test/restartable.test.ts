@@ -4,11 +4,12 @@
  * its DMA maps, interrupts and the device's state.
  */
 import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, protocol } from '../src/index.js';
-import { fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { cli, fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
 
 const { Errno, IrqIndex, RegionIndex } = protocol;
 const REG = { addrLo: 0x00, addrHi: 0x04, length: 0x08, slot: 0x0c, doorbell: 0x10, completed: 0x14, ringLo: 0x18, ringHi: 0x1c };
@@ -219,6 +220,16 @@ describe('muser serve --restartable', () => {
   });
 });
 
+describe('muser restart', () => {
+  it('says in one sentence that no restartable device is served on the socket', () => {
+    const r = spawnSync(process.execPath, [cli, 'restart', '--socket', '/nonexistent/dev.sock'], { encoding: 'utf8' });
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'muser: no restartable device is served on /nonexistent/dev.sock (there is no /nonexistent/dev.sock.pid); start one with muser serve <module> --socket /nonexistent/dev.sock --restartable\n');
+    const bare = spawnSync(process.execPath, [cli, 'restart'], { encoding: 'utf8' });
+    assert.match(bare.stderr, /^muser: muser restart needs --socket <path>/);
+  });
+});
+
 describe('muser serve --restartable: upgrades and crash loops', () => {
   let dir: TempDir;
   let server: ServerProcess;
@@ -258,7 +269,9 @@ describe('muser serve --restartable: upgrades and crash loops', () => {
         const before = devicePid(pid);
         writeFileSync(module, good(revision));
         const t = performance.now();
-        process.kill(pid, 'SIGHUP');
+        // SIGHUP, or the command that sends it.
+        if (revision === 7) assert.match(execFileSync(process.execPath, [cli, 'restart', '--socket', dir.socket()], { encoding: 'utf8' }), /upgrading the device/);
+        else process.kill(pid, 'SIGHUP');
         // Commands keep coming during the upgrade; each is answered once, in order.
         const writes = Array.from({ length: 50 }, (_, i) => w32(c, 0x2c, revision * 100 + i));
         await Promise.all(writes);

@@ -11,9 +11,10 @@ import { PciDevice } from '../device/device.js';
 import { serve, ServeError } from '../server/server.js';
 import { consoleLogger, type LogLevel } from '../server/log.js';
 import { defaultLimits, type Limits } from '../server/connection.js';
-import { Supervisor } from '../supervisor/supervisor.js';
+import { pidFile, Supervisor } from '../supervisor/supervisor.js';
 
 const USAGE = `usage: muser serve <device module> --socket <path> [options]
+       muser restart --socket <path>   upgrade a --restartable device live (its module is loaded again)
 
   <device module>   a JavaScript module whose default export (or export "device")
                     is a device made with definePciDevice()
@@ -103,6 +104,7 @@ async function main(argv: string[]): Promise<void> {
   if (values.version) return void console.log(version());
   if (values.help || positionals.length === 0) return void console.log(USAGE);
   const [command, modulePath, ...extra] = positionals;
+  if (command === 'restart') return restart(values.socket, modulePath);
   if (command !== 'serve') throw new UsageError(`unknown command "${command}"; the command is: muser serve <device module> --socket <path>`);
   if (!modulePath) throw new UsageError('muser serve needs a device module: muser serve <device module> --socket <path>');
   if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"; muser serve takes one device module`);
@@ -142,6 +144,24 @@ async function main(argv: string[]): Promise<void> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   console.log(`muser: serving ${device.name} on ${server.socket}`);
+}
+
+/** `muser restart --socket S`: SIGHUP to the supervisor serving S, found by the pid file it keeps beside the socket. */
+function restart(socket: string | undefined, extra: string | undefined): void {
+  if (!socket) throw new UsageError('muser restart needs --socket <path>: the socket of a device served with --restartable');
+  if (extra) throw new UsageError(`unexpected argument "${extra}"; muser restart takes only --socket`);
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile(socket), 'utf8'));
+  } catch {
+    throw new UsageError(`no restartable device is served on ${socket} (there is no ${pidFile(socket)}); start one with muser serve <module> --socket ${socket} --restartable`);
+  }
+  try {
+    process.kill(pid, 'SIGHUP');
+  } catch {
+    throw new UsageError(`the server that served ${socket} (pid ${pid}) is gone; remove ${pidFile(socket)} and start it again`);
+  }
+  console.log(`muser: upgrading the device on ${socket}`);
 }
 
 /** `--restartable`: this process keeps the socket and the client; the device runs in a child it restarts. */

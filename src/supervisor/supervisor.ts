@@ -20,7 +20,7 @@
  *    died is answered EIO and dropped, so that it cannot crash them forever.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -117,6 +117,7 @@ export class Supervisor {
     removeStaleSocket(o.socket);
     this.listenFd = native.listen(o.socket, o.mode, 16);
     this.listenPoll = native.poll(this.listenFd, native.READABLE, () => this.accept());
+    writeFileSync(pidFile(o.socket), `${process.pid}\n`, { mode: 0o600 });
   }
 
   // ---------------------------------------------------------------- the client
@@ -478,6 +479,7 @@ export class Supervisor {
     this.listenPoll.close();
     native.close(this.listenFd);
     rmSync(this.o.socket, { force: true });
+    rmSync(pidFile(this.o.socket), { force: true });
     this.client?.close();
     this.stopDevice();
     this.dropSpare();
@@ -485,6 +487,9 @@ export class Supervisor {
     this.bars.clear();
   }
 }
+
+/** Where the supervisor of `socket` writes its pid, for `muser restart`. */
+export const pidFile = (socket: string): string => `${socket}.pid`;
 
 /** Two connected UNIX sockets (the addon has no socketpair): a listener in a private directory, connected to and gone. */
 function connectedPair(): [number, number] {
