@@ -110,8 +110,6 @@ export class Supervisor {
   private unreported = 0;
   private upgrading = false;
   private closing = false;
-  /** Restarts so far, and the pause each caused (ms from the death, or the upgrade request, to live again). */
-  readonly pauses: number[] = [];
 
   constructor(private readonly o: SupervisorOptions) {
     removeStaleSocket(o.socket);
@@ -154,7 +152,8 @@ export class Supervisor {
   /** Sends a client message to the device process, remembering commands until they are answered. */
   private forward(m: Held): void {
     const isCommand = (m.header.flags & Flag.TYPE_MASK) === Flag.COMMAND;
-    this.device!.channel.send(m.bytes, m.fds);
+    // The client's replies (to the device's DMA requests) carry no descriptors; any it attached are dropped.
+    this.device!.channel.send(m.bytes, isCommand ? m.fds : undefined);
     if (isCommand) {
       if (m.header.command === Command.VERSION) this.version = { ...m, fds: [] };
       this.inFlight.push({ ...m, deaths: 0 });
@@ -377,7 +376,7 @@ export class Supervisor {
 
   private goLive(d: DeviceProcess): void {
     d.live = true;
-    if (d.restart) this.pauses.push(performance.now() - this.downSince);
+    if (d.restart) this.o.log.info(`the device serves again after a pause of ${(performance.now() - this.downSince).toFixed(1)} ms`);
     setImmediate(() => this.prepareSpare());
     // Delivered again first, in their order, then what came while it was down.
     const again = this.inFlight;
