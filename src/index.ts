@@ -5,6 +5,7 @@
  * VMM such as QEMU (`-device vfio-user-pci`); Client drives any server.
  */
 export * from './device/index.js';
+export { defineRegisters, type Access, type FieldDecl, type Register, type RegisterDecl, type Registers, type Width } from './registers/registers.js';
 export { serve, Server, ServeError, type ServeOptions } from './server/server.js';
 export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
 export type { Limits } from './server/connection.js';

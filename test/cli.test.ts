@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, protocol } from '../src/index.js';
 import { native } from '../src/transport/native.js';
@@ -61,8 +62,15 @@ describe('muser serve', () => {
     writeFileSync(empty, 'export const answer = 42;\n');
     refuses(['serve', empty, '--socket', dir.socket()], /^muser: device module .*empty\.mjs exports no device; export default definePciDevice/);
     const broken = join(dir.path, 'broken.mjs');
-    writeFileSync(broken, 'export default definePciDevice(;\n');
-    refuses(['serve', broken, '--socket', dir.socket()], /^muser: device module .*broken\.mjs failed to load: /);
+    writeFileSync(broken, 'const a = 1;\nexport default definePciDevice(;\n');
+    refuses(['serve', broken, '--socket', dir.socket()], /^muser: device module .*broken\.mjs failed to load: SyntaxError: Unexpected token ';' \(.*broken\.mjs:2\)$/);
+    const muserUrl = pathToFileURL(join(dist, 'src', 'index.js')).href;
+    const throwing = join(dir.path, 'throwing.mjs');
+    writeFileSync(throwing, `import { defineRegisters } from '${muserUrl}';\n\nexport default defineRegisters({ A: { offset: 0 }, B: { offset: 2 } });\n`);
+    refuses(['serve', throwing, '--socket', dir.socket()], /^muser: device module .*throwing\.mjs failed to load: RangeError: registers: register B at 0x2 is 4 bytes wide but not 4-byte aligned \(.*throwing\.mjs:3\)$/);
+    const two = join(dir.path, 'two.mjs');
+    writeFileSync(two, `import { definePciDevice } from '${muserUrl}';\nexport const a = definePciDevice({ id: { vendor: 1, device: 1 } });\nexport const b = definePciDevice({ id: { vendor: 1, device: 2 } });\n`);
+    refuses(['serve', two, '--socket', dir.socket()], /^muser: device module .*two\.mjs exports 2 devices \(a, b\); export the one to serve as default$/);
   });
 
   it('refuses a socket path a live server uses, and one that is not a socket', async () => {

@@ -67,10 +67,10 @@ describe('devices served in this process', () => {
       const table = (await c.config.read(cap + 4, 4)) >>> 0;
       const pba = (await c.config.read(cap + 8, 4)) >>> 0;
       const [bar, tableAt, pbaAt] = [table & 7, table & ~7, pba & ~7];
-      await c.config.write(cap + 2, 2, 0xc000); // enable, function masked
+      await c.config.write(cap + 2, 0xc000, 2); // enable, function masked
       assert.equal(testDevice.irq(0), false);
       assert.equal((await c.regionRead(bar, pbaAt, 8)).readBigUInt64LE(0), 1n, 'vector 0 pending in the PBA');
-      await c.config.write(cap + 2, 2, 0x8000); // function mask off: the pending vector goes out
+      await c.config.write(cap + 2, 0x8000, 2); // function mask off: the pending vector goes out
       await v0.wait(0);
       assert.equal((await c.regionRead(bar, pbaAt, 8)).readBigUInt64LE(0), 0n);
       // A client that never writes the table (QEMU emulates it) gets vectors although entries power on masked.
@@ -129,12 +129,12 @@ describe('devices served in this process', () => {
       const v2 = await c.irq(IrqIndex.MSI, 2);
       await c.irq(IrqIndex.MSI, 0);
       const cap = testDevice.config.capabilityOffset(0x05)!;
-      await c.config.write(cap + 2, 2, (2 << 4) | 1); // 4 vectors enabled
-      await c.config.write(cap + 16, 4, 1 << 2); // mask vector 2 (64-bit layout: mask bits at 0x10)
+      await c.config.write(cap + 2, (2 << 4) | 1, 2); // 4 vectors enabled
+      await c.config.write(cap + 16, 1 << 2, 4); // mask vector 2 (64-bit layout: mask bits at 0x10)
       assert.equal(testDevice.irq(2), false);
       assert.equal(await c.config.read(cap + 20, 4), 1 << 2, 'pending bit set');
       assert.equal(v2.count, 0);
-      await c.config.write(cap + 16, 4, 0);
+      await c.config.write(cap + 16, 0, 4);
       await v2.wait(0);
       assert.equal(await c.config.read(cap + 20, 4), 0);
       await c.reset();

@@ -518,8 +518,8 @@ describe('NVMe sample driven by the TypeScript client', () => {
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const code = await new Promise<number | null>((r) => child.once('exit', r));
-    assert.equal(code, 2);
-    assert.match(stderr, /^muser: device module .*index\.js failed to load: MUSER_NVME_SIZE="12Q" is not a size; give bytes or a number with K, M, G or T, like 256M\n$/);
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, /^muser: device module .*index\.js failed to load: MUSER_NVME_SIZE="12Q" is not a size; give bytes or a number with K, M, G or T, like 256M \(.*index\.js:\d+\)\n$/);
     assert.equal(existsSync(join(dir.path, 'env.img')), false, 'no file was created');
   });
 });

@@ -1,75 +1,34 @@
 /**
  * ACCES PCI-IDIO-16: 16 optically isolated inputs and 16 FET outputs, the
  * card from the original MUSER README. Vendor 0x494f, device 0x0dc8; its
- * registers sit in a 256-byte I/O BAR2, laid out as Linux's gpio-pci-idio-16
- * driver uses them:
- *
- *   0  outputs 0-7 (reads back what was written)  4  outputs 8-15
- *   1  read: inputs 0-7; write: clear interrupt    5  inputs 8-15
- *   2  read: enable interrupt; write: disable it   6  interrupt status
- *   3  write: deactivate input filters
+ * 8-bit registers sit in a 256-byte I/O BAR2, laid out as Linux's
+ * gpio-pci-idio-16 driver uses them.
  *
  * Input line 0 keeps MUSER's original behaviour: it toggles every three reads
  * of the input register, so twelve reads give 0 0 0 1 1 1 0 0 0 1 1 1.
  */
-import { definePciDevice } from 'muser';
+import { definePciDevice, defineRegisters } from 'muser';
 
-const state = { out: [0, 0], inputReads: 0, irqEnabled: false, irqPending: false, filtersOff: false };
+const state = { inputReads: 0, irqEnabled: false, filtersOff: false };
 
-function inputs0to7(): number {
-  const line0 = Math.floor(state.inputReads++ / 3) & 1;
-  return line0;
-}
+const regs = defineRegisters({
+  OUT0_7: { offset: 0, width: 1 },
+  // Read: inputs 0-7. Write: clears the interrupt.
+  IN0_7: { offset: 1, width: 1, read: () => Math.floor(state.inputReads++ / 3) & 1, write: () => void (regs.IRQ_STATUS.value = 0) },
+  // Read: enables the interrupt. Write: disables it.
+  IRQ_CTL: { offset: 2, width: 1, access: 'wo', read: () => ((state.irqEnabled = true), 0), write: () => (state.irqEnabled = false) },
+  FILTER_OFF: { offset: 3, width: 1, access: 'wo', write: () => (state.filtersOff = true) },
+  OUT8_15: { offset: 4, width: 1 },
+  IN8_15: { offset: 5, width: 1, access: 'ro' },
+  IRQ_STATUS: { offset: 6, width: 1, access: 'ro' },
+});
 
 export const gpio = definePciDevice({
   name: 'pci-idio-16',
   id: { vendor: 0x494f, device: 0x0dc8, classCode: 0xff0000 },
-  bars: {
-    2: {
-      type: 'io',
-      size: 0x100,
-      read(offset) {
-        switch (offset) {
-          case 0:
-            return state.out[0];
-          case 1:
-            return inputs0to7();
-          case 2:
-            state.irqEnabled = true;
-            return 0;
-          case 4:
-            return state.out[1];
-          case 6:
-            return state.irqPending ? 1 : 0;
-          default:
-            return 0;
-        }
-      },
-      write(offset, value) {
-        switch (offset) {
-          case 0:
-            state.out[0] = value & 0xff;
-            break;
-          case 1:
-            state.irqPending = false;
-            break;
-          case 2:
-            state.irqEnabled = false;
-            break;
-          case 3:
-            state.filtersOff = true;
-            break;
-          case 4:
-            state.out[1] = value & 0xff;
-            break;
-        }
-      },
-    },
-  },
+  bars: { 2: { type: 'io', size: 0x100, registers: regs } },
   irqs: { intx: true },
-  reset() {
-    Object.assign(state, { out: [0, 0], irqEnabled: false, irqPending: false, filtersOff: false });
-  },
+  state,
 });
 
 export default gpio;

@@ -16,6 +16,7 @@
  * backlog until the host moves its head. A controller reset bumps an epoch:
  * work started before it posts nothing afterwards.
  */
+import { defineRegisters } from 'muser';
 import { BackingFile } from './backing.js';
 import {
   activeNamespaceList,
@@ -33,7 +34,6 @@ import {
 import { CommandError, gather, prpSegments, scatter, type Dma } from './prp.js';
 import {
   AdminOpcode,
-  CC,
   Cns,
   CQE_SIZE,
   CSTS,
@@ -61,9 +61,9 @@ export interface ControllerHost extends Dma {
   /** Whether MSI-X is enabled: one vector per CQ, and INTMS/INTMC do not apply. */
   msixEnabled(): boolean;
   /** Raises MSI-X `vector`, or (without MSI-X) the single INTx/MSI interrupt. */
-  interrupt(vector: number): void;
+  irq(vector: number): void;
   /** No completion is waiting: lowers INTx. */
-  interruptDone(): void;
+  irqDone(): void;
 }
 
 export interface ControllerOptions {
@@ -84,22 +84,92 @@ export interface ControllerOptions {
 type Outcome = { status: number; result: number } | null;
 const done = (status: number, result = 0): Outcome => ({ status, result });
 
-class CompletionQueue {
-  head = 0;
-  tail = 0;
-  phase = 1;
+/** A completion queue as data: what the controller's saved state holds of it. */
+interface CqState {
+  id: number;
+  base: bigint;
+  size: number;
+  vector: number;
+  interrupts: boolean;
+  head: number;
+  tail: number;
+  phase: number;
   /** Completions waiting for room, in order. */
-  readonly backlog: Completion[] = [];
+  backlog: Completion[];
   /** Submission queues that post here. */
-  sqs = 0;
+  sqs: number;
+}
+
+/** A submission queue as data. */
+interface SqState {
+  id: number;
+  base: bigint;
+  size: number;
+  cqId: number;
+  head: number;
+  tail: number;
+}
+
+/** The controller's state beyond its registers, as plain data the device saves and restores. */
+export interface ControllerState {
+  sqs: (SqState | null)[];
+  cqs: (CqState | null)[];
+  /** Command IDs of outstanding Asynchronous Event Requests. */
+  asyncEvents: number[];
+  /** I/O queues granted by Set Features (Number of Queues). */
+  grantedSqs: number;
+  grantedCqs: number;
+  features: Map<number, number>;
+  temperatureThresholds: Map<number, number>;
+  writeCache: boolean;
+  legacyAsserted: boolean;
+}
+
+class CompletionQueue {
   deleted = false;
-  constructor(
-    readonly id: number,
-    readonly base: bigint,
-    readonly size: number,
-    readonly vector: number,
-    readonly interrupts: boolean,
-  ) {}
+  constructor(readonly q: CqState) {}
+  get id(): number {
+    return this.q.id;
+  }
+  get base(): bigint {
+    return this.q.base;
+  }
+  get size(): number {
+    return this.q.size;
+  }
+  get vector(): number {
+    return this.q.vector;
+  }
+  get interrupts(): boolean {
+    return this.q.interrupts;
+  }
+  get backlog(): Completion[] {
+    return this.q.backlog;
+  }
+  get head(): number {
+    return this.q.head;
+  }
+  set head(v: number) {
+    this.q.head = v;
+  }
+  get tail(): number {
+    return this.q.tail;
+  }
+  set tail(v: number) {
+    this.q.tail = v;
+  }
+  get phase(): number {
+    return this.q.phase;
+  }
+  set phase(v: number) {
+    this.q.phase = v;
+  }
+  get sqs(): number {
+    return this.q.sqs;
+  }
+  set sqs(v: number) {
+    this.q.sqs = v;
+  }
   get full(): boolean {
     return (this.tail + 1) % this.size === this.head;
   }
@@ -109,8 +179,6 @@ class CompletionQueue {
 }
 
 class SubmissionQueue {
-  head = 0;
-  tail = 0;
   /** The drain loop is running. */
   running = false;
   deleted = false;
@@ -119,11 +187,30 @@ class SubmissionQueue {
   /** Called when the queue has no running loop and nothing in flight. */
   idleWaiters: (() => void)[] = [];
   constructor(
-    readonly id: number,
-    readonly base: bigint,
-    readonly size: number,
+    readonly q: SqState,
     readonly cq: CompletionQueue,
   ) {}
+  get id(): number {
+    return this.q.id;
+  }
+  get base(): bigint {
+    return this.q.base;
+  }
+  get size(): number {
+    return this.q.size;
+  }
+  get head(): number {
+    return this.q.head;
+  }
+  set head(v: number) {
+    this.q.head = v;
+  }
+  get tail(): number {
+    return this.q.tail;
+  }
+  set tail(v: number) {
+    this.q.tail = v;
+  }
   get idle(): boolean {
     return !this.running && this.inflight === 0;
   }
@@ -136,31 +223,59 @@ class SubmissionQueue {
 const FETCH_BATCH = 64;
 const CAP_TIMEOUT_500MS = 30; // CAP.TO: 15 s for CSTS.RDY (a guest under TCG is slow)
 
-export class NvmeController {
-  // Registers.
-  private cc = 0;
-  private csts = 0;
-  private aqa = 0;
-  private asq = 0n;
-  private acq = 0n;
-  private intms = 0;
+/** The controller registers (BAR0 below the doorbells); offsets they leave out read 0. */
+function controllerRegisters(maxQueueEntries: number, on: { cc(value: number, old: number): void; intmc(value: number): void }) {
+  const regs = defineRegisters(
+    {
+      CAP: {
+        offset: Reg.CAP,
+        width: 8,
+        access: 'ro',
+        fields: { MQES: { shift: 0, width: 16 }, CQR: { shift: 16 }, TO: { shift: 24, width: 8 }, CSS: { shift: 37, width: 8 } },
+        // Queues physically contiguous, NVM command set; DSTRD 0, MPSMIN = MPSMAX = 0 (4 KiB).
+        reset: BigInt(maxQueueEntries - 1) | (1n << 16n) | (BigInt(CAP_TIMEOUT_500MS) << 24n) | (1n << 37n),
+      },
+      VS: { offset: Reg.VS, access: 'ro', reset: 0x00010400 },
+      INTMS: { offset: Reg.INTMS, access: 'w1s' },
+      // Clears mask bits of INTMS and reads as INTMS.
+      INTMC: { offset: Reg.INTMC, access: 'wo', read: (): number => regs.INTMS.value, write: on.intmc },
+      CC: {
+        offset: Reg.CC,
+        fields: {
+          EN: { shift: 0 },
+          CSS: { shift: 4, width: 3 },
+          MPS: { shift: 7, width: 4 },
+          AMS: { shift: 11, width: 3 },
+          SHN: { shift: 14, width: 2 },
+          IOSQES: { shift: 16, width: 4 },
+          IOCQES: { shift: 20, width: 4 },
+        },
+        write: on.cc,
+      },
+      CSTS: { offset: Reg.CSTS, access: 'ro', fields: { RDY: { shift: 0 }, CFS: { shift: 1 }, SHST: { shift: 2, width: 2 } } },
+      AQA: { offset: Reg.AQA, fields: { ASQS: { shift: 0, width: 12 }, ACQS: { shift: 16, width: 12 } } },
+      ASQ: { offset: Reg.ASQ, width: 8, fields: { ASQB: { shift: 12, width: 52 } } },
+      ACQ: { offset: Reg.ACQ, width: 8, fields: { ACQB: { shift: 12, width: 52 } } },
+    },
+    { name: 'NVMe BAR0' },
+  );
+  return regs;
+}
+type ControllerRegisters = ReturnType<typeof controllerRegisters>;
 
+export class NvmeController {
+  /** BAR0 below the doorbells; the offsets they leave out read 0. */
+  readonly regs: ControllerRegisters;
+  /** Queues and settings as data: the device saves it with the registers (see restored()). */
+  readonly state: ControllerState;
+  /** The queues of `state`, with what only a running controller has (drain loops, commands in flight). */
   private sqs: (SubmissionQueue | undefined)[] = [];
   private cqs: (CompletionQueue | undefined)[] = [];
-  /** Bumped by every controller reset; work of an older epoch posts nothing. */
-  private epoch = 0;
-  /** Command IDs of outstanding Asynchronous Event Requests. */
-  private asyncEvents: number[] = [];
-  /** I/O queues granted by Set Features (Number of Queues). */
-  private grantedSqs: number;
-  private grantedCqs: number;
-  private features = new Map<number, number>();
-  private temperatureThresholds = new Map<number, number>();
-  private writeCache = true;
   /** CQs whose interrupt is due at the end of this event-loop turn. */
   private readonly due = new Set<CompletionQueue>();
   private interruptScheduled = false;
-  private legacyAsserted = false;
+  /** Bumped by every controller reset; work of an older epoch posts nothing (runtime only: no work survives a restore). */
+  private epoch = 0;
 
   readonly backing: BackingFile;
   private readonly blocks: number;
@@ -187,200 +302,152 @@ export class NvmeController {
     this.maxTransfer = PAGE << options.identity.mdts;
     this.warn = options.warn ?? ((m) => process.stderr.write(`nvme: ${m}\n`));
     this.info = options.info ?? (() => undefined);
-    this.grantedSqs = this.ioQueues;
-    this.grantedCqs = this.ioQueues;
+    this.state = {
+      sqs: [],
+      cqs: [],
+      asyncEvents: [],
+      grantedSqs: this.ioQueues,
+      grantedCqs: this.ioQueues,
+      features: new Map(),
+      temperatureThresholds: new Map(),
+      writeCache: true,
+      legacyAsserted: false,
+    };
+    this.regs = controllerRegisters(this.identity.maxQueueEntries, {
+      cc: (v, old) => this.writeCc(v, old),
+      intmc: (v) => this.unmask(v),
+    });
   }
 
   // ---------------------------------------------------------------- registers
 
-  private get cap(): bigint {
-    const mqes = BigInt(this.identity.maxQueueEntries - 1);
-    const cqr = 1n << 16n; // queues must be physically contiguous
-    const to = BigInt(CAP_TIMEOUT_500MS) << 24n;
-    const cssNvm = 1n << 37n;
-    return mqes | cqr | to | cssNvm; // DSTRD 0, MPSMIN = MPSMAX = 0 (4 KiB)
-  }
-
   /** Whether CSTS.RDY is set. */
   get ready(): boolean {
-    return (this.csts & CSTS.RDY) !== 0;
+    return this.regs.CSTS.RDY === 1;
   }
 
-  /** A BAR0 read of `size` bytes at `offset`. */
-  readRegister(offset: number, size: number): number {
-    const dword = this.dword(offset & ~3);
-    if (size === 4) return dword;
-    return (dword >>> ((offset & 3) * 8)) & (2 ** (size * 8) - 1);
+  /** A doorbell write (BAR0 from 0x1000). Returns at once: doorbells only schedule work. */
+  writeDoorbell(offset: number, value: number): void {
+    if (offset >= Reg.DOORBELLS && offset % 4 === 0) this.doorbell((offset - Reg.DOORBELLS) >> 2, value);
   }
 
-  private dword(offset: number): number {
-    switch (offset) {
-      case Reg.CAP:
-        return Number(this.cap & 0xffffffffn);
-      case Reg.CAP + 4:
-        return Number(this.cap >> 32n);
-      case Reg.VS:
-        return 0x00010400;
-      case Reg.INTMS:
-      case Reg.INTMC:
-        return this.intms >>> 0;
-      case Reg.CC:
-        return this.cc >>> 0;
-      case Reg.CSTS:
-        return this.csts >>> 0;
-      case Reg.AQA:
-        return this.aqa >>> 0;
-      case Reg.ASQ:
-        return Number(this.asq & 0xffffffffn);
-      case Reg.ASQ + 4:
-        return Number(this.asq >> 32n);
-      case Reg.ACQ:
-        return Number(this.acq & 0xffffffffn);
-      case Reg.ACQ + 4:
-        return Number(this.acq >> 32n);
-      default:
-        return 0; // reserved registers, CMBLOC/CMBSZ (no memory buffer), doorbells
-    }
+  private unmask(bits: number): void {
+    this.regs.INTMS.value = (this.regs.INTMS.value & ~bits) >>> 0;
+    this.regs.INTMC.value = 0;
+    this.updateLegacyInterrupt();
   }
 
-  /** A BAR0 write. Returns at once: doorbells only schedule work. */
-  writeRegister(offset: number, value: number, size: number): void {
-    const at = offset & ~3;
-    let v = value >>> 0;
-    if (size < 4) {
-      const shift = (offset & 3) * 8;
-      const mask = ((2 ** (size * 8) - 1) << shift) >>> 0;
-      v = ((this.dword(at) & ~mask) | ((v << shift) & mask)) >>> 0;
-    }
-    if (at >= Reg.DOORBELLS) return this.doorbell((at - Reg.DOORBELLS) >> 2, v);
-    switch (at) {
-      case Reg.INTMS:
-        this.intms = (this.intms | v) >>> 0;
-        return;
-      case Reg.INTMC:
-        this.intms = (this.intms & ~v) >>> 0;
-        this.updateLegacyInterrupt();
-        return;
-      case Reg.CC:
-        return this.writeCc(v);
-      case Reg.AQA:
-        this.aqa = v & 0x0fff0fff;
-        return;
-      case Reg.ASQ:
-        this.asq = (this.asq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
-        return;
-      case Reg.ASQ + 4:
-        this.asq = (this.asq & 0xffffffffn) | (BigInt(v) << 32n);
-        return;
-      case Reg.ACQ:
-        this.acq = (this.acq & ~0xffffffffn) | BigInt((v & ~0xfff) >>> 0);
-        return;
-      case Reg.ACQ + 4:
-        this.acq = (this.acq & 0xffffffffn) | (BigInt(v) << 32n);
-        return;
-      default:
-        return; // read-only or reserved; NSSR: no subsystem reset (CAP.NSSRS = 0)
-    }
-  }
-
-  private writeCc(v: number): void {
-    const old = this.cc;
-    this.cc = v;
-    const wasEnabled = (old & CC.EN) !== 0;
-    const enabled = (v & CC.EN) !== 0;
-    if (!wasEnabled && enabled) this.enable();
-    else if (wasEnabled && !enabled) this.controllerReset();
-    const shn = (v >> CC.SHN_SHIFT) & 3;
-    const oldShn = (old >> CC.SHN_SHIFT) & 3;
-    if (shn !== 0 && oldShn === 0) void this.shutdown();
+  private writeCc(v: number, old: number): void {
+    const cc = this.regs.CC;
+    if (!(old & 1) && cc.EN) this.enable();
+    else if (old & 1 && !cc.EN) this.controllerReset();
+    if (cc.SHN !== 0 && cc.decode(old).SHN === 0) void this.shutdown();
   }
 
   /** CC.EN 0 to 1: checks the configuration and brings up the admin queue. */
   private enable(): void {
+    const { CC: cc, CSTS: csts, AQA: aqa } = this.regs;
     const fail = (why: string): void => {
       this.warn(`cannot enable the controller: ${why}; CSTS.CFS set`);
-      this.csts |= CSTS.CFS;
+      csts.CFS = 1;
     };
-    const mps = (this.cc >> CC.MPS_SHIFT) & 0xf;
-    const css = (this.cc >> CC.CSS_SHIFT) & 7;
-    const ams = (this.cc >> CC.AMS_SHIFT) & 7;
-    const sqEntries = (this.aqa & 0xfff) + 1;
-    const cqEntries = ((this.aqa >>> 16) & 0xfff) + 1;
+    const { MPS: mps, CSS: css, AMS: ams } = cc;
+    const sqEntries = aqa.ASQS + 1;
+    const cqEntries = aqa.ACQS + 1;
     if (mps !== 0) return fail(`CC.MPS ${mps} asks for ${PAGE << mps}-byte pages; only 4096 is supported`);
     if (css !== 0) return fail(`CC.CSS ${css} is not the NVM command set`);
     if (ams !== 0) return fail(`CC.AMS ${ams} is not round robin`);
     if (sqEntries < 2 || cqEntries < 2) return fail(`AQA asks for ${sqEntries} admin SQ and ${cqEntries} admin CQ entries; at least 2 each`);
-    if (this.asq === 0n || this.acq === 0n) return fail('ASQ or ACQ is zero');
-    const cq = new CompletionQueue(0, this.acq, cqEntries, 0, true);
-    const sq = new SubmissionQueue(0, this.asq, sqEntries, cq);
-    cq.sqs = 1;
-    this.cqs = [cq];
-    this.sqs = [sq];
-    this.csts = CSTS.RDY;
+    const asq = this.regs.ASQ.value;
+    const acq = this.regs.ACQ.value;
+    if (asq === 0n || acq === 0n) return fail('ASQ or ACQ is zero');
+    const cq = this.addCq(0, acq, cqEntries, 0, true);
+    this.addSq(0, asq, sqEntries, cq);
+    csts.value = 0;
+    csts.RDY = 1;
     this.info(`controller enabled: admin queues of ${sqEntries} and ${cqEntries} entries`);
   }
 
   /** CC.EN 1 to 0: every queue goes, outstanding commands are dropped, registers but AQA/ASQ/ACQ/CC reset. */
   private controllerReset(): void {
-    if (this.csts & CSTS.RDY) this.info('controller reset');
+    if (this.ready) this.info('controller reset');
     this.epoch++;
     this.stats.resets++;
     for (const sq of this.sqs) if (sq) sq.deleted = true;
     for (const cq of this.cqs) if (cq) cq.deleted = true;
     this.sqs = [];
     this.cqs = [];
-    this.asyncEvents = [];
-    this.grantedSqs = this.ioQueues;
-    this.grantedCqs = this.ioQueues;
-    this.features.clear();
-    this.temperatureThresholds.clear();
-    this.writeCache = true;
-    this.intms = 0;
-    this.csts = 0;
+    this.state.sqs = [];
+    this.state.cqs = [];
+    this.state.asyncEvents = [];
+    this.state.grantedSqs = this.ioQueues;
+    this.state.grantedCqs = this.ioQueues;
+    this.state.features.clear();
+    this.state.temperatureThresholds.clear();
+    this.state.writeCache = true;
+    this.regs.INTMS.value = 0;
+    this.regs.CSTS.value = 0;
     this.due.clear();
-    this.legacyAsserted = false;
-    this.host.interruptDone();
+    this.state.legacyAsserted = false;
+    this.host.irqDone();
   }
 
   /** Power-on state (a PCI function reset). */
   powerOn(): void {
     this.controllerReset();
-    this.cc = 0;
-    this.aqa = 0;
-    this.asq = 0n;
-    this.acq = 0n;
   }
 
   /** CC.SHN: waits for commands in flight, fsyncs the file, then reports the shutdown complete. */
   private async shutdown(): Promise<void> {
     const epoch = this.epoch;
     this.stats.shutdowns++;
-    this.setShst(CSTS.SHST_OCCURRING);
+    this.regs.CSTS.SHST = CSTS.SHST_OCCURRING;
     await Promise.all(this.sqs.filter((sq): sq is SubmissionQueue => sq !== undefined).map((sq) => this.whenIdle(sq)));
     try {
       if (!this.backing.closed) await this.backing.sync();
     } catch (e) {
       this.warn(`fsync of ${this.backing.path} at shutdown failed: ${(e as Error).message}`);
     }
-    if (epoch === this.epoch && ((this.cc >> CC.SHN_SHIFT) & 3) !== 0) {
-      this.setShst(CSTS.SHST_COMPLETE);
+    if (epoch === this.epoch && this.regs.CC.SHN !== 0) {
+      this.regs.CSTS.SHST = CSTS.SHST_COMPLETE;
       this.info(`shutdown complete: ${this.backing.path} synced`);
     }
   }
 
-  private setShst(value: number): void {
-    this.csts = (this.csts & ~(3 << CSTS.SHST_SHIFT)) | (value << CSTS.SHST_SHIFT);
+  private fatal(why: string): void {
+    if (!this.regs.CSTS.CFS) this.warn(`controller fatal status: ${why}`);
+    this.regs.CSTS.CFS = 1;
   }
 
-  private fatal(why: string): void {
-    if (!(this.csts & CSTS.CFS)) this.warn(`controller fatal status: ${why}`);
-    this.csts |= CSTS.CFS;
+  private addCq(id: number, base: bigint, size: number, vector: number, interrupts: boolean): CompletionQueue {
+    const q: CqState = { id, base, size, vector, interrupts, head: 0, tail: 0, phase: 1, backlog: [], sqs: 0 };
+    this.state.cqs[id] = q;
+    return (this.cqs[id] = new CompletionQueue(q));
+  }
+
+  private addSq(id: number, base: bigint, size: number, cq: CompletionQueue): void {
+    const q: SqState = { id, base, size, cqId: cq.id, head: 0, tail: 0 };
+    this.state.sqs[id] = q;
+    this.sqs[id] = new SubmissionQueue(q, cq);
+    cq.sqs++;
+  }
+
+  /**
+   * After the device restored saved state into `state`: the queues as they
+   * were, with nothing in flight. Commands that were running when the state
+   * was saved are not run again (their SQ entries were already consumed).
+   */
+  restored(): void {
+    this.cqs = this.state.cqs.map((q) => (q ? new CompletionQueue(q) : undefined));
+    this.sqs = this.state.sqs.map((q) => (q ? new SubmissionQueue(q, this.cqs[q.cqId]!) : undefined));
+    this.due.clear();
+    for (const sq of this.sqs) if (sq && sq.head !== sq.tail && this.ready) this.doorbell(2 * sq.id, sq.tail);
   }
 
   // ---------------------------------------------------------------- doorbells
 
   private doorbell(index: number, value: number): void {
-    if (!this.ready || this.csts & CSTS.CFS) return;
+    if (!this.ready || this.regs.CSTS.CFS) return;
     const qid = index >> 1;
     if (index & 1) {
       const cq = this.cqs[qid];
@@ -523,7 +590,7 @@ export class NvmeController {
     for (const cq of this.due) {
       if (!cq.deleted) {
         this.stats.interrupts++;
-        this.host.interrupt(cq.vector);
+        this.host.irq(cq.vector);
       }
     }
     this.due.clear();
@@ -540,14 +607,14 @@ export class NvmeController {
     if (this.host.msixEnabled()) return;
     const pending = this.cqs.some((cq) => cq !== undefined && cq.interrupts && cq.pending);
     if (!pending) {
-      if (this.legacyAsserted) this.host.interruptDone();
-      this.legacyAsserted = false;
+      if (this.state.legacyAsserted) this.host.irqDone();
+      this.state.legacyAsserted = false;
       return;
     }
-    if (this.intms & 1) return;
-    this.legacyAsserted = true;
+    if (this.regs.INTMS.value & 1) return;
+    this.state.legacyAsserted = true;
     this.stats.interrupts++;
-    this.host.interrupt(0);
+    this.host.irq(0);
   }
 
   // ---------------------------------------------------------------- admin commands
@@ -574,9 +641,9 @@ export class NvmeController {
       case AdminOpcode.ABORT:
         return done(OK, 1); // DW0 bit 0: the command was not aborted
       case AdminOpcode.ASYNC_EVENT_REQUEST:
-        if (this.asyncEvents.length >= this.identity.asyncEventLimit) return done(specificError(Specific.ASYNC_EVENT_LIMIT_EXCEEDED));
+        if (this.state.asyncEvents.length >= this.identity.asyncEventLimit) return done(specificError(Specific.ASYNC_EVENT_LIMIT_EXCEEDED));
         // Kept until a reset: this controller reports no events.
-        this.asyncEvents.push(cmd.cid);
+        this.state.asyncEvents.push(cmd.cid);
         return null;
       default:
         return done(genericError(Generic.INVALID_OPCODE));
@@ -597,26 +664,25 @@ export class NvmeController {
 
   private createCq(cmd: Command): Outcome {
     const { qid, entries, contiguous } = this.queueFields(cmd);
-    if (qid === 0 || qid > this.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
-    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOCQES_SHIFT) & 0xf, CQE_SIZE);
+    if (qid === 0 || qid > this.state.grantedCqs || this.cqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOCQES, CQE_SIZE);
     if (bad) return bad;
     const interrupts = (cmd.cdw11 & 2) !== 0;
     const vector = cmd.cdw11 >>> 16;
     if (interrupts && vector >= this.vectors) return done(specificError(Specific.INVALID_INTERRUPT_VECTOR));
-    this.cqs[qid] = new CompletionQueue(qid, cmd.prp1, entries, vector, interrupts);
+    this.addCq(qid, cmd.prp1, entries, vector, interrupts);
     return done(OK);
   }
 
   private createSq(cmd: Command): Outcome {
     const { qid, entries, contiguous } = this.queueFields(cmd);
     const cqid = cmd.cdw11 >>> 16;
-    if (qid === 0 || qid > this.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
+    if (qid === 0 || qid > this.state.grantedSqs || this.sqs[qid]) return done(specificError(Specific.INVALID_QUEUE_ID));
     const cq = cqid === 0 ? undefined : this.cqs[cqid];
     if (!cq) return done(specificError(Specific.COMPLETION_QUEUE_INVALID));
-    const bad = this.checkQueue(entries, contiguous, cmd.prp1, (this.cc >>> CC.IOSQES_SHIFT) & 0xf, SQE_SIZE);
+    const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOSQES, SQE_SIZE);
     if (bad) return bad;
-    this.sqs[qid] = new SubmissionQueue(qid, cmd.prp1, entries, cq);
-    cq.sqs++;
+    this.addSq(qid, cmd.prp1, entries, cq);
     return done(OK);
   }
 
@@ -632,6 +698,7 @@ export class NvmeController {
     const epoch = this.epoch;
     sq.deleted = true;
     this.sqs[qid] = undefined;
+    this.state.sqs[qid] = null;
     await this.whenIdle(sq);
     if (epoch !== this.epoch) return null;
     while (sq.head !== sq.tail && !sq.cq.deleted) {
@@ -650,6 +717,7 @@ export class NvmeController {
     if (cq.sqs > 0) return done(specificError(Specific.INVALID_QUEUE_DELETION));
     cq.deleted = true;
     this.cqs[qid] = undefined;
+    this.state.cqs[qid] = null;
     this.due.delete(cq);
     return done(OK);
   }
@@ -736,19 +804,19 @@ export class NvmeController {
         const sqs = v & 0xffff;
         const cqs = v >>> 16;
         if (sqs === 0xffff || cqs === 0xffff) return done(genericError(Generic.INVALID_FIELD));
-        this.grantedSqs = Math.min(sqs + 1, this.ioQueues);
-        this.grantedCqs = Math.min(cqs + 1, this.ioQueues);
+        this.state.grantedSqs = Math.min(sqs + 1, this.ioQueues);
+        this.state.grantedCqs = Math.min(cqs + 1, this.ioQueues);
         return done(OK, this.queuesResult());
       }
       case Feature.POWER_MANAGEMENT:
         if ((v & 0x1f) !== 0) return done(genericError(Generic.INVALID_FIELD)); // one power state
-        this.features.set(fid, v);
+        this.state.features.set(fid, v);
         return done(OK);
       case Feature.VOLATILE_WRITE_CACHE:
-        this.writeCache = (v & 1) !== 0;
+        this.state.writeCache = (v & 1) !== 0;
         return done(OK);
       case Feature.TEMPERATURE_THRESHOLD:
-        this.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
+        this.state.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
         return done(OK);
       case Feature.ARBITRATION:
       case Feature.ERROR_RECOVERY:
@@ -756,7 +824,7 @@ export class NvmeController {
       case Feature.INTERRUPT_VECTOR_CONFIG:
       case Feature.WRITE_ATOMICITY:
       case Feature.ASYNC_EVENT_CONFIG:
-        this.features.set(fid, v);
+        this.state.features.set(fid, v);
         return done(OK);
       default:
         return done(genericError(Generic.INVALID_FIELD));
@@ -786,22 +854,22 @@ export class NvmeController {
       case Feature.NUMBER_OF_QUEUES:
         return done(OK, current ? this.queuesResult() : ((this.ioQueues - 1) | ((this.ioQueues - 1) << 16)) >>> 0);
       case Feature.VOLATILE_WRITE_CACHE:
-        return done(OK, !current || this.writeCache ? 1 : 0);
+        return done(OK, !current || this.state.writeCache ? 1 : 0);
       case Feature.TEMPERATURE_THRESHOLD: {
         const selector = (cmd.cdw11 >>> 16) & 0x3f;
         const under = (selector & 0x30) === 0x10;
         const fallback = under ? 0 : 0x157; // over: 343 K; under: 0 K
-        return done(OK, (current ? this.temperatureThresholds.get(selector) : undefined) ?? fallback);
+        return done(OK, (current ? this.state.temperatureThresholds.get(selector) : undefined) ?? fallback);
       }
       case Feature.INTERRUPT_VECTOR_CONFIG:
         return done(OK, cmd.cdw11 & 0xffff); // this vector, coalescing not disabled
       default:
-        return done(OK, (current ? this.features.get(fid) : undefined) ?? 0);
+        return done(OK, (current ? this.state.features.get(fid) : undefined) ?? 0);
     }
   }
 
   private queuesResult(): number {
-    return ((this.grantedSqs - 1) | ((this.grantedCqs - 1) << 16)) >>> 0;
+    return ((this.state.grantedSqs - 1) | ((this.state.grantedCqs - 1) << 16)) >>> 0;
   }
 
   // ---------------------------------------------------------------- I/O commands
@@ -839,7 +907,7 @@ export class NvmeController {
     const data = await gather(this.host, segments, length);
     this.backing.write(data, position);
     const fua = (cmd.cdw12 & (1 << 30)) !== 0;
-    if (fua || !this.writeCache) await this.backing.flush();
+    if (fua || !this.state.writeCache) await this.backing.flush();
     return done(OK);
   }
 

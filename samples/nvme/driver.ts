@@ -132,7 +132,7 @@ export class NvmeHost {
     const mem = await client.mapMemory(options.iova ?? 0x10000000n, options.memory ?? 16 * 1024 * 1024);
     const host = new NvmeHost(client, mem, options);
     const command = await client.config.read(4, 2);
-    await client.config.write(4, 2, command | 0x6); // memory space, bus master
+    await client.config.write(4, command | 0x6, 2); // memory space, bus master
     if (host.interrupts === 'msix') await host.enableMsix(options.writeMsixTable ?? true);
     if (host.interrupts === 'intx') host.vectors[0] = await client.irq(IrqIndex.INTX, 0);
     return host;
@@ -146,7 +146,7 @@ export class NvmeHost {
     const table = (await this.client.config.read(cap + 4, 4)) >>> 0;
     this.msix = { cap, bar: table & 7, table: table & ~7 };
     for (let v = 0; v < size; v++) this.vectors[v] = await this.client.irq(IrqIndex.MSIX, v);
-    await this.client.config.write(cap + 2, 2, 0x8000); // MSI-X enable
+    await this.client.config.write(cap + 2, 0x8000, 2); // MSI-X enable
     if (!writeTable) return;
     for (let v = 0; v < size; v++) await this.client.regionWrite(this.msix.bar, this.msix.table + 16 * v + 12, le32(0)); // unmask
   }

@@ -77,10 +77,10 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
       read: async (iova, length) => device.dma.read(iova, length),
       write: async (iova, data) => device.dma.write(iova, data),
       msixEnabled: () => device.config.msix()?.enabled === true,
-      interrupt: (vector) => {
+      irq: (vector) => {
         device.irq(device.config.msix()?.enabled ? vector : 0);
       },
-      interruptDone: () => device.irqDone(),
+      irqDone: () => device.irqDone(),
     },
     {
       backing,
@@ -110,13 +110,15 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
       0: {
         type: 'memory64',
         size: BAR0_SIZE,
-        read: (offset, size) => controller.readRegister(offset, size),
-        write: (offset, value, size) => controller.writeRegister(offset, value, size),
+        registers: controller.regs,
+        write: (offset, value) => controller.writeDoorbell(offset, value),
       },
     },
     irqs: { intx: true, msix: vectors },
     capabilities: [{ id: 'pm' }, { id: 'pcie' }],
+    state: controller.state,
     reset: () => controller.powerOn(),
+    restored: () => controller.restored(),
   });
   return {
     device,

@@ -3,11 +3,13 @@
  * `muser serve <device module> --socket <path>`: loads a device module and
  * serves its device over vfio-user until SIGINT or SIGTERM.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { PciDevice } from '../device/device.js';
+import { authorFrames } from '../device/mistakes.js';
 import { serve, ServeError } from '../server/server.js';
 import { consoleLogger, type LogLevel } from '../server/log.js';
 import { defaultLimits, type Limits } from '../server/connection.js';
@@ -53,13 +55,39 @@ async function loadDevice(path: string): Promise<PciDevice> {
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new UsageError(`device module ${path} failed to load: ${(e as Error).message}`);
+    throw new UsageError(`device module ${path} failed to load: ${loadFailure(e, file)}`);
   }
-  const candidates = [mod.default, mod.device, ...Object.values(mod)];
+  const isDevice = (x: unknown): x is PciDevice => x instanceof PciDevice || isDeviceLike(x);
+  if (isDevice(mod.default)) return mod.default;
+  const exported = Object.entries(mod).filter(([, x]) => isDevice(x));
+  const devices = new Set(exported.map(([, x]) => x));
+  if (devices.size > 1) {
+    throw new UsageError(`device module ${path} exports ${devices.size} devices (${exported.map(([name]) => name).join(', ')}); export the one to serve as default`);
+  }
   // Duck-typed: the module may import its own copy of muser.
-  const device = candidates.find((x): x is PciDevice => x instanceof PciDevice || isDeviceLike(x));
+  const device = exported[0]?.[1] as PciDevice | undefined;
   if (!device) throw new UsageError(`device module ${path} exports no device; export default definePciDevice({...})`);
   return device;
+}
+
+/** Why a module did not load, with the file and line where Node knows them. */
+function loadFailure(e: unknown, file: string): string {
+  if (!(e instanceof Error)) return String(e);
+  // A built-in error's name says something (SyntaxError, TypeError); an author's own error class speaks for itself.
+  const builtin = [SyntaxError, TypeError, RangeError, ReferenceError].some((c) => e.constructor === c);
+  const what = `${builtin ? `${e.name}: ` : ''}${e.message.split('\n')[0]}`;
+  if (e instanceof SyntaxError) {
+    // Node keeps a syntax error's position out of the error object; its syntax check prints it first.
+    const check = spawnSync(process.execPath, ['--check', file], { encoding: 'utf8' });
+    const at = /^(.+:\d+)$/m.exec(check.stderr ?? '')?.[1];
+    return at ? `${what} (${at})` : what;
+  }
+  // The module's own line that threw, else the first line outside Node and muser.
+  const frames = (e.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l));
+  const url = pathToFileURL(file).href;
+  const own = frames.find((l) => l.includes(url)) ?? authorFrames(frames.join('\n'))[0];
+  const at = own && /((?:file:\/\/)?\/[^\s()]+?:\d+):\d+\)?$/.exec(own)?.[1];
+  return at ? `${what} (${at.startsWith('file:') ? fileURLToPath(at.replace(/:\d+$/, '')) + at.slice(at.lastIndexOf(':')) : at})` : what;
 }
 
 function isDeviceLike(x: unknown): boolean {

@@ -5,9 +5,15 @@
  * DeviceHost for interrupts and DMA.
  */
 import { IrqIndex, RegionIndex } from '../protocol/constants.js';
+import { getLE, setLE } from '../protocol/le.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
 import { fstatSync } from 'node:fs';
-import { native } from '../transport/native.js';
+import { Command, Msix } from '../pci/regs.js';
+import { registerBlock, type RegisterBlock } from '../registers/registers.js';
+import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
+import { AuthorError, authorError, describeAccess } from './mistakes.js';
+import { notPlain } from './plain-data.js';
+import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
 
 const PAGE = 4096;
@@ -32,10 +38,22 @@ export interface IrqLayout {
 interface Bar {
   spec: BarSpec;
   size: number;
-  memory?: { fd: number; bytes: Buffer; areas: { offset: number; size: number }[] };
+  memory?: SharedMemory & { areas: { offset: number; size: number }[] };
+  /** Declared registers; offsets they do not cover go to the handlers. */
+  block?: RegisterBlock;
 }
 
-export class PciDevice {
+/** One declared register as an inspector shows it. */
+export interface RegisterSnapshot {
+  region: number;
+  offset: number;
+  width: number;
+  name: string;
+  value: bigint;
+  fields: { name: string; shift: number; width: number; value: bigint }[];
+}
+
+export class PciDevice<S extends object = object> {
   readonly name: string;
   readonly config: ConfigSpace;
   readonly regions: readonly RegionLayout[];
@@ -51,15 +69,23 @@ export class PciDevice {
   private msixTableInUse = false;
   private readonly bars: (Bar | undefined)[] = [];
   private readonly rom?: Uint8Array;
-  private readonly spec: PciDeviceSpec;
+  private readonly spec: PciDeviceSpec<S>;
+  /**
+   * The author's state: declared in the spec, sealed (a property not declared
+   * cannot be added), saved with the registers and set back on reset.
+   */
+  readonly state: S;
+  private readonly initialState: S;
   private host?: DeviceHost;
-  /** Reused result buffers for 1-, 2- and 4-byte trapped reads, indexed by size. */
-  private readonly scratch: Buffer[] = [1, 1, 2, 2, 4].map((n) => Buffer.alloc(n));
+  /** Reused result buffers for trapped reads of up to 4 bytes, indexed by size. */
+  private readonly scratch: Buffer[] = [0, 1, 2, 3, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
 
-  constructor(spec: PciDeviceSpec) {
+  constructor(spec: PciDeviceSpec<S>) {
     this.spec = spec;
     this.name = spec.name ?? `pci-${hex4(spec.id.vendor)}:${hex4(spec.id.device)}`;
+    this.initialState = initialState(this.name, spec.state);
+    this.state = Object.seal(spec.state ?? ({} as S));
     const specs: (BarSpec | undefined)[] = [0, 1, 2, 3, 4, 5].map((i) => spec.bars?.[i as BarIndex]);
     const irqs = spec.irqs ?? {};
     const msix = typeof irqs.msix === 'number' ? { vectors: irqs.msix } : irqs.msix;
@@ -89,10 +115,24 @@ export class PciDevice {
       interruptPin: irqs.intx ? 1 : 0,
       capabilities: caps,
       extendedCapabilities: spec.extendedCapabilities,
+      effects: {
+        command: (now, old) => {
+          if (old & ~now & Command.INTX_DISABLE) this.intxEnabled();
+        },
+        msixControl: (now, old) => {
+          if (old & ~now & Msix.FLAGS_MASKALL) this.deliverPendingMsix();
+        },
+        msiMask: (_now, old) => {
+          if (old) this.deliverPendingMsi(old);
+        },
+      },
     });
     this.rom = spec.rom;
     specs.forEach((s, i) => {
-      if (s) this.bars[i] = { spec: s, size: s.size, memory: s.memory ? sharedMemory(this.name, i, s) : undefined };
+      if (!s) return;
+      const block = s.registers && registerBlock(s.registers);
+      if (block && block.size > s.size) throw new RangeError(`BAR${i} of ${this.name} is ${s.size} bytes, but its registers reach 0x${block.size.toString(16)}`);
+      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? barMemory(this.name, i, s) : undefined, block };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
     this.msixTable?.onUnmask((vector) => this.deliverPendingMsix(vector));
@@ -152,7 +192,14 @@ export class PciDevice {
       for (let i = 0; i < live.length; i++) {
         if (live[i] !== seen[i]) {
           seen[i] = live[i];
-          changed(offset + 4 * i, live[i]);
+          try {
+            changed(offset + 4 * i, live[i]);
+          } catch (e) {
+            // The watch may have started before any client, outside the work a server attributes to this device.
+            const why = authorError(e, `the watch of BAR${index} at 0x${(offset + 4 * i).toString(16)}`).stack;
+            if (this.host?.deviceLog) this.host.deviceLog('error', `${this.name}: ${why}`);
+            else process.stderr.write(`muser[${this.name}] error: ${why}\n`);
+          }
         }
       }
     };
@@ -174,7 +221,7 @@ export class PciDevice {
         this.msixTable.setPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSIX, vector);
+      return this.irqVia(IrqIndex.MSIX, vector);
     }
     const msi = this.config.msi();
     if (msi?.enabled) {
@@ -183,16 +230,19 @@ export class PciDevice {
         this.config.setMsiPending(vector, true);
         return false;
       }
-      return this.signal(IrqIndex.MSI, vector);
+      return this.irqVia(IrqIndex.MSI, vector);
+    }
+    if (!this.irqCounts.intx) {
+      this.host?.deviceLog?.('debug', `${this.name}: irq(${vector}) with no interrupt enabled by the guest; dropped`);
+      return false;
     }
     if (vector !== 0) throw new RangeError(`${this.name} uses INTx, which has only vector 0`);
-    if (!this.irqCounts.intx) throw new Error(`${this.name} declares no interrupt the guest has enabled`);
     this.config.setInterruptStatus(true);
     if (this.config.interruptDisabled) {
       this.intxPending = true;
       return false;
     }
-    return this.signal(IrqIndex.INTX, 0);
+    return this.irqVia(IrqIndex.INTX, 0);
   }
 
   /** Sends MSI-X interrupts held back by a mask that is now clear: one vector, or all. */
@@ -203,7 +253,7 @@ export class PciDevice {
     for (let v = only ?? 0; v < (only === undefined ? table.tableSize : only + 1); v++) {
       if (table.isPending(v) && !(this.msixTableInUse && table.isMasked(v))) {
         table.setPending(v, false);
-        this.signal(IrqIndex.MSIX, v);
+        this.irqVia(IrqIndex.MSIX, v);
       }
     }
   }
@@ -216,7 +266,7 @@ export class PciDevice {
     for (let v = 0; v < msi.vectors; v++) {
       if (release & (1 << v)) {
         this.config.setMsiPending(v, false);
-        this.signal(IrqIndex.MSI, v);
+        this.irqVia(IrqIndex.MSI, v);
       }
     }
   }
@@ -275,16 +325,75 @@ export class PciDevice {
   reset(): void | Promise<void> {
     this.config.reset();
     this.msixTable?.reset();
+    for (const bar of this.bars) bar?.block?.reset();
     this.msixTableInUse = false;
     this.intxPending = false;
+    Object.assign(this.state, structuredClone(this.initialState));
     return this.spec.reset?.();
+  }
+
+  // ------------------------------------------------------------------ state as data
+
+  /**
+   * Everything the guest could read back, as bytes: config space (BAR
+   * addresses, command, MSI), each BAR's registers and shared memory, the MSI-X
+   * table and pending bits, held interrupts, and the author's state.
+   */
+  saveState(): Uint8Array {
+    return saveState(this.name, this.stateParts(), this.state);
+  }
+
+  /** Puts saved state into this device (a fresh instance of the same module); no hooks run. */
+  restoreState(bytes: Uint8Array): void {
+    const state = loadState(this.name, this.stateParts(), bytes);
+    const flags = state.flags;
+    this.msixTableInUse = (flags & 1) !== 0;
+    this.intxPending = (flags & 2) !== 0;
+    if (state.author !== undefined) Object.assign(this.state, state.author);
+    this.spec.restored?.();
+  }
+
+  private stateParts(): StateParts {
+    const parts: StateParts['parts'] = [['config space', this.config.block.image]];
+    this.bars.forEach((bar, i) => {
+      if (bar?.block) parts.push([`BAR${i} registers`, bar.block.image]);
+      if (bar?.memory) parts.push([`BAR${i} memory`, bar.memory.bytes]);
+    });
+    if (this.msixTable) parts.push(['MSI-X table', this.msixTable.table], ['MSI-X pending bits', this.msixTable.pba]);
+    return { parts, flags: (this.msixTableInUse ? 1 : 0) | (this.intxPending ? 2 : 0) };
+  }
+
+  /** The declared register at `offset` of VFIO region `region` (BARs 0-5, ROM 6, config 7). */
+  registerName(region: number, offset: number): string | undefined {
+    if (region === RegionIndex.CONFIG) return this.config.block.at(offset)?.name;
+    const place = this.msixPlace;
+    if (place && this.msixTable && place.bar === region) {
+      if (offset >= place.tableOffset && offset < place.tableOffset + this.msixTable.tableBytes) return 'MSIX_TABLE';
+      if (offset >= place.pbaOffset && offset < place.pbaOffset + this.msixTable.pbaBytes) return 'MSIX_PBA';
+    }
+    return this.bars[region]?.block?.at(offset)?.name;
+  }
+
+  /** Every declared register of config space and the BARs, with its value and fields now. */
+  describeRegisters(): RegisterSnapshot[] {
+    const out: RegisterSnapshot[] = [];
+    const add = (region: number, block: RegisterBlock): void => {
+      for (const reg of block.registers) {
+        const value = BigInt(reg.value);
+        const fields = reg.fields.map((f) => ({ name: f.name, shift: f.shift, width: f.width, value: (value >> BigInt(f.shift)) & ((1n << BigInt(f.width)) - 1n) }));
+        out.push({ region, offset: reg.offset, width: reg.width, name: reg.name, value, fields });
+      }
+    };
+    add(RegionIndex.CONFIG, this.config.block);
+    this.bars.forEach((bar, i) => bar?.block && add(i, bar.block));
+    return out;
   }
 
   /** Delivers an INTx that waited for the guest to clear the command register's interrupt-disable bit. */
   intxEnabled(): void {
     if (this.intxPending && !this.config.interruptDisabled) {
       this.intxPending = false;
-      this.signal(IrqIndex.INTX, 0);
+      this.irqVia(IrqIndex.INTX, 0);
     }
   }
 
@@ -293,7 +402,7 @@ export class PciDevice {
    * A synchronous result may be a view of a scratch buffer: use it before the next call.
    */
   regionRead(index: number, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
-    if (index === RegionIndex.CONFIG) return this.config.read(offset, count);
+    if (index === RegionIndex.CONFIG) return this.config.read(offset, count, count <= 4 ? this.scratch[count] : undefined);
     if (index === RegionIndex.ROM) {
       const out = new Uint8Array(count);
       if (this.rom) out.set(this.rom.subarray(offset, offset + count));
@@ -303,43 +412,85 @@ export class PciDevice {
     const special = this.msixAccess(index, offset, count);
     if (special) return special.read(count);
     if (bar.memory && inside(bar.memory.areas, offset, count)) return bar.memory.bytes.subarray(offset, offset + count);
+    const block = bar.block;
+    if (block && block.touches(offset, count)) return this.registerRead(index, bar, block, offset, count);
+    return this.unregisteredRead(index, bar, offset, count);
+  }
+
+  /** A read of bytes no register declares: the BAR's handler, else its memory, else zeros. */
+  private unregisteredRead(index: number, bar: Bar, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
     if (!bar.spec.read) {
       if (bar.memory) return bar.memory.bytes.subarray(offset, offset + count);
       return new Uint8Array(count);
     }
-    return this.trappedRead(bar.spec, offset, count);
+    return this.trappedRead(index, bar.spec, offset, count);
+  }
+
+  private registerRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
+    try {
+      if (block.covers(offset, count)) return block.read(offset, count, count <= 4 ? this.scratch[count] : Buffer.alloc(count));
+      return this.mixedRead(index, bar, block, offset, count);
+    } catch (e) {
+      throw authorError(e, describeAccess(index, offset, count));
+    }
+  }
+
+  /** Some bytes are registers, the others go where unregistered bytes go. */
+  private mixedRead(index: number, bar: Bar, block: RegisterBlock, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
+    const whole = Buffer.alloc(count);
+    const waiting: Promise<unknown>[] = [];
+    let at = offset;
+    while (at < offset + count) {
+      const mine = at < block.size && block.at(at) !== undefined;
+      let end = at + 1;
+      while (end < offset + count && (end < block.size && block.at(end) !== undefined) === mine) end++;
+      const into = at - offset;
+      if (mine) block.read(at, end - at, whole, into);
+      else {
+        const part = this.unregisteredRead(index, bar, at, end - at);
+        if (part instanceof Uint8Array) whole.set(part, into);
+        else waiting.push(part.then((d) => whole.set(d, into)));
+      }
+      at = end;
+    }
+    return waiting.length ? Promise.all(waiting).then(() => whole) : whole;
   }
 
   /** Writes `data` at `offset` of region `index` (bounds already checked). */
   regionWrite(index: number, offset: number, data: Uint8Array): void | Promise<void> {
-    if (index === RegionIndex.CONFIG) {
-      const wasDisabled = this.config.interruptDisabled;
-      const wasMasked = this.config.msix()?.functionMask;
-      const msiMask = this.config.msi()?.mask ?? 0;
-      this.config.write(offset, data);
-      if (wasDisabled && !this.config.interruptDisabled) this.intxEnabled();
-      if (wasMasked && !this.config.msix()!.functionMask) this.deliverPendingMsix();
-      if (msiMask) this.deliverPendingMsi(msiMask);
-      return;
-    }
+    if (index === RegionIndex.CONFIG) return this.config.write(offset, data);
     if (index === RegionIndex.ROM) return;
     const bar = this.bars[index]!;
     const special = this.msixAccess(index, offset, data.length);
     if (special) return special.write(data);
+    const block = bar.block;
+    if (block && block.touches(offset, data.length)) {
+      const what = (): string => describeAccess(index, offset, data.length, data);
+      try {
+        const done = block.write(offset, data, (at, part) => this.unregisteredWrite(index, bar, at, part));
+        if (done) return done.catch((e: unknown) => Promise.reject(authorError(e, what())));
+      } catch (e) {
+        throw authorError(e, what());
+      }
+      return;
+    }
+    return this.unregisteredWrite(index, bar, offset, data);
+  }
+
+  private unregisteredWrite(index: number, bar: Bar, offset: number, data: Uint8Array): void | Promise<void> {
     if (bar.memory && (inside(bar.memory.areas, offset, data.length) || !bar.spec.write)) {
       bar.memory.bytes.set(data, offset);
       return;
     }
     if (!bar.spec.write) return;
-    return this.trappedWrite(bar.spec, offset, data);
+    return this.trappedWrite(index, bar.spec, offset, data);
   }
 
   /** Releases the shared memory of memory BARs. The device cannot be served afterwards. */
   close(): void {
     for (const bar of this.bars) {
       if (bar?.memory) {
-        native.munmap(bar.memory.bytes.buffer as ArrayBuffer);
-        native.close(bar.memory.fd);
+        bar.memory.close();
         bar.memory = undefined;
       }
     }
@@ -366,44 +517,62 @@ export class PciDevice {
     return undefined;
   }
 
-  private trappedRead(spec: BarSpec, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
+  private trappedRead(index: number, spec: BarSpec, offset: number, count: number): Uint8Array | Promise<Uint8Array> {
     // The common case, one naturally aligned register, without building a list of pieces.
     if ((count === 1 || count === 2 || count === 4) && offset % count === 0) {
-      const v = spec.read!(offset, count);
+      const v = this.callRead(index, spec, offset, count);
       const out = this.scratch[count];
-      if (typeof v === 'number') {
-        putLE(out, 0, count, v);
+      if (typeof v === 'number' && v >= 0 && v < LIMIT[count] && Number.isInteger(v)) {
+        setLE(out, 0, count, v);
         return out;
       }
-      if (isThenable(v)) return Promise.resolve(v).then((x) => putLE(Buffer.alloc(count), 0, count, checkValue(x, offset, count)));
-      checkValue(v, offset, count);
+      if (isThenable(v)) return Promise.resolve(v).then((x) => put(Buffer.alloc(count), 0, count, readValue(x, index, offset, count)), (e: unknown) => Promise.reject(authorError(e, describeAccess(index, offset, count))));
+      readValue(v, index, offset, count);
     }
     const out = Buffer.alloc(count);
     let waiting: Promise<unknown>[] | undefined;
     for (const [at, size] of split(offset, count)) {
-      const v = spec.read!(at, size);
-      if (typeof v === 'number') putLE(out, at - offset, size, v);
-      else if (isThenable(v)) (waiting ??= []).push(Promise.resolve(v).then((x) => putLE(out, at - offset, size, checkValue(x, at, size))));
-      else checkValue(v, at, size);
+      const v = this.callRead(index, spec, at, size);
+      if (isThenable(v)) {
+        const fail = (e: unknown): Promise<never> => Promise.reject(authorError(e, describeAccess(index, at, size)));
+        (waiting ??= []).push(Promise.resolve(v).then((x) => put(out, at - offset, size, readValue(x, index, at, size)), fail));
+      } else put(out, at - offset, size, readValue(v, index, at, size));
     }
     return waiting ? Promise.all(waiting).then(() => out) : out;
   }
 
-  private trappedWrite(spec: BarSpec, offset: number, data: Uint8Array): void | Promise<void> {
+  private callRead(index: number, spec: BarSpec, offset: number, size: AccessSize): unknown {
+    try {
+      return spec.read!(offset, size);
+    } catch (e) {
+      throw authorError(e, describeAccess(index, offset, size));
+    }
+  }
+
+  private trappedWrite(index: number, spec: BarSpec, offset: number, data: Uint8Array): void | Promise<void> {
     let chain: Promise<void> | undefined;
     for (const [at, size] of split(offset, data.length)) {
       const value = getLE(data, at - offset, size);
-      if (chain) chain = chain.then(() => spec.write!(at, value, size));
+      const call = (): void | Promise<void> => {
+        try {
+          const r = spec.write!(at, value, size);
+          return isThenable(r) ? Promise.resolve(r).catch((e: unknown) => Promise.reject(authorError(e, describeAccess(index, at, size, value)))) : undefined;
+        } catch (e) {
+          throw authorError(e, describeAccess(index, at, size, value));
+        }
+      };
+      if (chain) chain = chain.then(call);
       else {
-        const r = spec.write!(at, value, size);
-        if (isThenable(r)) chain = Promise.resolve(r);
+        const r = call();
+        if (r) chain = r;
       }
     }
     return chain;
   }
 
-  private signal(index: number, vector: number): boolean {
-    return this.host?.signal(index, vector) ?? false;
+  /** Raises an interrupt through the VFIO interrupt index the guest enabled. */
+  private irqVia(index: number, vector: number): boolean {
+    return this.host?.irq(index, vector) ?? false;
   }
 
   private requireHost(): DeviceHost {
@@ -413,13 +582,22 @@ export class PciDevice {
 }
 
 /** Describes a PCI device; serve it with `serve()` or drive it in tests with the client. */
-export function definePciDevice(spec: PciDeviceSpec): PciDevice {
+export function definePciDevice<S extends object = object>(spec: PciDeviceSpec<S>): PciDevice<S> {
   return new PciDevice(spec);
+}
+
+/** A fresh copy of the declared state; one sentence if it is not plain data that can be saved. */
+function initialState<S extends object>(name: string, declared: S | undefined): S {
+  if (declared === undefined) return {} as S;
+  if (typeof declared !== 'object' || declared === null) throw new TypeError(`state of ${name} must be an object of plain data, not ${typeof declared}`);
+  const why = notPlain(declared);
+  if (why) throw new TypeError(`state of ${name} cannot be saved: ${why}; declare plain data (numbers, strings, booleans, bigints, arrays, plain objects, Maps, Sets, Uint8Arrays)`);
+  return structuredClone(declared);
 }
 
 // ---------------------------------------------------------------- helpers
 
-function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
+function barMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
   const size = spec.size;
   if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
   const areas = spec.memory === true ? [{ offset: 0, size }] : spec.memory!.areas;
@@ -428,10 +606,8 @@ function sharedMemory(name: string, index: number, spec: BarSpec): NonNullable<B
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);
     }
   }
-  // Sealed against resizing: the client gets this descriptor and must not be able to cut pages from under the device.
-  const fd = adoptedBarMemory(index, size) ?? native.memfd(`muser:${name}:bar${index}`, size, true);
-  const bytes = Buffer.from(native.mmap(fd, 0, size, true));
-  return { fd, bytes, areas };
+  // The client gets this descriptor and must not be able to cut pages from under the device.
+  return Object.assign(adoptedBarMemory(index, size) ?? sharedMemory(`muser:${name}:bar${index}`, size), { areas });
 }
 
 /**
@@ -443,13 +619,23 @@ const adopted = new Map<number, number>();
 export function adoptBarMemory(fds: ReadonlyMap<number, number>): void {
   for (const [index, fd] of fds) adopted.set(index, fd);
 }
-function adoptedBarMemory(index: number, size: number): number | undefined {
+function adoptedBarMemory(index: number, size: number): SharedMemory | undefined {
   const fd = adopted.get(index);
   if (fd === undefined) return undefined;
   adopted.delete(index);
-  if (fstatSync(fd).size === size) return fd;
-  native.close(fd);
-  return undefined;
+  if (fstatSync(fd).size !== size) {
+    native.close(fd);
+    return undefined;
+  }
+  const bytes = Buffer.from(native.mmap(fd, 0, size, true));
+  return {
+    fd,
+    bytes,
+    close: () => {
+      native.munmap(bytes.buffer as ArrayBuffer);
+      native.close(fd);
+    },
+  };
 }
 
 function freeBarSlot(specs: (BarSpec | undefined)[]): BarIndex {
@@ -474,20 +660,28 @@ function split(offset: number, count: number): [number, AccessSize][] {
   return pieces;
 }
 
-function putLE<T extends Uint8Array>(out: T, at: number, size: number, value: number): T {
-  for (let i = 0; i < size; i++) out[at + i] = (value >>> (8 * i)) & 0xff;
+const LIMIT = [1, 2 ** 8, 2 ** 16, 0, 2 ** 32];
+function put<T extends Uint8Array>(out: T, at: number, size: AccessSize, value: number): T {
+  setLE(out, at, size, value);
   return out;
 }
-function getLE(data: Uint8Array, at: number, size: AccessSize): number {
-  let v = 0;
-  for (let i = size - 1; i >= 0; i--) v = v * 256 + data[at + i];
-  return v;
-}
-function checkValue(v: unknown, offset: number, size: number): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) {
-    throw new TypeError(`read handler at offset 0x${offset.toString(16)} (size ${size}) returned ${JSON.stringify(v) ?? String(v)} instead of a number`);
+/** A read handler's result as an integer of the access size, or one sentence naming the BAR and offset. */
+function readValue(v: unknown, index: number, offset: number, size: AccessSize): number {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < LIMIT[size]) return v;
+  {
+    throw new AuthorError(`the read handler of BAR${index} at offset 0x${offset.toString(16)} returned ${showValue(v)} for a ${size}-byte read, not an integer from 0 to 0x${(LIMIT[size] - 1).toString(16)}`);
   }
-  return v;
+}
+function showValue(v: unknown): string {
+  if (typeof v === 'bigint') return `the BigInt ${v}n`;
+  if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
+  if (typeof v === 'number') return String(v);
+  if (isThenable(v)) return 'a Promise';
+  try {
+    return String(v);
+  } catch {
+    return 'a value that cannot be shown';
+  }
 }
 function isThenable(x: unknown): x is PromiseLike<unknown> {
   return typeof x === 'object' && x !== null && typeof (x as PromiseLike<unknown>).then === 'function';

@@ -1,4 +1,5 @@
 import type { CapabilityDecl, ExtendedCapabilityDecl } from '../pci/index.js';
+import type { Registers } from '../registers/registers.js';
 
 /** An access width a handler sees: trapped accesses wider than 4 bytes are split, low address first. */
 export type AccessSize = 1 | 2 | 4;
@@ -9,6 +10,11 @@ export interface BarSpec {
   /** Default 'memory32'. */
   type?: 'memory32' | 'memory64' | 'io';
   prefetchable?: boolean;
+  /**
+   * Registers from defineRegisters(): accesses to the bytes they declare follow
+   * their access rules and hooks; other offsets go to read/write below.
+   */
+  registers?: Registers<any>;
   /** A trapped read; may return a Promise (the connection still answers in order). Unset: reads 0. */
   read?(offset: number, size: AccessSize): number | Promise<number>;
   /** A trapped write; may return a Promise. Unset: writes are dropped. */
@@ -36,7 +42,7 @@ export interface IrqSpec {
   msix?: number | { vectors: number; bar?: BarIndex; offset?: number };
 }
 
-export interface PciDeviceSpec {
+export interface PciDeviceSpec<S extends object = object> {
   /** Shown in logs. */
   name?: string;
   id: {
@@ -55,7 +61,16 @@ export interface PciDeviceSpec {
   /** Extra PCI capabilities: power management, PCI Express, vendor-specific. MSI and MSI-X come from `irqs`. */
   capabilities?: CapabilityDecl[];
   extendedCapabilities?: ExtendedCapabilityDecl[];
-  /** Called on a device reset (after config space went back to power-on values). */
+  /**
+   * The device's own state beyond its registers (counters, queue positions):
+   * an object of plain data that becomes `device.state`. It is sealed (a
+   * property not declared here cannot be added), saved by saveState() and set
+   * back to its values at definition on reset.
+   */
+  state?: S;
+  /** Called after restoreState() put saved registers and state in: rebuild what derives from `state`. */
+  restored?(): void;
+  /** Called on a device reset (after config space, registers and state went back to power-on values). */
   reset?(): void | Promise<void>;
   /** Called when a client attaches (its DMA maps and interrupts are not set up yet). */
   connected?(): void;
@@ -65,8 +80,10 @@ export interface PciDeviceSpec {
 
 /** What the side that attaches the device (a vfio-user server) provides to it. */
 export interface DeviceHost {
-  /** Signals interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
-  signal(index: number, vector: number): boolean;
+  /** Raises interrupt `vector` of VFIO interrupt index `index`; false if the client set no eventfd. */
+  irq(index: number, vector: number): boolean;
+  /** Where the device's own messages go (the server's logger). */
+  deviceLog?(level: 'error' | 'warn' | 'info' | 'debug', message: string): void;
   /** Copies guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */
   dmaRead(iova: bigint, length: number): Promise<Uint8Array>;
   /** Writes guest memory at `iova`. Rejects with DmaError outside the client's DMA maps. */

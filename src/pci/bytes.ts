@@ -34,15 +34,3 @@ export function copyOut(
   }
   return into;
 }
-
-/** Little-endian unsigned read of 1, 2 or 4 bytes. */
-export function getLE(bytes: Uint8Array, offset: number, width: 1 | 2 | 4): number {
-  let value = 0;
-  for (let i = width - 1; i >= 0; i--) value = value * 256 + bytes[offset + i];
-  return value;
-}
-
-/** Little-endian write of the low `width` bytes of `value` (1, 2 or 4). */
-export function setLE(bytes: Uint8Array, offset: number, width: 1 | 2 | 4, value: number): void {
-  for (let i = 0; i < width; i++) bytes[offset + i] = (value >>> (8 * i)) & 0xff;
-}

@@ -1,13 +1,14 @@
 /**
- * The PCI configuration space of one type 0 function, as the guest sees it.
- *
- * The whole 4 KiB is held as a byte image with, per byte, a mask of the bits a
- * guest write may change and a mask of the bits a guest clears by writing 1.
- * Every register follows from those three arrays plus a power-on copy for
- * reset; only three things need code of their own: the MSI Multiple Message
- * Enable clamp, the PM power-state filter and decoding 64-bit BAR halves.
+ * The PCI configuration space of one type 0 function, as the guest sees it:
+ * one register block (the engine every BAR uses too) over the 4 KiB, each
+ * register declared with its power-on value and its writable and
+ * write-1-to-clear bits. Two registers have write hooks of their own (the MSI
+ * Multiple Message Enable clamp, the PM power-state filter); the device's
+ * effects (INTx, MSI and MSI-X unmasking) are hooks given in `effects`.
  */
-import { checkAccess, copyOut, getLE, hex, setLE } from './bytes.js';
+import { getLE } from '../protocol/le.js';
+import { RegisterBlock, type RegisterBase } from '../registers/registers.js';
+import { checkAccess, hex } from './bytes.js';
 import {
   Bar as BarBits,
   Cap,
@@ -145,6 +146,16 @@ export interface ConfigSpaceOptions {
   capabilities?: CapabilityDecl[];
   /** Extended capabilities from 0x100; need a 'pcie' capability. */
   extendedCapabilities?: ExtendedCapabilityDecl[];
+  /** Called after a guest write to these registers, with the new and the previous value. */
+  effects?: ConfigEffects;
+}
+
+/** What a device does when the guest writes certain config registers: (new value, previous value). */
+export interface ConfigEffects {
+  command?(value: number, old: number): void;
+  msiControl?(value: number, old: number): void;
+  msiMask?(value: number, old: number): void;
+  msixControl?(value: number, old: number): void;
 }
 
 /** MSI state as the guest programmed it. */
@@ -223,13 +234,12 @@ export class ConfigSpace {
   /** The expansion ROM (size rounded up to 2 KiB), or undefined without one. */
   readonly rom: { readonly size: number } | undefined;
 
-  private readonly image = new Uint8Array(CONFIG_SPACE_SIZE);
-  private readonly powerOn = new Uint8Array(CONFIG_SPACE_SIZE);
-  private readonly writable = new Uint8Array(CONFIG_SPACE_SIZE);
-  private readonly clearable = new Uint8Array(CONFIG_SPACE_SIZE);
+  /** The registers; its image is the whole state of config space. */
+  readonly block = new RegisterBlock('configuration space', CONFIG_SPACE_SIZE);
+  private readonly image = this.block.image;
+  private readonly effects: ConfigEffects;
   private readonly caps = new Map<number, number>();
   private readonly extCaps = new Map<number, number>();
-  private readonly listeners: ((offset: number, length: number) => void)[] = [];
   private pmAt: number | undefined;
   private msiLayout: MsiLayout | undefined;
   private msixAt: number | undefined;
@@ -247,68 +257,47 @@ export class ConfigSpace {
     if (!Number.isInteger(pin) || pin < 0 || pin > 4) {
       throw new RangeError(`interruptPin must be 0 (none) or 1..4 (INTA..INTD), got ${pin}`);
     }
+    this.effects = options.effects ?? {};
     this.bars = normalizeBars(options.bars ?? []);
     this.rom = options.rom === undefined ? undefined : Object.freeze({ size: romSize(options.rom.size) });
 
-    this.init(Reg.VENDOR_ID, 2, vendor);
-    this.init(Reg.DEVICE_ID, 2, device);
-    this.init(Reg.COMMAND, 2, 0, COMMAND_WRITABLE);
-    this.init(Reg.STATUS, 2, 0, 0, STATUS_W1C);
-    this.init(Reg.REVISION_ID, 4, (classCode << 8) | revision);
-    this.init(Reg.CACHE_LINE_SIZE, 1, 0, 0xff);
-    this.bars.forEach((bar, i) => {
-      if (bar !== undefined) this.initBar(Reg.BASE_ADDRESS_0 + 4 * i, bar);
-    });
-    this.init(Reg.SUBSYSTEM_VENDOR_ID, 2, subsystemVendor);
-    this.init(Reg.SUBSYSTEM_ID, 2, subsystemDevice);
-    if (this.rom !== undefined) {
-      this.init(Reg.ROM_ADDRESS, 4, 0, ((Rom.ADDRESS_MASK & ~(this.rom.size - 1)) | Rom.ENABLE) >>> 0);
-    }
-    this.init(Reg.INTERRUPT_LINE, 1, 0, 0xff);
-    this.init(Reg.INTERRUPT_PIN, 1, pin);
     const capabilities = options.capabilities ?? [];
+    this.init('VENDOR_ID', Reg.VENDOR_ID, 2, vendor);
+    this.init('DEVICE_ID', Reg.DEVICE_ID, 2, device);
+    this.init('COMMAND', Reg.COMMAND, 2, 0, COMMAND_WRITABLE, 0, this.effects.command);
+    this.init('STATUS', Reg.STATUS, 2, capabilities.length > 0 ? Status.CAP_LIST : 0, 0, STATUS_W1C);
+    this.init('CLASS_REVISION', Reg.REVISION_ID, 4, (classCode << 8) | revision);
+    this.init('CACHE_LINE_SIZE', Reg.CACHE_LINE_SIZE, 1, 0, 0xff);
+    this.bars.forEach((bar, i) => {
+      if (bar !== undefined) this.initBar(i, bar);
+    });
+    this.init('SUBSYSTEM_VENDOR_ID', Reg.SUBSYSTEM_VENDOR_ID, 2, subsystemVendor);
+    this.init('SUBSYSTEM_ID', Reg.SUBSYSTEM_ID, 2, subsystemDevice);
+    if (this.rom !== undefined) {
+      this.init('ROM_ADDRESS', Reg.ROM_ADDRESS, 4, 0, ((Rom.ADDRESS_MASK & ~(this.rom.size - 1)) | Rom.ENABLE) >>> 0);
+    }
+    this.init('INTERRUPT_LINE', Reg.INTERRUPT_LINE, 1, 0, 0xff);
+    this.init('INTERRUPT_PIN', Reg.INTERRUPT_PIN, 1, pin);
     this.placeCapabilities(capabilities);
     this.placeExtendedCapabilities(options.extendedCapabilities ?? [], capabilities.some((c) => c.id === 'pcie'));
-    this.powerOn.set(this.image);
   }
 
   /** Copy `count` bytes at `offset` into a new Uint8Array (or into `into` at `intoOffset` if given; hot path: avoid allocating then). */
   read(offset: number, count: number, into?: Uint8Array, intoOffset = 0): Uint8Array {
     checkAccess('configuration space', CONFIG_SPACE_SIZE, offset, count);
-    return copyOut(this.image, offset, count, into, intoOffset);
+    if (into !== undefined && (!Number.isInteger(intoOffset) || intoOffset < 0 || intoOffset + count > into.length)) {
+      throw new RangeError(`destination of ${into.length} bytes has no room for ${count} bytes at ${intoOffset}`);
+    }
+    return this.block.read(offset, count, into ?? new Uint8Array(count), intoOffset);
   }
 
-  /** Apply a guest write of any length/alignment within 0..4095 with hardware semantics: read-only bits keep their value, read-write bits take the new value, write-1-to-clear bits are cleared where a 1 is written. */
+  /** A guest write of any length/alignment within 0..4095 with hardware semantics: read-only bits keep their value, read-write bits take the new value, write-1-to-clear bits are cleared where a 1 is written; then the registers' hooks run. */
   write(offset: number, data: Uint8Array): void {
     checkAccess('configuration space', CONFIG_SPACE_SIZE, offset, data.length);
-    const image = this.image;
-    const pmCtrl = this.pmAt === undefined ? -1 : this.pmAt + Pm.CTRL;
-    const oldPowerState = pmCtrl < 0 ? 0 : image[pmCtrl] & Pm.CTRL_STATE_MASK;
-    for (let i = 0; i < data.length; i++) {
-      const at = offset + i;
-      const value = data[i];
-      const mask = this.writable[at];
-      image[at] = ((image[at] & ~mask) | (value & mask)) & ~(value & this.clearable[at]);
-    }
-    const end = offset + data.length;
-    // PMCSR PowerState: only D0 and D3hot exist here; a write of D1/D2 is ignored.
-    if (pmCtrl >= offset && pmCtrl < end) {
-      const state = image[pmCtrl] & Pm.CTRL_STATE_MASK;
-      if (state !== Pm.D0 && state !== Pm.D3HOT) image[pmCtrl] = (image[pmCtrl] & ~Pm.CTRL_STATE_MASK) | oldPowerState;
-    }
-    // MSI Multiple Message Enable: never more vectors than Multiple Message Capable.
-    const msi = this.msiLayout;
-    if (msi !== undefined && msi.at + Msi.FLAGS >= offset && msi.at + Msi.FLAGS < end) {
-      const flags = image[msi.at + Msi.FLAGS];
-      const capableLog2 = Math.log2(msi.capable);
-      if ((flags & Msi.FLAGS_QSIZE) >> 4 > capableLog2) {
-        image[msi.at + Msi.FLAGS] = (flags & ~Msi.FLAGS_QSIZE) | (capableLog2 << 4);
-      }
-    }
-    if (data.length > 0) for (const listener of this.listeners) listener(offset, data.length);
+    void this.block.write(offset, data);
   }
 
-  /** Device side: store bytes as they are, bypassing guest write rules (e.g. to record an error in a status register); listeners are not told. */
+  /** Device side: store bytes as they are, bypassing guest write rules (e.g. to record an error in a status register); no hooks run. */
   deviceWrite(offset: number, data: Uint8Array): void {
     checkAccess('configuration space', CONFIG_SPACE_SIZE, offset, data.length);
     this.image.set(data, offset);
@@ -316,12 +305,7 @@ export class ConfigSpace {
 
   /** Back to power-on values (what a PCI function reset does). */
   reset(): void {
-    this.image.set(this.powerOn);
-  }
-
-  /** Listeners told after every guest write: (offset, length). */
-  onWrite(listener: (offset: number, length: number) => void): void {
-    this.listeners.push(listener);
+    this.block.reset();
   }
 
   /** The command register. */
@@ -438,24 +422,40 @@ export class ConfigSpace {
     };
   }
 
-  /** Sets a register's power-on value, guest-writable bits and write-1-to-clear bits. */
-  private init(at: number, width: 1 | 2 | 4, value: number, writable = 0, clearable = 0): void {
-    setLE(this.image, at, width, value);
-    setLE(this.writable, at, width, writable);
-    setLE(this.clearable, at, width, clearable);
+  /** Declares a register: power-on value, guest-writable bits, write-1-to-clear bits, and a hook after guest writes. */
+  private init(
+    name: string,
+    at: number,
+    width: 1 | 2 | 4,
+    value: number,
+    writable = 0,
+    clearable = 0,
+    write?: (value: number, old: number) => void,
+  ): RegisterBase {
+    return this.block.add({
+      name,
+      offset: at,
+      width,
+      reset: BigInt(value >>> 0),
+      masks: { rw: BigInt(writable >>> 0), w1c: BigInt(clearable >>> 0) },
+      fields: [],
+      sizes: 0x1ff,
+      write: write as ((value: number | bigint, old: number | bigint) => void) | undefined,
+    });
   }
 
-  private initBar(at: number, bar: NormalizedBar): void {
+  private initBar(index: number, bar: NormalizedBar): void {
+    const at = Reg.BASE_ADDRESS_0 + 4 * index;
     // Address bits below the size read back 0, which is how sizing works.
     const mask = ~(BigInt(bar.size) - 1n) & 0xffff_ffff_ffff_ffffn;
     const low = Number(mask & 0xffff_ffffn);
     if (bar.type === 'io') {
-      this.init(at, 4, BarBits.SPACE_IO, (low & ~BarBits.IO_FLAGS) >>> 0);
+      this.init(`BAR${index}`, at, 4, BarBits.SPACE_IO, (low & ~BarBits.IO_FLAGS) >>> 0);
       return;
     }
     const flags = (bar.type === 'memory64' ? BarBits.MEM_TYPE_64 : 0) | (bar.prefetchable ? BarBits.MEM_PREFETCH : 0);
-    this.init(at, 4, flags, (low & ~BarBits.MEM_FLAGS) >>> 0);
-    if (bar.type === 'memory64') this.init(at + 4, 4, 0, Number(mask >> 32n));
+    this.init(`BAR${index}`, at, 4, flags, (low & ~BarBits.MEM_FLAGS) >>> 0);
+    if (bar.type === 'memory64') this.init(`BAR${index + 1}`, at + 4, 4, 0, Number(mask >> 32n));
   }
 
   private placeCapabilities(decls: readonly CapabilityDecl[]): void {
@@ -470,12 +470,12 @@ export class ConfigSpace {
     }
     if (end > HEADER_SPACE_SIZE) throw new RangeError('capabilities do not fit in the 256-byte configuration header');
     if (decls.length === 0) return;
-    this.init(Reg.STATUS, 2, Status.CAP_LIST, 0, STATUS_W1C);
-    this.init(Reg.CAPABILITY_LIST, 1, offsets[0]);
+    this.init('CAPABILITY_LIST', Reg.CAPABILITY_LIST, 1, offsets[0]);
     decls.forEach((decl, i) => {
       const at = offsets[i];
-      this.init(at + Cap.LIST_ID, 1, CAP_IDS[decl.id]);
-      this.init(at + Cap.LIST_NEXT, 1, offsets[i + 1] ?? 0);
+      const name = decl.id.toUpperCase();
+      this.init(`${name}_ID`, at + Cap.LIST_ID, 1, CAP_IDS[decl.id]);
+      this.init(`${name}_NEXT`, at + Cap.LIST_NEXT, 1, offsets[i + 1] ?? 0);
       if (!this.caps.has(CAP_IDS[decl.id])) this.caps.set(CAP_IDS[decl.id], at);
       this.initCapability(decl, at);
     });
@@ -547,37 +547,49 @@ export class ConfigSpace {
     switch (decl.id) {
       case 'pm':
         this.pmAt = at;
-        this.init(at + Pm.PMC, 2, Pm.CAP_VER_1_2);
-        this.init(at + Pm.CTRL, 2, Pm.CTRL_NO_SOFT_RESET, Pm.CTRL_STATE_MASK);
+        this.init('PM_PMC', at + Pm.PMC, 2, Pm.CAP_VER_1_2);
+        // PowerState: only D0 and D3hot exist here; a write of D1/D2 keeps the state it had.
+        const ctrl = this.init('PM_CTRL', at + Pm.CTRL, 2, Pm.CTRL_NO_SOFT_RESET, Pm.CTRL_STATE_MASK, 0, (v, old) => {
+          const state = v & Pm.CTRL_STATE_MASK;
+          if (state !== Pm.D0 && state !== Pm.D3HOT) ctrl.value = (v & ~Pm.CTRL_STATE_MASK) | (old & Pm.CTRL_STATE_MASK);
+        });
         return;
       case 'msi': {
         const is64 = decl.address64 ?? true;
         const maskable = decl.perVectorMask ?? false;
         const flags =
           (Math.log2(decl.vectors) << 1) | (is64 ? Msi.FLAGS_64BIT : 0) | (maskable ? Msi.FLAGS_MASKBIT : 0);
-        this.init(at + Msi.FLAGS, 2, flags, Msi.FLAGS_ENABLE | Msi.FLAGS_QSIZE);
-        this.init(at + Msi.ADDRESS_LO, 4, 0, 0xfffffffc);
-        if (is64) this.init(at + Msi.ADDRESS_HI, 4, 0, 0xffffffff);
-        this.init(at + (is64 ? Msi.DATA_64 : Msi.DATA_32), 2, 0, 0xffff);
+        // Multiple Message Enable: never more vectors than Multiple Message Capable.
+        const capableLog2 = Math.log2(decl.vectors);
+        const control = this.init('MSI_FLAGS', at + Msi.FLAGS, 2, flags, Msi.FLAGS_ENABLE | Msi.FLAGS_QSIZE, 0, (v, old) => {
+          if ((v & Msi.FLAGS_QSIZE) >> 4 > capableLog2) control.value = (v & ~Msi.FLAGS_QSIZE) | (capableLog2 << 4);
+          this.effects.msiControl?.(control.value as number, old);
+        });
+        this.init('MSI_ADDRESS_LO', at + Msi.ADDRESS_LO, 4, 0, 0xfffffffc);
+        if (is64) this.init('MSI_ADDRESS_HI', at + Msi.ADDRESS_HI, 4, 0, 0xffffffff);
+        this.init('MSI_DATA', at + (is64 ? Msi.DATA_64 : Msi.DATA_32), 2, 0, 0xffff);
         const maskAt = maskable ? at + (is64 ? Msi.MASK_64 : Msi.MASK_32) : undefined;
-        if (maskAt !== undefined) this.init(maskAt, 4, 0, decl.vectors === 32 ? 0xffffffff : (1 << decl.vectors) - 1);
+        if (maskAt !== undefined) {
+          this.init('MSI_MASK', maskAt, 4, 0, decl.vectors === 32 ? 0xffffffff : (1 << decl.vectors) - 1, 0, this.effects.msiMask);
+          this.init('MSI_PENDING', maskAt + 4, 4, 0);
+        }
         this.msiLayout = { at, capable: decl.vectors, is64, maskAt };
         return;
       }
       case 'msix':
         this.msixAt = at;
-        this.init(at + Msix.FLAGS, 2, decl.tableSize - 1, Msix.FLAGS_MASKALL | Msix.FLAGS_ENABLE);
-        this.init(at + Msix.TABLE, 4, decl.tableOffset | decl.tableBar);
-        this.init(at + Msix.PBA, 4, decl.pbaOffset | decl.pbaBar);
+        this.init('MSIX_FLAGS', at + Msix.FLAGS, 2, decl.tableSize - 1, Msix.FLAGS_MASKALL | Msix.FLAGS_ENABLE, 0, this.effects.msixControl);
+        this.init('MSIX_TABLE', at + Msix.TABLE, 4, decl.tableOffset | decl.tableBar);
+        this.init('MSIX_PBA', at + Msix.PBA, 4, decl.pbaOffset | decl.pbaBar);
         return;
       case 'pcie':
-        this.init(at + Exp.FLAGS, 2, Exp.FLAGS_VERS_2 | (Exp.TYPE_ENDPOINT << 4));
+        this.init('EXP_FLAGS', at + Exp.FLAGS, 2, Exp.FLAGS_VERS_2 | (Exp.TYPE_ENDPOINT << 4));
         // Max_Payload_Size_Supported 000b (128 bytes); no FLR, phantom functions or extended tags.
-        this.init(at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER);
+        this.init('EXP_DEVCAP', at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER);
         // Defaults from the spec: relaxed ordering and no snoop enabled, 512-byte max read request.
         // Max_Payload_Size stays hardwired to 128 bytes, as allowed when that is all that is supported.
         this.init(
-          at + Exp.DEVCTL,
+          'EXP_DEVCTL', at + Exp.DEVCTL,
           2,
           Exp.DEVCTL_RELAX_EN | Exp.DEVCTL_NOSNOOP_EN | Exp.DEVCTL_READRQ_512B,
           Exp.DEVCTL_CERE |
@@ -589,24 +601,24 @@ export class ConfigSpace {
             Exp.DEVCTL_READRQ,
         );
         this.init(
-          at + Exp.DEVSTA,
+          'EXP_DEVSTA', at + Exp.DEVSTA,
           2,
           0,
           0,
           Exp.DEVSTA_CED | Exp.DEVSTA_NFED | Exp.DEVSTA_FED | Exp.DEVSTA_URD,
         );
-        this.init(at + Exp.LNKCAP, 4, Exp.LNKCAP_SLS_2_5GB | Exp.LNKCAP_MLW_X1 | Exp.LNKCAP_ASPM_OPTIONALITY);
-        this.init(at + Exp.LNKCTL, 2, 0, Exp.LNKCTL_ASPMC | Exp.LNKCTL_RCB | Exp.LNKCTL_CCC | Exp.LNKCTL_ES);
-        this.init(at + Exp.LNKSTA, 2, Exp.LNKSTA_CLS_2_5GB | Exp.LNKSTA_NLW_X1);
-        this.init(at + Exp.DEVCAP2, 4, Exp.DEVCAP2_COMP_TMOUT_DIS);
-        this.init(at + Exp.DEVCTL2, 2, 0, Exp.DEVCTL2_COMP_TMOUT_DIS);
-        this.init(at + Exp.LNKCAP2, 4, Exp.LNKCAP2_SLS_2_5GB);
+        this.init('EXP_LNKCAP', at + Exp.LNKCAP, 4, Exp.LNKCAP_SLS_2_5GB | Exp.LNKCAP_MLW_X1 | Exp.LNKCAP_ASPM_OPTIONALITY);
+        this.init('EXP_LNKCTL', at + Exp.LNKCTL, 2, 0, Exp.LNKCTL_ASPMC | Exp.LNKCTL_RCB | Exp.LNKCTL_CCC | Exp.LNKCTL_ES);
+        this.init('EXP_LNKSTA', at + Exp.LNKSTA, 2, Exp.LNKSTA_CLS_2_5GB | Exp.LNKSTA_NLW_X1);
+        this.init('EXP_DEVCAP2', at + Exp.DEVCAP2, 4, Exp.DEVCAP2_COMP_TMOUT_DIS);
+        this.init('EXP_DEVCTL2', at + Exp.DEVCTL2, 2, 0, Exp.DEVCTL2_COMP_TMOUT_DIS);
+        this.init('EXP_LNKCAP2', at + Exp.LNKCAP2, 4, Exp.LNKCAP2_SLS_2_5GB);
         // Target Link Speed hardwired to 2.5 GT/s, as allowed for a 2.5 GT/s-only link.
-        this.init(at + Exp.LNKCTL2, 2, Exp.LNKCTL2_TLS_2_5GT);
+        this.init('EXP_LNKCTL2', at + Exp.LNKCTL2, 2, Exp.LNKCTL2_TLS_2_5GT);
         return;
       case 'vendor':
-        this.init(at + Vndr.LENGTH, 1, Vndr.HEADER_SIZE + decl.data.length);
-        this.image.set(decl.data, at + Vndr.HEADER_SIZE);
+        this.init('VNDR_LENGTH', at + Vndr.LENGTH, 1, Vndr.HEADER_SIZE + decl.data.length);
+        this.block.fixed(at + Vndr.HEADER_SIZE, decl.data);
         return;
     }
   }
@@ -632,9 +644,9 @@ export class ConfigSpace {
     // Only DSN exists, and only once, so it is the whole list.
     const at = EXT_CAP_START;
     const serial = decls[0].serial;
-    this.init(at, 4, extCapHeader(ExtCapId.DSN, Dsn.VERSION, 0));
-    this.init(at + Dsn.SERIAL_LO, 4, Number(serial & 0xffff_ffffn));
-    this.init(at + Dsn.SERIAL_HI, 4, Number(serial >> 32n));
+    this.init('DSN_HEADER', at, 4, extCapHeader(ExtCapId.DSN, Dsn.VERSION, 0));
+    this.init('DSN_SERIAL_LO', at + Dsn.SERIAL_LO, 4, Number(serial & 0xffff_ffffn));
+    this.init('DSN_SERIAL_HI', at + Dsn.SERIAL_HI, 4, Number(serial >> 32n));
     this.extCaps.set(ExtCapId.DSN, at);
   }
 }

@@ -4,7 +4,8 @@
  * Message Upper Address, Message Data, Vector Control (bit 0 Mask, the rest
  * read 0). Entries power on masked; the PBA is read-only to the guest.
  */
-import { checkAccess, copyOut, getLE } from './bytes.js';
+import { getLE } from '../protocol/le.js';
+import { checkAccess, copyOut } from './bytes.js';
 import { Msix } from './regs.js';
 
 /** One MSI-X table entry as the guest programmed it. */
@@ -34,8 +35,9 @@ export class MsixTable {
   /** Bytes of PBA: one bit per vector, in whole qwords. */
   readonly pbaBytes: number;
 
-  private readonly table: Uint8Array;
-  private readonly pba: Uint8Array;
+  /** The table's bytes and the PBA's: the whole state, for saving and restoring. */
+  readonly table: Uint8Array;
+  readonly pba: Uint8Array;
   private readonly listeners: ((vector: number) => void)[] = [];
 
   /** A table of `tableSize` (1..2048) vectors at power-on state. */
@@ -79,11 +81,6 @@ export class MsixTable {
   readPba(offset: number, count: number, into?: Uint8Array, intoOffset = 0): Uint8Array {
     checkAccess('MSI-X PBA', this.pbaBytes, offset, count);
     return copyOut(this.pba, offset, count, into, intoOffset);
-  }
-
-  /** Guest write to the PBA: range-checked, then ignored (the PBA is read-only). */
-  writePba(offset: number, data: Uint8Array): void {
-    checkAccess('MSI-X PBA', this.pbaBytes, offset, data.length);
   }
 
   /** The current address, data and mask of a vector. */

@@ -35,3 +35,27 @@ export function get16(b: Uint8Array, at: number): number {
 export function get32(b: Uint8Array, at: number): number {
   return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
 }
+
+/** Little-endian unsigned read of 1, 2 or 4 bytes. */
+export function getLE(b: Uint8Array, at: number, width: 1 | 2 | 4): number {
+  if (width === 4) return get32(b, at);
+  return width === 2 ? get16(b, at) : b[at];
+}
+
+/** Little-endian store of the low 1, 2 or 4 bytes of `v`. */
+export function setLE(b: Uint8Array, at: number, width: 1 | 2 | 4, v: number): void {
+  if (width === 4) put32(b, at, v);
+  else if (width === 2) put16(b, at, v);
+  else b[at] = v;
+}
+
+/** A u64 as a bigint. */
+export function getBig64(b: Uint8Array, at: number): bigint {
+  return BigInt(get32(b, at)) | (BigInt(get32(b, at + 4)) << 32n);
+}
+
+/** Stores the low 64 bits of `v`. */
+export function putBig64(b: Uint8Array, at: number, v: bigint): void {
+  put32(b, at, Number(v & 0xffff_ffffn));
+  put32(b, at + 4, Number((v >> 32n) & 0xffff_ffffn));
+}

@@ -125,7 +125,7 @@ export class Connection implements DeviceHost {
     this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
     this.migration = new Migration(migratable(device), {
       identity: () => configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array),
-      raise: (q) => this.irqs.signal(q.index, q.vector),
+      raise: (q) => this.irqs.irq(q.index, q.vector),
       log: { info: (m) => this.log.info(`${device.name}: ${m}`), warn: (m) => this.log.warn(`${device.name}: ${m}`) },
     });
     this.channel = new Channel(
@@ -561,12 +561,16 @@ export class Connection implements DeviceHost {
     });
   }
 
-  signal(index: number, vector: number): boolean {
+  irq(index: number, vector: number): boolean {
     if (!this.migration.running) {
       this.migration.hold(index, vector);
       return false;
     }
-    return this.irqs.signal(index, vector);
+    return this.irqs.irq(index, vector);
+  }
+
+  deviceLog(level: 'error' | 'warn' | 'info' | 'debug', message: string): void {
+    this.log[level](message);
   }
 
   dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {

@@ -120,11 +120,6 @@ export class DmaMapTable {
     return pieces;
   }
 
-  /** The mappings, in iova order (for inspection). */
-  list(): readonly DmaMapping[] {
-    return this.maps;
-  }
-
   /** Index of the first mapping whose iova is above `iova`. */
   private insertionPoint(iova: bigint): number {
     let lo = 0;

@@ -40,9 +40,6 @@ function checkEventfd(fd: number): void {
 
 export class IrqTable {
   private readonly vectors: Vector[][];
-  /** Signals delivered per index, for tests and statistics. */
-  readonly delivered = [0, 0, 0, 0, 0];
-
   /** `counts[index]` vectors for each VFIO interrupt index. */
   constructor(readonly counts: readonly number[]) {
     this.vectors = counts.map((n) => Array.from({ length: n }, () => ({ masked: false, pending: false })));
@@ -83,11 +80,11 @@ export class IrqTable {
       if (!selected(i)) continue;
       const vector = s.start + i;
       const v = vectors[vector];
-      if (action === IrqSetFlag.ACTION_TRIGGER) this.signal(s.index, vector);
+      if (action === IrqSetFlag.ACTION_TRIGGER) this.irq(s.index, vector);
       else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
-        if (v.pending) this.signal(s.index, vector);
+        if (v.pending) this.irq(s.index, vector);
       }
     }
   }
@@ -96,7 +93,7 @@ export class IrqTable {
    * Writes the vector's eventfd. A masked vector (INTx after it fired, until
    * the client unmasks it) keeps the interrupt pending instead.
    */
-  signal(index: number, vector: number): boolean {
+  irq(index: number, vector: number): boolean {
     const v = this.vectors[index]?.[vector];
     if (!v || v.trigger === undefined) return false;
     if (v.masked) {
@@ -107,13 +104,7 @@ export class IrqTable {
     // INTx is level-triggered: it stays masked until the client's UNMASK (VFIO_IRQ_INFO_AUTOMASKED).
     if (index === IrqIndex.INTX) v.masked = true;
     native.eventfdWrite(v.trigger, 1);
-    this.delivered[index]++;
     return true;
-  }
-
-  /** Whether the client gave an eventfd for this vector. */
-  hasTrigger(index: number, vector: number): boolean {
-    return this.vectors[index]?.[vector]?.trigger !== undefined;
   }
 
   /** Closes the eventfds of one index and forgets its state. */

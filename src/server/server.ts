@@ -5,6 +5,7 @@
 import { lstatSync, unlinkSync } from 'node:fs';
 import { native, type PollHandle } from '../transport/native.js';
 import type { PciDevice } from '../device/device.js';
+import { runAs } from '../device/mistakes.js';
 import { Connection, defaultLimits, type Limits } from './connection.js';
 import { consoleLogger, type Logger, type LogLevel } from './log.js';
 
@@ -78,11 +79,13 @@ export class Server {
       }
       this.connections++;
       this.log.info(`client connected to ${this.device.name}`);
-      this.active = new Connection(fd, this.device, this.limits, this.log, () => {
+      // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
+      const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
+      this.active = runAs(owner, () => new Connection(fd, this.device, this.limits, this.log, () => {
         this.active = undefined;
         this.log.info(`client disconnected from ${this.device.name}`);
         for (const w of this.idleWaiters.splice(0)) w();
-      });
+      }));
     }
   }
 

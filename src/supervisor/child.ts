@@ -84,10 +84,10 @@ async function main(): Promise<void> {
   };
   connection.channel.beforeFlush = save;
   // An interrupt tells the guest something happened: the state that holds it is saved first.
-  const signal = connection.irqs.signal.bind(connection.irqs);
-  connection.irqs.signal = (index, vector) => {
+  const irq = connection.irqs.irq.bind(connection.irqs);
+  connection.irqs.irq = (index, vector) => {
     save();
-    return signal(index, vector);
+    return irq(index, vector);
   };
 }
 

@@ -119,3 +119,31 @@ function load(): Native {
 }
 
 export const native: Native = load();
+
+/** A sealed memfd mapped read-write: the descriptor to pass on, its bytes, and the release of both. */
+export interface SharedMemory {
+  readonly fd: number;
+  readonly bytes: Buffer;
+  /** Unmaps and closes; the bytes are empty afterwards. */
+  close(): void;
+}
+
+/** Shared memory for BARs and guest RAM: sealed, so whoever gets the descriptor cannot resize it under us. */
+export function sharedMemory(name: string, size: number): SharedMemory {
+  const fd = native.memfd(name, size, true);
+  let bytes: Buffer;
+  try {
+    bytes = Buffer.from(native.mmap(fd, 0, size, true));
+  } catch (e) {
+    native.close(fd);
+    throw e;
+  }
+  return {
+    fd,
+    bytes,
+    close: () => {
+      native.munmap(bytes.buffer as ArrayBuffer);
+      native.close(fd);
+    },
+  };
+}
