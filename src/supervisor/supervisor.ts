@@ -81,6 +81,8 @@ interface DeviceProcess {
   live: boolean;
   /** Whether it answered any of the client's commands (one that never does, dies in a loop). */
   served: boolean;
+  /** ID of a command of ours whose reply shows that everything before it was done (posted writes have no reply). */
+  barrier?: number;
 }
 
 const MAX_MESSAGE = 64 << 20;
@@ -182,6 +184,13 @@ export class Supervisor {
       // The device's own requests (DMA by message) go to the client as they are.
       if (this.client) this.client.send(encodeMessage(h, p));
       return closeAll(fds);
+    }
+    if (h.id === d.barrier) {
+      d.barrier = undefined;
+      closeAll(fds);
+      for (const m of this.inFlight.splice(0)) this.settle(m, true);
+      if (this.upgrading) this.finishUpgrade();
+      return;
     }
     if (d.replaying.delete(h.id)) {
       closeAll(fds);
@@ -464,7 +473,15 @@ export class Supervisor {
     if (!this.device?.live || this.upgrading) return;
     this.upgrading = true;
     this.downSince = performance.now();
-    if (this.inFlight.length === 0) this.finishUpgrade();
+    if (this.inFlight.length === 0) return this.finishUpgrade();
+    // Posted commands are never answered: a command of ours, answered after them, tells when they are done.
+    const d = this.device;
+    const taken = new Set(this.inFlight.map((m) => m.header.id));
+    while (taken.has(d.nextId) || d.busy.has(d.nextId)) d.nextId--;
+    d.barrier = d.nextId--;
+    d.channel.send(
+      encodeMessage({ id: d.barrier, command: Command.DEVICE_GET_INFO, flags: Flag.COMMAND, error: 0 }, msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 })),
+    );
   }
 
   private finishUpgrade(): void {
