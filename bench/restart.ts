@@ -10,7 +10,8 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Client, protocol } from '../src/index.js';
+import { Client, protocol, type PciDevice } from '../src/index.js';
+import { createNvme } from '../samples/nvme/nvme.js';
 import { configIdentity, stateRecords, type Migratable } from '../src/server/migration.js';
 import { StateStore } from '../src/supervisor/state.js';
 import { storeDevice } from '../test/fixtures/store-device.js';
@@ -20,6 +21,24 @@ const { values } = parseArgs({ options: { reads: { type: 'string', default: '200
 const READS = Number(values.reads);
 const KILLS = Number(values.kills);
 const fixture = join(dirname(fileURLToPath(import.meta.url)), '..', 'test', 'fixtures', 'store-device.js');
+
+/** One save as a device process makes it: the records of the state, into the state memfd. */
+function timeSaves(device: PciDevice): { us: number; bytes: number } {
+  const state = device as unknown as Migratable;
+  const store = StateStore.create();
+  const identity = configIdentity((offset, size) => device.regionRead(protocol.RegionIndex.CONFIG, offset, size) as Uint8Array);
+  let size = 0;
+  const n = 2000;
+  const t = performance.now();
+  for (let i = 0; i < n; i++) {
+    const stream = protocol.encodeRecords(stateRecords(state, identity));
+    store.save(stream, i & 0xffff);
+    size = stream.length;
+  }
+  const us = ((performance.now() - t) * 1000) / n;
+  store.close();
+  return { us, bytes: size };
+}
 
 function saveCost(slots: number): { us: number; bytes: number } {
   const device = storeDevice();
@@ -37,19 +56,7 @@ function saveCost(slots: number): { us: number; bytes: number } {
   const full = Buffer.concat(filled);
   full.writeUInt32LE(slots, 28);
   state.restoreState(full, 1);
-  const store = StateStore.create();
-  const identity = configIdentity((offset, size) => device.regionRead(protocol.RegionIndex.CONFIG, offset, size) as Uint8Array);
-  let size = 0;
-  const n = 2000;
-  const t = performance.now();
-  for (let i = 0; i < n; i++) {
-    const stream = protocol.encodeRecords(stateRecords(state, identity));
-    store.save(stream, i & 0xffff);
-    size = stream.length;
-  }
-  const us = ((performance.now() - t) * 1000) / n;
-  store.close();
-  return { us, bytes: size };
+  return timeSaves(device);
 }
 
 async function readLatency(extra: string[]): Promise<number> {
@@ -107,6 +114,14 @@ async function pauses(): Promise<number[]> {
 for (const slots of [0, 16, 200]) {
   const { us, bytes } = saveCost(slots);
   console.log(`state save, store device with ${slots} slots: ${us.toFixed(1)} µs for ${bytes} bytes`);
+}
+{
+  const dir = tempDir();
+  const nvme = createNvme({ file: join(dir.path, 'disk.img'), size: 16 << 20 });
+  const { us, bytes } = timeSaves(nvme.device);
+  console.log(`state save, NVMe sample: ${us.toFixed(1)} µs for ${bytes} bytes`);
+  nvme.device.close();
+  dir.remove();
 }
 const direct = await readLatency([]);
 const relayed = await readLatency(['--restartable']);
