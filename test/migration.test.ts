@@ -6,13 +6,15 @@
  * a device moved between two server processes while its guest keeps doing I/O.
  */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, migrate, protocol, type GuestMemory } from '../src/index.js';
 import { MigState, MigrationFlag, Feature, RecordKind, encodeRecords, encodeIdentity } from '../src/protocol/migration.js';
 import { migrationPath } from '../src/server/migration.js';
-import { fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { NvmeHost } from '../samples/nvme/driver.js';
 
-const { Command, Errno, FeatureFlag, IrqIndex } = protocol;
+const { Command, Errno, FeatureFlag, IrqIndex, IrqSetFlag } = protocol;
 const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P, ERROR } = MigState;
 const STATES = [STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P];
 const ALL = MigrationFlag.STOP_COPY | MigrationFlag.P2P | MigrationFlag.PRE_COPY;
@@ -386,5 +388,103 @@ describe('migrating a device between two muser serve processes', () => {
     );
     a.c.close();
     b.c.close();
+  });
+});
+
+describe('migrating the NVMe sample between two muser serve processes', () => {
+  let dir: TempDir;
+  let servers: ServerProcess[];
+  let file: string;
+
+  before(async () => {
+    dir = tempDir();
+    file = join(dir.path, 'disk.img');
+    // Shared storage, as a migration between hosts has: both servers open the same backing file.
+    process.env.MUSER_NVME_FILE = file;
+    process.env.MUSER_NVME_SIZE = '8M';
+    const nvme = join(dist, 'samples', 'nvme', 'index.js');
+    servers = [await startServer(nvme, dir.socket('a.sock')), await startServer(nvme, dir.socket('b.sock'))];
+  });
+  after(async () => {
+    await Promise.all(servers.map((s) => s.stop()));
+    delete process.env.MUSER_NVME_FILE;
+    delete process.env.MUSER_NVME_SIZE;
+    dir.remove();
+  });
+
+  it('moves a controller mid-I/O: the driver goes on with the same queues, no acknowledged write lost, downtime reported', async () => {
+    const a = await Client.connect(dir.socket('a.sock'));
+    const b = await Client.connect(dir.socket('b.sock'));
+    try {
+      const host = await NvmeHost.attach(a);
+      await host.start({ ioQueues: 1 });
+      await host.createQueuePair(1, 32);
+      const mem = (host as unknown as { mem: GuestMemory }).mem;
+      // The destination gets the same guest memory and the same interrupt eventfds (a local migration: RAM is shared).
+      await b.dmaMap({ flags: 3, offset: 0n, iova: mem.iova, size: BigInt(mem.size) }, mem.fd);
+      for (let v = 0; host.interrupt(v); v++) {
+        await b.setIrqs({ flags: IrqSetFlag.DATA_EVENTFD | IrqSetFlag.ACTION_TRIGGER, index: IrqIndex.MSIX, start: v, count: 1, data: Buffer.alloc(0) }, [host.interrupt(v)!.fd]);
+      }
+      const buf = host.alloc(PAGE);
+      const written = new Map<number, number>();
+      let blocks = 0;
+      let paused: Promise<void> | undefined;
+      let atGate: (() => void) | undefined;
+      let unpause = (): void => undefined;
+      let stopping = false;
+      const guest = (async () => {
+        for (let n = 0; !stopping; n++) {
+          if (paused) {
+            atGate?.();
+            await paused;
+          }
+          const slba = (n * 8) % 16000;
+          buf.bytes.fill(n & 0xff);
+          buf.bytes.writeUInt32LE(n, 0);
+          assert.equal((await host.write(1, slba, 8, buf.iova)).status, 0, `write ${n}`);
+          written.set(slba, n);
+          buf.bytes.fill(0);
+          assert.equal((await host.read(1, slba, 8, buf.iova)).status, 0, `read ${n}`);
+          assert.equal(buf.bytes.readUInt32LE(0), n, `block ${n} reads back`);
+          blocks++;
+        }
+      })();
+      await waitFor(() => blocks >= 5, 10_000, 'the guest doing I/O');
+      const report = await migrate({
+        source: a,
+        destination: b,
+        memory: [{ source: mem, destination: mem }],
+        round: async () => {
+          const n = blocks;
+          await waitFor(() => blocks >= n + 2, 10_000, 'the guest to go on during pre-copy');
+        },
+        // The vCPUs stop between two commands: the controller declares no quiesce, so none is left in its queues.
+        pause: () =>
+          new Promise<void>((resolve) => {
+            atGate = resolve;
+            paused = new Promise((r) => (unpause = r));
+          }),
+      });
+      (host as unknown as { client: Client }).client = b;
+      paused = undefined;
+      unpause();
+      const resumed = blocks;
+      await waitFor(() => blocks >= resumed + 10, 10_000, 'the guest doing I/O on the destination');
+      stopping = true;
+      await guest;
+      for (const [slba, n] of written) {
+        assert.equal((await host.read(1, slba, 8, buf.iova)).status, 0);
+        assert.equal(buf.bytes.readUInt32LE(0), n, `LBA ${slba} holds block ${n} after the migration`);
+      }
+      assert.equal(await a.migration.state(), MigState.STOP);
+      assert.ok(report.preCopyDirtyPages.every((n) => n > 0), `the controller dirtied pages in each pre-copy round: ${report.preCopyDirtyPages}`);
+      console.log(
+        `NVMe migration: ${blocks} blocks written and verified; pre-copy dirty pages per round ${report.preCopyDirtyPages.join(', ')}, ${report.stopCopyDirtyPages} at stop; ` +
+          `state ${report.preCopyBytes} + ${report.stopCopyBytes} bytes; downtime ${report.downtimeMs.toFixed(2)} ms of ${report.totalMs.toFixed(1)} ms`,
+      );
+    } finally {
+      a.close();
+      b.close();
+    }
   });
 });
