@@ -1,7 +1,8 @@
 /**
  * The NVMe sample under `muser serve --restartable`, driven by the TypeScript
  * host driver: a write-and-verify loop while the device process is killed
- * with SIGKILL and upgraded, on the same queues and guest memory throughout.
+ * with SIGKILL and upgraded, on the same queues and guest memory throughout;
+ * and the GPIO sample's input sequence across restarts.
  */
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
@@ -88,6 +89,39 @@ describe('the NVMe sample under --restartable', () => {
       }
     } finally {
       client.close();
+    }
+  });
+});
+
+describe('the GPIO sample under --restartable', () => {
+  let dir: TempDir;
+  let server: ServerProcess;
+
+  before(async () => {
+    dir = tempDir();
+    server = await startServer(join(dist, 'samples', 'gpio-pci-idio-16', 'index.js'), dir.socket(), ['--restartable']);
+  });
+  after(async () => {
+    await server.stop();
+    dir.remove();
+  });
+
+  it('goes on with the IIN0 sequence across restarts, where it was', async () => {
+    const pid = server.child.pid!;
+    const c = await Client.connect(dir.socket(), { timeout: 15_000 });
+    try {
+      const seen: number[] = [];
+      for (let i = 0; i < 24; i++) {
+        // Kill the device process after reads 4, 11 and 17: in the middle of a run of three, and at its end.
+        const before = devicePid(pid);
+        const kill = i === 4 || i === 11 || i === 18;
+        if (kill) process.kill(before!, 'SIGKILL');
+        seen.push((await c.regionRead(2, 1, 1))[0] & 1);
+        if (kill) await waitFor(() => devicePid(pid) !== undefined && devicePid(pid) !== before, 15_000, 'a new device process');
+      }
+      assert.deepEqual(seen, [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]);
+    } finally {
+      c.close();
     }
   });
 });
