@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import '../index.js';
 import { adoptBarMemory, PciDevice } from '../device/device.js';
 import { RegionIndex } from '../protocol/constants.js';
-import { encodeRecords, MigState } from '../protocol/migration.js';
+import { MigState } from '../protocol/migration.js';
 import { Connection, type Limits } from '../server/connection.js';
 import { consoleLogger, type LogLevel } from '../server/log.js';
 import { configIdentity, migratable, stateRecords } from '../server/migration.js';
@@ -79,8 +79,7 @@ async function main(): Promise<void> {
       else if (resumed) restored = true;
       if (!restored) return;
     }
-    const stream = state ? encodeRecords(stateRecords(state, identity)) : new Uint8Array(0);
-    store.save(stream, connection.lastAnswered);
+    store.save(state ? stateRecords(state, identity) : [], connection.lastAnswered);
   };
   connection.channel.beforeFlush = save;
   // An interrupt tells the guest something happened: the state that holds it is saved first.

@@ -8,6 +8,7 @@
  * ID of the last command answered before the save (bit 16 set when there is
  * one), u32 save count. Slot s starts at 4096 + s * SLOT_SIZE.
  */
+import { RECORD_HEADER_SIZE, type StreamRecord } from '../protocol/migration.js';
 import { native } from '../transport/native.js';
 
 const MAGIC = 0x6d757374;
@@ -41,13 +42,24 @@ export class StateStore {
     return store;
   }
 
-  /** Saves `stream` into the slot not in use, then names it. Throws RangeError if it does not fit. */
-  save(stream: Uint8Array, lastAnswered: number): void {
-    if (stream.length > SLOT_SIZE) throw new RangeError(`a device state of ${stream.length} bytes does not fit the ${SLOT_SIZE >> 20} MiB kept for it`);
+  /**
+   * Writes the migration stream of `records` straight into the slot not in
+   * use (no copy of the stream in between), then names it. Throws RangeError
+   * if it does not fit.
+   */
+  save(records: readonly StreamRecord[], lastAnswered: number): void {
+    const length = records.reduce((n, r) => n + RECORD_HEADER_SIZE + r.data.length, 0);
+    if (length > SLOT_SIZE) throw new RangeError(`a device state of ${length} bytes does not fit the ${SLOT_SIZE >> 20} MiB kept for it`);
     const slot = this.words[1] ^ 1;
-    this.bytes.set(stream, HEADER + slot * SLOT_SIZE);
+    let at = HEADER + slot * SLOT_SIZE;
+    for (const r of records) {
+      this.bytes.writeUInt32LE(r.kind, at);
+      this.bytes.writeUInt32LE(r.data.length, at + 4);
+      this.bytes.set(r.data, at + RECORD_HEADER_SIZE);
+      at += RECORD_HEADER_SIZE + r.data.length;
+    }
     const d = 2 + slot * 3;
-    this.words[d] = stream.length;
+    this.words[d] = length;
     this.words[d + 1] = lastAnswered < 0 ? 0 : HAS_ID | lastAnswered;
     this.words[d + 2] = this.words[2 + (slot ^ 1) * 3 + 2] + 1;
     this.words[1] = slot;
