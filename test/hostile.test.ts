@@ -397,17 +397,17 @@ describe('hostile clients: malformed messages against muser serve', () => {
     });
   });
 
-  it('refuses device features, migration and write-multiple it did not offer', async () => {
+  it('refuses device features it lacks, migration data outside a migration, and write-multiple it did not offer', async () => {
     await session(async (c) => {
       const feature = (flags: number, argsz = 8): Buffer => msg.encodeDeviceFeature({ argsz, flags, data: Buffer.alloc(0) });
       await refused(c, Command.DEVICE_FEATURE, feature(99 | FeatureFlag.PROBE), Errno.EOPNOTSUPP);
-      await refused(c, Command.DEVICE_FEATURE, feature(1 | FeatureFlag.GET), Errno.EOPNOTSUPP);
+      await refused(c, Command.DEVICE_FEATURE, feature(1 | FeatureFlag.GET), Errno.EINVAL); // no room for the reply
       await refused(c, Command.DEVICE_FEATURE, feature(FeatureFlag.MASK | FeatureFlag.SET), Errno.EOPNOTSUPP);
       await refused(c, Command.DEVICE_FEATURE, feature(1 << 20), Errno.EINVAL);
       await refused(c, Command.DEVICE_FEATURE, feature(1 | FeatureFlag.GET | FeatureFlag.SET), Errno.EINVAL);
       await refused(c, Command.DEVICE_FEATURE, Buffer.alloc(4), Errno.EINVAL);
-      await refused(c, Command.MIG_DATA_READ, Buffer.alloc(8), Errno.EOPNOTSUPP);
-      await refused(c, Command.MIG_DATA_WRITE, Buffer.alloc(8), Errno.EOPNOTSUPP);
+      await refused(c, Command.MIG_DATA_READ, Buffer.alloc(8), Errno.EINVAL); // not in a saving state
+      await refused(c, Command.MIG_DATA_WRITE, Buffer.alloc(8), Errno.EINVAL); // not resuming
       const multi = msg.encodeRegionWriteMulti([{ region: BAR0, offset: 0, count: 4, data: Buffer.alloc(8) }]);
       await refused(c, Command.REGION_WRITE_MULTI, multi, Errno.EINVAL); // write_multiple was not negotiated
     });

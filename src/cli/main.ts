@@ -9,7 +9,9 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { serve, ServeError, type Server } from '../server/server.js';
-import type { LogLevel } from '../server/log.js';
+import { consoleLogger, type LogLevel } from '../server/log.js';
+import { defaultLimits, type Limits } from '../server/connection.js';
+import { pidFile, Supervisor } from '../supervisor/supervisor.js';
 import { inspect, type Inspector } from '../inspect/inspector.js';
 import { stopWithLauncher } from './launcher.js';
 import { LSPCI_USAGE, lspciCommand } from './lspci.js';
@@ -35,16 +37,26 @@ const SERVE_USAGE = `usage: muser serve <device module> --socket <path> [<device
                     shows the device live: config space, registers, DMA maps, interrupts, trace
   --trace [file]    print every command and region access to stderr; with a file, write
                     them there as JSON lines (what muser replay reads)
+  --restartable     run the device in a child process that is restarted with its state if it dies,
+                    and upgraded live (module reloaded from disk) on SIGHUP or muser restart;
+                    the client stays connected (one device module; not with --threads, --trace, --inspect)
 
 Attach it to a VM with:
   qemu-system-x86_64 ... -machine memory-backend=mem \\
     -object memory-backend-memfd,id=mem,size=1G,share=on \\
     -device '{"driver":"vfio-user-pci","socket":{"path":"<path>","type":"unix"}}'`;
 
+const RESTART_USAGE = `usage: muser restart --socket <path>
+
+  Upgrades a device served with muser serve --restartable on <path> live: its
+  module is loaded again from disk into a new device process, which takes over
+  the device's state and the client's connection.`;
+
 const COMMANDS: Record<string, { usage: string; run(argv: string[]): Promise<void> }> = {
   serve: { usage: SERVE_USAGE, run: serveCommand },
   replay: { usage: REPLAY_USAGE, run: replayCommand },
   lspci: { usage: LSPCI_USAGE, run: lspciCommand },
+  restart: { usage: RESTART_USAGE, run: restartCommand },
 };
 
 const USAGE = `usage: muser <command> [arguments]
@@ -52,6 +64,7 @@ const USAGE = `usage: muser <command> [arguments]
   muser serve <device module> --socket <path>   serve devices to a vfio-user client such as QEMU
   muser replay <trace file> <device module>     replay a recorded session, report replies that differ
   muser lspci <device module> | --socket <path> show config space as lspci -vvv decodes it
+  muser restart --socket <path>                 upgrade a --restartable device live
   muser help <command>                          what a command takes
   muser --version                               the version of muser`;
 
@@ -113,6 +126,7 @@ async function serveCommand(args: string[]): Promise<void> {
         'max-data-xfer-size': { type: 'string' },
         'max-queued-commands': { type: 'string' },
         'handler-timeout': { type: 'string' },
+        restartable: { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -132,6 +146,9 @@ async function serveCommand(args: string[]): Promise<void> {
   if (typeof trace === 'string' && modulePaths.length > 1) {
     throw new UsageError(`--trace ${trace} records one device: trace several devices to the terminal (--trace alone) or run one muser serve per device`);
   }
+  if (values.restartable && (modulePaths.length > 1 || values.threads || trace !== undefined || inspectPort !== undefined)) {
+    throw new UsageError('--restartable serves one device module in a process of its own: drop --threads, --trace and --inspect, or serve without --restartable');
+  }
   let mode = 0o600;
   if (values.mode !== undefined) {
     if (!/^[0-7]{3,4}$/.test(values.mode)) throw new UsageError(`--mode ${values.mode} is not an octal permission like 600 or 660`);
@@ -147,6 +164,7 @@ async function serveCommand(args: string[]): Promise<void> {
     handlerTimeoutMs: count(values, 'handler-timeout', 0),
     pollUs: count(values, 'poll-us', 0),
   };
+  if (values.restartable) return supervise(modulePaths[0], sockets[0], mode, log, limits);
   const files = modulePaths.map((p) => resolve(p));
   const twice = modulePaths.find((_, i) => files.indexOf(files[i]) !== i);
   if (twice !== undefined && !values.threads) {
@@ -190,6 +208,56 @@ async function serveCommand(args: string[]): Promise<void> {
   process.once('SIGTERM', stop);
   stopWithLauncher(stop);
   for (const s of servers) if (s.socket) console.log(`muser: serving ${s.name} on ${s.socket}`);
+}
+
+/** `muser restart --socket S`: SIGHUP to the supervisor serving S, found by the pid file it keeps beside the socket. */
+
+async function restartCommand(args: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, allowPositionals: true, options: { socket: { type: 'string' } } });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.split('. ')[0].replace(/\.$/, '')}; run muser help restart for the options`);
+  }
+  const socket = parsed.values.socket;
+  const extra = parsed.positionals[0];
+  if (!socket) throw new UsageError('muser restart needs --socket <path>: the socket of a device served with --restartable');
+  if (extra) throw new UsageError(`unexpected argument "${extra}"; muser restart takes only --socket`);
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile(socket), 'utf8'));
+  } catch {
+    throw new UsageError(`no restartable device is served on ${socket} (there is no ${pidFile(socket)}); start one with muser serve <module> --socket ${socket} --restartable`);
+  }
+  try {
+    process.kill(pid, 'SIGHUP');
+  } catch {
+    throw new UsageError(`the server that served ${socket} (pid ${pid}) is gone; remove ${pidFile(socket)} and start it again`);
+  }
+  console.log(`muser: upgrading the device on ${socket}`);
+}
+
+/** `--restartable`: this process keeps the socket and the client; the device runs in a child it restarts. */
+async function supervise(modulePath: string, socket: string, mode: number, log: LogLevel, limits: Partial<Limits>): Promise<void> {
+  const module = checkModule(modulePath);
+  let supervisor: Supervisor;
+  try {
+    supervisor = new Supervisor({ module, socket, mode, limits: { ...defaultLimits, ...definedOnly(limits) }, log: consoleLogger('muser', log), logLevel: log });
+  } catch (e) {
+    if (e instanceof ServeError) throw new UsageError(e.message);
+    throw new UsageError(`cannot listen on ${socket}: ${(e as Error).message}`);
+  }
+  const stop = (): void => {
+    void supervisor.close().then(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  process.on('SIGHUP', () => supervisor.upgrade());
+  console.log(`muser: serving ${modulePath} on ${socket} (restartable)`);
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {

@@ -24,6 +24,7 @@ import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, t
 import { Channel, closeAll } from '../transport/channel.js';
 import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
 import { ClientConfig } from './config.js';
+import { DeviceMigration } from './migration.js';
 
 /** An error reply from the server. */
 export class VfioUserError extends Error {
@@ -168,6 +169,8 @@ export class Client {
   private timer: NodeJS.Timeout | undefined;
   private flushQueued = false;
   private closeError: Error | undefined;
+  /** Live migration of the device: its state machine, data stream and DMA logging. */
+  readonly migration = new DeviceMigration(this);
 
   private constructor(fd: number, timeout: number, pollUs: number) {
     this.timeout = timeout;

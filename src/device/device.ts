@@ -7,9 +7,10 @@
 import { IrqIndex, RegionIndex } from '../protocol/constants.js';
 import { getLE, setLE } from '../protocol/le.js';
 import { ConfigSpace, MsixTable, type BarDecl, type CapabilityDecl } from '../pci/index.js';
+import { fstatSync } from 'node:fs';
 import { Command, Msix } from '../pci/regs.js';
 import { registerBlock, type RegisterBlock } from '../registers/registers.js';
-import { sharedMemory, type SharedMemory } from '../transport/native.js';
+import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
 import { AuthorError, authorError, describeAccess } from './mistakes.js';
 import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
@@ -622,7 +623,35 @@ function barMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar[
     }
   }
   // The client gets this descriptor and must not be able to cut pages from under the device.
-  return Object.assign(sharedMemory(`muser:${name}:bar${index}`, size), { areas });
+  return Object.assign(adoptedBarMemory(index, size) ?? sharedMemory(`muser:${name}:bar${index}`, size), { areas });
+}
+
+/**
+ * BAR memory a restarted device process takes over from the one before it
+ * (the client has it mapped): descriptors by BAR index, set before the device
+ * module is loaded.
+ */
+const adopted = new Map<number, number>();
+export function adoptBarMemory(fds: ReadonlyMap<number, number>): void {
+  for (const [index, fd] of fds) adopted.set(index, fd);
+}
+function adoptedBarMemory(index: number, size: number): SharedMemory | undefined {
+  const fd = adopted.get(index);
+  if (fd === undefined) return undefined;
+  adopted.delete(index);
+  if (fstatSync(fd).size !== size) {
+    native.close(fd);
+    return undefined;
+  }
+  const bytes = Buffer.from(native.mmap(fd, 0, size, true));
+  return {
+    fd,
+    bytes,
+    close: () => {
+      native.munmap(bytes.buffer as ArrayBuffer);
+      native.close(fd);
+    },
+  };
 }
 
 function freeBarSlot(specs: (BarSpec | undefined)[]): BarIndex {

@@ -4,3 +4,4 @@ export * from './header.js';
 export * from './messages.js';
 export * from './capabilities.js';
 export * from './le.js';
+export * from './migration.js';

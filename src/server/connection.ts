@@ -35,6 +35,7 @@ import { DmaError, type DeviceHost } from '../device/types.js';
 import type { PciDevice } from '../device/device.js';
 import { checkBacking, DmaMapTable } from './dma.js';
 import { IrqTable } from './irqs.js';
+import { configIdentity, migratable, Migration } from './migration.js';
 import type { Logger } from './log.js';
 
 export interface Limits {
@@ -113,6 +114,7 @@ export class Connection implements DeviceHost {
   readonly channel: Channel;
   readonly dma: DmaMapTable;
   readonly irqs: IrqTable;
+  readonly migration: Migration;
   private limits: Negotiated | undefined;
   private queue: Queued[] = [];
   private queuedBytes = 0;
@@ -138,6 +140,8 @@ export class Connection implements DeviceHost {
   /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
   private unsettled = 0;
   private settledWaiters: (() => void)[] = [];
+  /** ID of the last command answered (or, posted, completed): what a supervisor saves with the device's state. */
+  lastAnswered = -1;
 
   constructor(
     fd: number,
@@ -150,6 +154,11 @@ export class Connection implements DeviceHost {
     this.dma = new DmaMapTable(options.maxDmaMaps, PAGE_SIZE);
     const c = device.irqCounts;
     this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
+    this.migration = new Migration(migratable(device), {
+      identity: () => configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array),
+      raise: (q) => this.irqs.irq(q.index, q.vector),
+      log: { info: (m) => this.log.info(`${device.name}: ${m}`), warn: (m) => this.log.warn(`${device.name}: ${m}`) },
+    });
     this.channel = new Channel(
       fd,
       {
@@ -332,11 +341,11 @@ export class Connection implements DeviceHost {
       case Command.REGION_WRITE_MULTI:
         return this.regionWriteMulti(h, p);
       case Command.DEVICE_FEATURE:
-        msg.decodeDeviceFeature(p);
-        throw new ProtocolError('EOPNOTSUPP', 'this device supports no device features (no migration or DMA logging)');
+        return this.feature(h, p);
       case Command.MIG_DATA_READ:
+        return this.migDataRead(h, p);
       case Command.MIG_DATA_WRITE:
-        throw new ProtocolError('EOPNOTSUPP', 'this device does not support migration');
+        return this.migDataWrite(h, p);
       default:
         throw new ProtocolError('ENOSYS', `unknown command ${h.command}`);
     }
@@ -537,8 +546,30 @@ export class Connection implements DeviceHost {
 
   private reset(h: Header, p: Buffer): Promise<void> | void {
     check(p.length === 0, 'EINVAL', 'DEVICE_RESET takes no payload');
+    this.migration.reset();
     const done = this.device.reset();
     if (done) return done.then(() => this.reply(h));
+    this.reply(h);
+  }
+
+  private feature(h: Header, p: Buffer): Promise<void> | void {
+    const out = this.migration.feature(msg.decodeDeviceFeature(p));
+    if (!(out instanceof Promise)) return this.reply(h, out);
+    return out.then((r) => this.reply(h, r));
+  }
+
+  private migDataRead(h: Header, p: Buffer): void {
+    const m = msg.decodeMigData(p, false);
+    this.migration.requireMigratable();
+    check(m.argsz >= msg.MIG_DATA_SIZE, 'EINVAL', `MIG_DATA_READ argsz ${m.argsz} is below ${msg.MIG_DATA_SIZE}`);
+    const data = this.migration.read(Math.min(m.size, m.argsz - msg.MIG_DATA_SIZE, this.limits!.maxDataXferSize));
+    this.reply(h, msg.encodeMigData({ argsz: msg.MIG_DATA_SIZE + data.length, size: data.length, data }));
+  }
+
+  private migDataWrite(h: Header, p: Buffer): void {
+    const m = msg.decodeMigData(p, true);
+    check(m.size <= this.limits!.maxDataXferSize, 'E2BIG', `MIG_DATA_WRITE of ${m.size} bytes is above max_data_xfer_size ${this.limits!.maxDataXferSize}`);
+    this.migration.write(m.data);
     this.reply(h);
   }
 
@@ -581,6 +612,7 @@ export class Connection implements DeviceHost {
 
   /** Encodes a REGION_READ or REGION_WRITE reply straight into the send buffer (the hot path). */
   protected replyAccess(h: Header, region: number, offset: number, count: number, data?: Uint8Array): void {
+    this.lastAnswered = h.id;
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + (data ? count : 0);
     const at = this.channel.reserve(size);
@@ -629,12 +661,14 @@ export class Connection implements DeviceHost {
   // ---------------------------------------------------------------- replies
 
   protected reply(h: Header, payload?: Uint8Array, fds?: number[]): void {
+    this.lastAnswered = h.id;
     if (h.flags & Flag.NO_REPLY || this.isAbandoned(h)) return;
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY, error: 0 }, payload), fds);
   }
 
   protected replyError(h: Header, errno: number): void {
     if (this.isAbandoned(h)) return;
+    this.lastAnswered = h.id;
     // Errors are reported even for NO_REPLY commands: a client that asked for silence still learns what went wrong.
     this.channel.send(encodeMessage({ id: h.id, command: h.command, flags: Flag.REPLY | Flag.ERROR, error: errno }));
   }
@@ -669,6 +703,10 @@ export class Connection implements DeviceHost {
   }
 
   irq(index: number, vector: number): boolean {
+    if (!this.migration.running) {
+      this.migration.hold(index, vector);
+      return false;
+    }
     return this.irqs.irq(index, vector);
   }
 
@@ -681,13 +719,19 @@ export class Connection implements DeviceHost {
   }
 
   dmaViews(iova: bigint, length: number, write: boolean): Uint8Array[] | undefined {
+    // A stopped device gets no views: it falls back to dma.read/write, which wait until it runs.
+    if (!this.migration.running) return undefined;
     const pieces = this.dma.resolve(iova, length, write);
     // Views only over memory that cannot shrink under them: a file the client may still cut would turn a later touch into SIGBUS.
     for (const p of pieces) if (!p.bytes || p.mapping?.fileEnd !== undefined) return undefined;
+    // Views are used at once, before the device awaits anything (see dma.views), so the pages are dirty by the
+    // time any later DMA_LOGGING_REPORT is answered: marking them now, for the whole range, is enough.
+    if (write) this.migration.dirty?.mark(iova, length);
     return pieces.map((p) => p.bytes!);
   }
 
   async dmaRead(iova: bigint, length: number): Promise<Uint8Array> {
+    if (!this.migration.running) await this.migration.whenRunning();
     const pieces = this.dma.resolve(iova, length, false);
     if (pieces.length === 1 && pieces[0].bytes) {
       checkBacking(pieces[0]);
@@ -715,6 +759,7 @@ export class Connection implements DeviceHost {
   }
 
   async dmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
+    if (!this.migration.running) await this.migration.whenRunning();
     const pieces = this.dma.resolve(iova, data.length, true);
     let at = 0;
     for (const piece of pieces) {
@@ -722,11 +767,13 @@ export class Connection implements DeviceHost {
       if (piece.bytes) {
         checkBacking(piece);
         piece.bytes.set(part);
+        this.migration.dirty?.mark(piece.iova, piece.length);
       } else {
         for (let done = 0; done < piece.length; ) {
           const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
           const chunk = Buffer.from(part.subarray(done, done + n));
           await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
+          this.migration.dirty?.mark(piece.iova + BigInt(done), n);
           done += n;
         }
       }

@@ -238,7 +238,7 @@ export async function serve(device: PciDevice | string | URL, options: ServeOpti
  * A socket file left by a process that died is replaced; one that a live
  * server answers on is an error, and so is anything that is not a socket.
  */
-function removeStaleSocket(path: string): void {
+export function removeStaleSocket(path: string): void {
   let st;
   try {
     st = lstatSync(path);

@@ -75,6 +75,8 @@ export class Channel {
   private txEnd = 0;
   private marks: { at: number; length: number; fds: number[] }[] = [];
   private corks = 0;
+  /** Called before queued output goes to the socket: a supervised device saves its state there, before anyone can see a reply. */
+  beforeFlush: (() => void) | undefined;
   private wantWritable = false;
   private isClosed = false;
   private readonly outputLimit: number;
@@ -164,6 +166,7 @@ export class Channel {
 
   /** Sends what the socket takes now; the rest waits for writability. */
   flush(): void {
+    if (this.beforeFlush !== undefined && this.txStart < this.txEnd) this.beforeFlush();
     while (!this.isClosed && this.txStart < this.txEnd) {
       const mark = this.marks[0];
       let n: number;
