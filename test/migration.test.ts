@@ -196,6 +196,8 @@ describe('live migration against muser serve', () => {
       await command(c, OP.store, 0x100000n, 64, 7);
       await completed(c, 1);
       await intx.wait(0);
+      // INTx is a level: the driver acknowledges it at the device before it unmasks.
+      await w32(c, 0x30, 1);
       await c.unmask(IrqIndex.INTX);
       const seen = intx.count;
       await c.migration.setState(STOP);
