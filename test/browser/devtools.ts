@@ -35,12 +35,13 @@ export async function openPage(url: string, binary = process.env.CHROMIUM ?? 'ch
   let socket: Socket | undefined;
   const cleanup = async (): Promise<void> => {
     socket?.destroy();
-    if (child.exitCode === null) {
+    if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');
       await exited;
     }
-    rmSync(profile, { recursive: true, force: true });
+    // Chromium's helper processes may still be writing the profile for a moment after the browser exits.
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   };
   try {
     const port = await devtoolsPort(child);

@@ -49,9 +49,12 @@ describe('muser serve --inspect, in headless Chromium', () => {
   });
   after(async () => {
     client?.close();
-    await page?.close();
-    server.kill('SIGTERM');
-    dir.remove();
+    try {
+      await page?.close();
+    } finally {
+      server.kill('SIGTERM');
+      dir.remove();
+    }
   });
 
   it('listens on 127.0.0.1 only', async () => {
@@ -126,9 +129,12 @@ describe('the inspector with a device that describes its registers', () => {
   });
   after(async () => {
     client?.close();
-    await page?.close();
-    server.kill('SIGTERM');
-    dir.remove();
+    try {
+      await page?.close();
+    } finally {
+      server.kill('SIGTERM');
+      dir.remove();
+    }
   });
 
   it('shows registers with their fields, and register names in the trace', async () => {
