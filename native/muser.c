@@ -340,6 +340,19 @@ static napi_value js_socketpair(napi_env env, napi_callback_info info) {
   return pair;
 }
 
+/* peerPid(fd) -> the pid of the process at the other end of a connected
+ * AF_UNIX socket (SO_PEERCRED), or -errno. */
+static napi_value js_peer_pid(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", &fd)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    return make_int(env, -errno);
+  return make_int(env, cred.pid);
+}
+
 /* accept(fd) -> new fd or -errno */
 static napi_value js_accept(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
@@ -1225,6 +1238,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("accept", js_accept, NULL),
       METHOD("connect", js_connect, NULL),
       METHOD("socketpair", js_socketpair, NULL),
+      METHOD("peerPid", js_peer_pid, NULL),
       METHOD("recvmsg", js_recvmsg, NULL),
       METHOD("sendmsg", js_sendmsg, NULL),
       METHOD("poll", js_poll, s),

@@ -5,6 +5,7 @@
  * non-blocking sendmsg on an AF_UNIX stream socket sends whole or not at all.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, serve, type Server } from '../src/index.js';
 import { DMA_MESSAGE_DATA } from '../src/server/connection.js';
@@ -125,6 +126,54 @@ describe('DMA by message', () => {
     } finally {
       if (twin >= 0) native.close(twin);
       raw.close();
+    }
+  });
+
+  it('says when the client maps the guest memory it passes only privately (QEMU share=off)', async () => {
+    const lines: string[] = [];
+    const log = { error: (m: string) => lines.push(m), warn: () => undefined, info: () => undefined, debug: () => undefined };
+    const dir2 = tempDir();
+    const s = await serve(device, { socket: dir2.socket(), log });
+    // A client in another process that maps one memfd MAP_PRIVATE and another MAP_SHARED, and passes both.
+    const client = `
+import mmap, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+def request(i, command, payload, fds=()):
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('%di' % len(fds), *fds))] if fds else []
+    s.sendmsg([struct.pack('<HHIII', i, command, 16 + len(payload), 0, 0) + payload], anc)
+    size = struct.unpack('<HHIII', s.recv(16, socket.MSG_PEEK))[2]
+    reply = b''
+    while len(reply) < size:
+        reply += s.recv(size - len(reply))
+    assert struct.unpack('<HHIII', reply[:16])[3] == 1, 'error reply'
+request(0, 1, struct.pack('<HH', 0, 0) + b'{"capabilities":{"max_msg_fds":16}}\\0')
+for i, flags in ((1, mmap.MAP_PRIVATE), (2, mmap.MAP_SHARED)):
+    fd = os.memfd_create('guest-%d' % i)
+    os.ftruncate(fd, 0x10000)
+    m = mmap.mmap(fd, 0x10000, flags=flags)
+    request(i, 2, struct.pack('<IIQQQ', 32, 3, 0, i * 0x100000, 0x10000), [fd])
+print('mapped', flush=True)
+sys.stdin.read()
+`;
+    let child: ChildProcess | undefined;
+    try {
+      child = spawn('python3', ['-c', client, dir2.socket()], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const python = child;
+      await new Promise<void>((resolve, reject) => {
+        python.stdout!.on('data', (d: Buffer) => d.toString().includes('mapped') && resolve());
+        python.once('exit', (code) => reject(new Error(`the python client exited with ${code}`)));
+      });
+      assert.equal(lines.length, 1, lines.join('\n'));
+      assert.match(lines[0], /at 0x100000 privately .*share=off/);
+    } finally {
+      if (child && child.exitCode === null) {
+        const exited = new Promise((r) => child!.once('exit', r));
+        child.stdin!.end();
+        await exited;
+      }
+      await s.close();
+      dir2.remove();
     }
   });
 

@@ -8,6 +8,7 @@
  * replies from the client keep being processed, so a handler may await DMA
  * messages without deadlock.
  */
+import { fstatSync, readFileSync } from 'node:fs';
 import {
   Command,
   commandName,
@@ -137,6 +138,8 @@ export class Connection implements DeviceHost {
   /** Twin-socket mode: the channel of our requests to the client, and the client's end of it. */
   private twin: Channel | undefined;
   private twinPeer: number | undefined;
+  /** Whether we told that the client maps guest memory privately (said once a connection). */
+  private saidPrivate = false;
   /** Handler Promises not yet settled (timed-out ones included), and who waits for none to be left. */
   private unsettled = 0;
   private settledWaiters: (() => void)[] = [];
@@ -419,7 +422,45 @@ export class Connection implements DeviceHost {
     const m = msg.decodeDmaMap(p);
     check(fds.length <= 1, 'EINVAL', `DMA_MAP carries ${fds.length} descriptors, at most 1`);
     this.dma.map(m, fds[0]);
+    if (fds[0] !== undefined && !this.saidPrivate && this.mappedPrivately(fds[0])) {
+      this.saidPrivate = true;
+      this.log.error(
+        `${this.device.name}: the client maps the guest memory it gave at 0x${m.iova.toString(16)} privately (QEMU: memory-backend-memfd with share=off): ` +
+          'the device sees nothing the guest writes there and the other way round; give the backend share=on',
+      );
+    }
     this.reply(h);
+  }
+
+  /**
+   * Whether the client process maps this file only privately (copy-on-write),
+   * as QEMU does for memory-backend-memfd with share=off while it passes the
+   * descriptor anyway: /proc/<client>/maps, matched by device and inode.
+   * Unknown (another user's process, no procfs) counts as shared.
+   */
+  private mappedPrivately(fd: number): boolean {
+    const pid = native.peerPid(this.channel.fd);
+    if (pid <= 0) return false;
+    let maps: string;
+    try {
+      maps = readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      return false;
+    }
+    const st = fstatSync(fd);
+    // The kernel's device number as maps prints it (major:minor in hex).
+    const major = Math.floor(st.dev / 256) & 0xfff;
+    const minor = (st.dev & 0xff) | (Math.floor(st.dev / 4096) & 0xfff00);
+    const dev = `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}`;
+    let privately = false;
+    for (const line of maps.split('\n')) {
+      // address perms offset dev inode path
+      const [, perms, , d, inode] = line.split(/\s+/, 5);
+      if (inode !== String(st.ino) || d !== dev) continue;
+      if (perms[3] === 's') return false;
+      privately = true;
+    }
+    return privately;
   }
 
   private dmaUnmap(h: Header, p: Buffer): void {

@@ -50,6 +50,8 @@ export interface Native {
   listen(path: string, mode: number, backlog: number): number;
   /** accept4(SOCK_NONBLOCK|SOCK_CLOEXEC). Returns the new fd, or -errno (e.g. -EAGAIN when nothing is pending). */
   accept(fd: number): number;
+  /** The pid of the process at the other end of a connected AF_UNIX socket (SO_PEERCRED), or -errno. */
+  peerPid(fd: number): number;
   /** socketpair(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC): two connected ends. Throws. */
   socketpair(): [number, number];
   /** Blocking connect on a CLOEXEC socket, then set O_NONBLOCK. Throws (ENOENT, ECONNREFUSED, ...). */

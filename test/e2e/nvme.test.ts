@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe } from 'node:test';
+import { waitFor } from '../helpers.js';
 import { assertBar, assertServerAfterQemu, assertServerEnds, guestTest, modules, nvmeDisk, type Guest, type NvmeDisk } from './vm.js';
 
 const MIB = 1 << 20;
@@ -124,6 +125,22 @@ describe('real VM: the NVMe controller', () => {
     await qemu.qmp('device_add', { driver: 'vfio-user-pci', id: 'nvme', bus: 'rp1', socket: { type: 'unix', path: server.socket } });
     assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
     assertNvmeIo(g, disk);
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-share-off: memory-backend-memfd with share=off, which cannot work, is named in the server log', async (g) => {
+    const disk = nvmeDisk(g);
+    const server = await g.serve(modules.nvme, { env: disk.env });
+    const qemu = g.boot({
+      initrd: await g.initramfs('nvme', disk.initramfsFiles),
+      devices: [{ server }],
+      unshared: true,
+      qemu: ['-machine', 'memory-backend=mem', '-object', 'memory-backend-memfd,id=mem,size=512M,share=off'],
+    });
+    await waitFor(() => /maps the guest memory it gave at 0x[0-9a-f]+ privately .*share=off/.test(server.stderr()), 60_000, 'the server to name share=off');
+    assert.equal(server.stderr().match(/privately/g)?.length, 1, 'said once');
+    qemu.kill();
+    await qemu.exited;
     await assertServerEnds(server, 0x1de5);
   });
 });
