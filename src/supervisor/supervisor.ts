@@ -22,7 +22,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Errno, Flag, FeatureFlag, HEADER_SIZE, IrqSetFlag } from '../protocol/constants.js';
 import { encodeMessage, type Header } from '../protocol/header.js';
@@ -141,6 +141,7 @@ export class Supervisor {
         },
         { maxMessageSize: MAX_MESSAGE },
       );
+      this.o.log.info(`client connected to ${basename(this.o.module)}`);
       this.downSince = performance.now();
       this.startDevice(false);
     }
@@ -165,6 +166,7 @@ export class Supervisor {
 
   private clientGone(): void {
     this.client = undefined;
+    this.o.log.info(`client disconnected from ${basename(this.o.module)}`);
     for (const m of [...this.inFlight, ...this.waiting]) closeAll(m.fds);
     this.inFlight = [];
     this.waiting = [];
