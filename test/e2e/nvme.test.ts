@@ -33,9 +33,9 @@ function shutdownFigures(stdout: string): { completions: number; interrupts: num
 }
 
 describe('real VM: the NVMe controller', () => {
-  guestTest('nvme: block I/O through shared guest memory, MSI-X', async (g, t) => {
+  guestTest('nvme: block I/O through shared guest memory, MSI-X, the device on a thread of its own in poll mode', async (g, t) => {
     const disk = nvmeDisk(g);
-    const server = await g.serve(modules.nvme, { env: disk.env });
+    const server = await g.serve(modules.nvme, { env: disk.env, args: ['--threads', '--poll-us', '50'] });
     await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }] });
     assertNvmeIo(g, disk);
     assert.match(g.check('irqs'), /nvme0q0:PCI-MSIX.*nvme0q1:PCI-MSIX/);
