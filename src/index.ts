@@ -5,7 +5,23 @@
  * VMM such as QEMU (`-device vfio-user-pci`); Client drives any server.
  */
 export * from './device/index.js';
-export { defineRegisters, type Access, type FieldDecl, type Register, type RegisterDecl, type Registers, type Width } from './registers/registers.js';
+export {
+  defineRegisters,
+  RegisterBase,
+  RegisterBlock,
+  type Access,
+  type AccessMasks,
+  type FieldDecl,
+  type FieldInfo,
+  type FieldValues,
+  type Register,
+  type RegisterDecl,
+  type RegisterDef,
+  type RegisterDecls,
+  type Registers,
+  type ValueOf,
+  type Width,
+} from './registers/registers.js';
 export { serve, Server, ServeError, type ServeOptions } from './server/server.js';
 export { ServerThread } from './server/thread.js';
 export { formatEvent, parseTrace, type TraceAccess, type TraceEvent, type TraceOption, type TraceSink } from './trace/trace.js';

@@ -60,13 +60,14 @@ export type RegisterDecls = Record<string, RegisterDecl>;
 /** A register's value: a number up to 4 bytes, a bigint for 8. */
 export type ValueOf<D extends RegisterDecl> = D['width'] extends 8 ? bigint : number;
 
-type FieldValues<D extends RegisterDecl> = { -readonly [F in keyof D['fields']]: number };
+export type FieldValues<D extends RegisterDecl> = { -readonly [F in keyof D['fields']]: number };
 
 /** A declared register: its value and fields, read and set by the device (guest access rules do not apply). */
-export type Register<D extends RegisterDecl = RegisterDecl> = RegisterBase<ValueOf<D>> & FieldValues<D> & {
-  /** The fields of `value` (default the stored value), decoded. */
-  decode(value?: ValueOf<D>): FieldValues<D>;
-};
+export type Register<D extends RegisterDecl = RegisterDecl> = RegisterBase<ValueOf<D>> &
+  FieldValues<D> & {
+    /** The fields of `value` (default the stored value), decoded. */
+    decode(value?: ValueOf<D>): FieldValues<D>;
+  };
 
 /** The typed registers of a block, by name; the block itself is `registerBlock(regs)`. */
 export type Registers<T extends RegisterDecls = RegisterDecls> = { readonly [K in keyof T]: Register<T[K]> };
@@ -422,7 +423,8 @@ function compile(what: string, name: string, d: RegisterDecl): RegisterDef {
     for (const [field, f] of Object.entries(d.fields)) {
       const fw = f?.width ?? 1;
       if (RESERVED_NAMES.has(field)) throw new TypeError(`${where}: a field cannot be called '${field}', which the register itself uses`);
-      if (typeof f !== 'object' || f === null || !Number.isInteger(f.shift) || f.shift < 0) throw new RangeError(`${where}: field ${field} needs a shift, the number of its lowest bit`);
+      if (typeof f !== 'object' || f === null || !Number.isInteger(f.shift) || f.shift < 0)
+        throw new RangeError(`${where}: field ${field} needs a shift, the number of its lowest bit`);
       if (!Number.isInteger(fw) || fw < 1 || fw > 53) throw new RangeError(`${where}: field ${field} is ${String(fw)} bits wide; a field is 1 to 53 bits`);
       if (f.shift + fw > bits) throw new RangeError(`${where}: field ${field} (bits ${f.shift}..${f.shift + fw - 1}) does not fit in the ${bits}-bit register`);
       const fa = f.access ?? access;
@@ -430,7 +432,9 @@ function compile(what: string, name: string, d: RegisterDecl): RegisterDef {
       const m = ((1n << BigInt(fw)) - 1n) << BigInt(f.shift);
       if (covered & m) {
         const other = fields.find((o) => (((1n << BigInt(o.width)) - 1n) << BigInt(o.shift)) & m)!;
-        throw new RangeError(`${where}: field ${field} (bits ${f.shift}..${f.shift + fw - 1}) overlaps field ${other.name} (bits ${other.shift}..${other.shift + other.width - 1})`);
+        throw new RangeError(
+          `${where}: field ${field} (bits ${f.shift}..${f.shift + fw - 1}) overlaps field ${other.name} (bits ${other.shift}..${other.shift + other.width - 1})`,
+        );
       }
       covered |= m;
       mark(m, fa);
