@@ -106,7 +106,9 @@ async function main(): Promise<void> {
     const sp = await sparse(poll);
     const sd = await sparse(plain);
     console.log(`\npoll mode at rest: ${idlePct.toFixed(2)}% of a core while connected and idle (2 s after a burst)`);
-    console.log(`one request per ms for 2 s: ${poll.name} ${sp.pct.toFixed(1)}% of a core (p50 ${sp.p50.toFixed(0)} µs), ${plain.name} ${sd.pct.toFixed(1)}% (p50 ${sd.p50.toFixed(0)} µs)`);
+    console.log(
+      `one request per ms for 2 s: ${poll.name} ${sp.pct.toFixed(1)}% of a core (p50 ${sp.p50.toFixed(0)} µs), ${plain.name} ${sd.pct.toFixed(1)}% (p50 ${sd.p50.toFixed(0)} µs)`,
+    );
 
     // The TypeScript client (this process) against muser, one outstanding and 32 at once, default and polling on both sides.
     const rows: (string | number)[][] = [['TypeScript client', '1 outstanding req/s', '32 pipelined req/s', 'batches of 32 req/s']];

@@ -76,11 +76,7 @@ async function main(): Promise<void> {
     console.log(`two devices in one muser serve, two C clients; medians of ${ROUNDS} interleaved rounds; load average ${loadAverage()}`);
     const rows: (string | number)[][] = [['layout', '32 pipelined: aggregate req/s', '1 outstanding: aggregate req/s']];
     servers.forEach((s, i) => rows.push([s.name, Math.round(median(agg[i].w32)), Math.round(median(agg[i].w1))]));
-    rows.push([
-      'threads / one thread',
-      (median(agg[1].w32) / median(agg[0].w32)).toFixed(2),
-      (median(agg[1].w1) / median(agg[0].w1)).toFixed(2),
-    ]);
+    rows.push(['threads / one thread', (median(agg[1].w32) / median(agg[0].w32)).toFixed(2), (median(agg[1].w1) / median(agg[0].w1)).toFixed(2)]);
     console.log(table(rows));
 
     console.log(`\ndevice B's latency at ${RATE} requests/s while a read of device A spins for ${SPIN_MS} ms (median over rounds)`);

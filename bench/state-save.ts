@@ -55,7 +55,7 @@ try {
   const save = time(() => d.saveState());
   const restore = time(() => two.device.restoreState(bytes));
   console.log(`NVMe sample state (${d.msixTable!.tableSize} MSI-X vectors): ${bytes.length} bytes; median of ${ROUNDS} rounds of ${COUNT}`);
-  console.log("case                  | µs per call | / floor");
+  console.log('case                  | µs per call | / floor');
   console.log(`floor: slice() ${String(bytes.length).padStart(5)} B | ${floor.toFixed(2).padStart(11)} |    1.00`);
   console.log(`saveState()           | ${save.toFixed(2).padStart(11)} | ${(save / floor).toFixed(2).padStart(7)}`);
   console.log(`restoreState()        | ${restore.toFixed(2).padStart(11)} | ${(restore / floor).toFixed(2).padStart(7)}`);

@@ -92,9 +92,15 @@ describe('muser serve', () => {
     const muserUrl = pathToFileURL(join(dist, 'src', 'index.js')).href;
     const throwing = join(dir.path, 'throwing.mjs');
     writeFileSync(throwing, `import { defineRegisters } from '${muserUrl}';\n\nexport default defineRegisters({ A: { offset: 0 }, B: { offset: 2 } });\n`);
-    refuses(['serve', throwing, '--socket', dir.socket()], /^muser: device module .*throwing\.mjs failed to load: RangeError: registers: register B at 0x2 is 4 bytes wide but not 4-byte aligned \(.*throwing\.mjs:3\)$/);
+    refuses(
+      ['serve', throwing, '--socket', dir.socket()],
+      /^muser: device module .*throwing\.mjs failed to load: RangeError: registers: register B at 0x2 is 4 bytes wide but not 4-byte aligned \(.*throwing\.mjs:3\)$/,
+    );
     const two = join(dir.path, 'two.mjs');
-    writeFileSync(two, `import { definePciDevice } from '${muserUrl}';\nexport const a = definePciDevice({ id: { vendor: 1, device: 1 } });\nexport const b = definePciDevice({ id: { vendor: 1, device: 2 } });\n`);
+    writeFileSync(
+      two,
+      `import { definePciDevice } from '${muserUrl}';\nexport const a = definePciDevice({ id: { vendor: 1, device: 1 } });\nexport const b = definePciDevice({ id: { vendor: 1, device: 2 } });\n`,
+    );
     refuses(['serve', two, '--socket', dir.socket()], /^muser: device module .*two\.mjs exports 2 devices \(a, b\); export the one to serve as default$/);
   });
 

@@ -96,7 +96,10 @@ describe('devices served in this process', () => {
       const b = await c.mapMemory(0x102000, 0x1000); // adjacent: one range, two maps
       const slow = await c.mapMemory(0x200000, 0x1000, { shared: false });
       const views = testDevice.dma.views(0x101ff0, 0x20, { write: true })!;
-      assert.deepEqual(views.map((v) => v.length), [0x10, 0x10]);
+      assert.deepEqual(
+        views.map((v) => v.length),
+        [0x10, 0x10],
+      );
       views[0].fill(0xaa);
       views[1].fill(0xbb);
       assert.equal(a.bytes[0x1ff0], 0xaa, 'written in place, seen by the client');
@@ -153,7 +156,10 @@ describe('devices served in this process', () => {
       page.writeUInt32LE(0xd00db311, 8);
       page.writeUInt32LE(7, 60);
       await waitFor(() => seen.length === 2, 1000, 'both writes noticed');
-      assert.deepEqual(seen, [[0x1008, 0xd00db311], [0x103c, 7]]);
+      assert.deepEqual(seen, [
+        [0x1008, 0xd00db311],
+        [0x103c, 7],
+      ]);
       native.munmap(page.buffer as ArrayBuffer);
       native.close(info.fd!);
     } finally {
@@ -180,6 +186,9 @@ describe('devices served in this process', () => {
 
   it('explains a device declaration mistake in one sentence', () => {
     assert.throws(() => definePciDevice({ id: { vendor: 0x1234, device: 1 }, bars: { 0: { size: 0x30 } } }), /bars\[0\].*0x30.*power of two/);
-    assert.throws(() => definePciDevice({ id: { vendor: 0x1234, device: 1 }, bars: { 0: { size: 0x800, memory: true } } }), /^RangeError: BAR0 of .*: a BAR with shared memory must be a multiple of 4096 bytes$/);
+    assert.throws(
+      () => definePciDevice({ id: { vendor: 0x1234, device: 1 }, bars: { 0: { size: 0x800, memory: true } } }),
+      /^RangeError: BAR0 of .*: a BAR with shared memory must be a multiple of 4096 bytes$/,
+    );
   });
 });

@@ -46,19 +46,17 @@ describe('edu sample', () => {
 
   it('computes a factorial after the write and raises INTx when asked', async () => {
     const intx = await c.irq(IrqIndex.INTX);
-    {
-      await setReg(0x20, 0x80);
-      await setReg(0x08, 10);
-      await waitFor(() => intx.count > 0, 2000, 'the factorial interrupt');
-      assert.equal(await reg(0x20) & 1, 0, 'no longer computing');
-      assert.equal(await reg(0x08), 3628800);
-      assert.equal(await reg(0x24), IRQ_FACTORIAL);
-      assert.ok(await c.config.read(6, 2) & 0x08, 'the status register shows the interrupt');
-      await setReg(0x64, IRQ_FACTORIAL);
-      assert.equal(await reg(0x24), 0);
-      assert.equal(await c.config.read(6, 2) & 0x08, 0, 'acknowledged: INTx lowered');
-      await setReg(0x20, 0);
-    }
+    await setReg(0x20, 0x80);
+    await setReg(0x08, 10);
+    await waitFor(() => intx.count > 0, 2000, 'the factorial interrupt');
+    assert.equal((await reg(0x20)) & 1, 0, 'no longer computing');
+    assert.equal(await reg(0x08), 3628800);
+    assert.equal(await reg(0x24), IRQ_FACTORIAL);
+    assert.ok((await c.config.read(6, 2)) & 0x08, 'the status register shows the interrupt');
+    await setReg(0x64, IRQ_FACTORIAL);
+    assert.equal(await reg(0x24), 0);
+    assert.equal((await c.config.read(6, 2)) & 0x08, 0, 'acknowledged: INTx lowered');
+    await setReg(0x20, 0);
   });
 
   it('moves data between guest memory and its buffer by DMA, with 64-bit addresses in halves or whole, and signals MSI', async () => {

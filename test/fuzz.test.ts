@@ -56,7 +56,11 @@ describe('fuzzing the server', () => {
     // Fixed by 20df739 (DMA maps only of regular files): the DMA_MAP now fails with EINVAL.
     'dma-map-dev-zero-offset-sigbus': 'a DMA map of /dev/zero at a file offset, then DMA there (was SIGBUS)',
   };
-  const reproducers = existsSync(crashesDir) ? readdirSync(crashesDir).filter((f) => !f.startsWith('.') && !f.endsWith('.md')).sort() : [];
+  const reproducers = existsSync(crashesDir)
+    ? readdirSync(crashesDir)
+        .filter((f) => !f.startsWith('.') && !f.endsWith('.md'))
+        .sort()
+    : [];
   for (const name of reproducers) {
     it(`survives test/fuzz/crashes/${name}${known[name] ? `: ${known[name]}` : ''}`, async () => {
       const r = await replay(join(crashesDir, name));

@@ -39,8 +39,7 @@ function access(region: number, offset: bigint | number, count: number, data: Ui
   return p;
 }
 
-const dmaMap = (flags: number, offset: bigint, iova: bigint, size: bigint, argsz = msg.DMA_MAP_SIZE): Buffer =>
-  msg.encodeDmaMap({ argsz, flags, offset, iova, size });
+const dmaMap = (flags: number, offset: bigint, iova: bigint, size: bigint, argsz = msg.DMA_MAP_SIZE): Buffer => msg.encodeDmaMap({ argsz, flags, offset, iova, size });
 const dmaUnmap = (iova: bigint, size: bigint, flags = 0, argsz = msg.DMA_UNMAP_SIZE): Buffer => msg.encodeDmaUnmap({ argsz, flags, iova, size });
 function setIrqs(flags: number, index: number, start: number, count: number, data: Buffer = Buffer.alloc(0), argsz?: number): Buffer {
   return msg.encodeSetIrqs({ argsz: argsz ?? msg.SET_IRQS_SIZE + data.length, flags, index, start, count, data });
@@ -70,7 +69,6 @@ async function ignored(c: RawConnection, bytes: Buffer, fds?: number[]): Promise
   await c.send(bytes, fds);
   assert.ok(await c.quietFor(50), 'the server sent nothing back');
 }
-
 
 function rssKiB(pid: number): number {
   return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -140,7 +138,10 @@ describe('hostile clients: malformed messages against muser serve', () => {
     assert.ok(await c.quietFor(50));
     c.close();
     // A size above the negotiated maximum (1 MiB of data plus headers), and above the 64 KiB allowed before VERSION: E2BIG, then closed.
-    for (const [negotiate, size] of [[true, 16 + 16 + (1 << 20) + 1], [false, 0x10001]] as const) {
+    for (const [negotiate, size] of [
+      [true, 16 + 16 + (1 << 20) + 1],
+      [false, 0x10001],
+    ] as const) {
       c = negotiate ? await negotiated() : await connect();
       malformed++;
       c.write(rawMessage({ id: 9, command: Command.REGION_WRITE, size }));
@@ -229,8 +230,7 @@ describe('hostile clients: malformed messages against muser serve', () => {
     await session(async (c) => {
       await refused(c, Command.DEVICE_GET_INFO, msg.encodeDeviceInfo({ argsz: 15, flags: 0, numRegions: 0, numIrqs: 0 }), Errno.EINVAL);
       await refused(c, Command.DEVICE_GET_INFO, Buffer.alloc(12), Errno.EINVAL);
-      const regionInfo = (argsz: number, index: number): Buffer =>
-        msg.encodeRegionInfo({ argsz, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) });
+      const regionInfo = (argsz: number, index: number): Buffer => msg.encodeRegionInfo({ argsz, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) });
       await refused(c, Command.DEVICE_GET_REGION_INFO, regionInfo(31, 0), Errno.EINVAL);
       await refused(c, Command.DEVICE_GET_REGION_INFO, Buffer.alloc(16), Errno.EINVAL);
       await refused(c, Command.DEVICE_GET_REGION_INFO, regionInfo(32, 9), Errno.EINVAL);
@@ -434,7 +434,10 @@ describe('hostile clients: malformed messages against muser serve', () => {
 
   it('gives out BAR memory that the client cannot shrink or grow', async () => {
     await session(async (c) => {
-      const reply = await c.request(Command.DEVICE_GET_REGION_INFO, msg.encodeRegionInfo({ argsz: 128, flags: 0, index: BAR2, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }));
+      const reply = await c.request(
+        Command.DEVICE_GET_REGION_INFO,
+        msg.encodeRegionInfo({ argsz: 128, flags: 0, index: BAR2, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }),
+      );
       const [fd] = reply.fds;
       assert.ok(fd !== undefined, 'BAR2 comes with its memfd');
       assert.throws(() => ftruncateSync(fd, 0), { code: 'EPERM' }, 'sealed against shrinking');
@@ -632,7 +635,10 @@ describe('limits and device mistakes, served in-process', () => {
       const writes = Array.from({ length: 70 }, () => c.regionWrite(BAR0, 0, big));
       for (const w of writes) await assert.rejects(w, /closed the connection/);
       await assert.rejects(slow, /closed the connection/);
-      assert.ok(log.lines.some((l) => /more than 64 MiB of commands waiting; closing the connection/.test(l)), log.lines.join('\n'));
+      assert.ok(
+        log.lines.some((l) => /more than 64 MiB of commands waiting; closing the connection/.test(l)),
+        log.lines.join('\n'),
+      );
     } finally {
       c.close();
     }
@@ -646,13 +652,18 @@ describe('limits and device mistakes, served in-process', () => {
       await c.version();
       // A stuck read with a good read pipelined behind it.
       const started = Date.now();
-      await c.send(Buffer.concat([rawMessage({ id: 1, command: Command.REGION_READ }, access(BAR0, 0x10, 4)), rawMessage({ id: 2, command: Command.REGION_READ }, access(BAR0, 0, 4))]));
+      await c.send(
+        Buffer.concat([rawMessage({ id: 1, command: Command.REGION_READ }, access(BAR0, 0x10, 4)), rawMessage({ id: 2, command: Command.REGION_READ }, access(BAR0, 0, 4))]),
+      );
       assert.deepEqual((await c.next()).header, { id: 1, command: Command.REGION_READ, size: 16, flags: ERROR_REPLY, error: Errno.ETIMEDOUT });
       assert.ok(Date.now() - started >= 90, 'answered when the timeout ran out');
       const next = await c.next();
       assert.equal(next.header.id, 2);
       assert.equal(next.payload.readUInt32LE(msg.REGION_ACCESS_SIZE), 0x1234);
-      assert.ok(log.lines.some((l) => /^error: mistakes: REGION_READ #1 \(read of 4 bytes at BAR0 offset 0x10\) did not finish within 100 ms/.test(l)), log.lines.join('\n'));
+      assert.ok(
+        log.lines.some((l) => /^error: mistakes: REGION_READ #1 \(read of 4 bytes at BAR0 offset 0x10\) did not finish within 100 ms/.test(l)),
+        log.lines.join('\n'),
+      );
       // A stuck write, logged as a write.
       assert.deepEqual((await c.request(Command.REGION_WRITE, access(BAR0, 0x20, 4, le32(1)), [], { id: 3 })).header.error, Errno.ETIMEDOUT);
       assert.ok(log.lines.some((l) => /REGION_WRITE #3 \(write of 4 bytes at BAR0 offset 0x20\)/.test(l)));

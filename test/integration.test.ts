@@ -112,7 +112,11 @@ describe('client and server in separate processes', () => {
       await expectErrno(c.regionRead(BAR0, 0x28, 4), Errno.EIO);
       assert.equal((await c.regionRead(BAR0, 4, 4)).readUInt32LE(0), 0xc0ffee00);
       await waitFor(() => /register 0x24 is broken on purpose/.test(server.stderr()), 2000, 'the handler error in the server log');
-      await waitFor(() => /read handler of BAR0 at offset 0x28 returned the string "not a number" for a 4-byte read, not an integer from 0 to 0xffffffff/.test(server.stderr()), 2000, 'the type error in the log');
+      await waitFor(
+        () => /read handler of BAR0 at offset 0x28 returned the string "not a number" for a 4-byte read, not an integer from 0 to 0xffffffff/.test(server.stderr()),
+        2000,
+        'the type error in the log',
+      );
     } finally {
       c.close();
     }
@@ -146,7 +150,10 @@ describe('client and server in separate processes', () => {
 
   it('refuses commands before VERSION', async () => {
     const fd = native.connect(socket);
-    const msg = protocol.encodeMessage({ id: 7, command: Command.DEVICE_GET_INFO, flags: 0, error: 0 }, protocol.encodeDeviceInfo({ argsz: 16, flags: 0, numRegions: 0, numIrqs: 0 }));
+    const msg = protocol.encodeMessage(
+      { id: 7, command: Command.DEVICE_GET_INFO, flags: 0, error: 0 },
+      protocol.encodeDeviceInfo({ argsz: 16, flags: 0, numRegions: 0, numIrqs: 0 }),
+    );
     native.sendmsg(fd, msg, 0, msg.length, null);
     const reply = Buffer.alloc(64);
     const fds = new Int32Array(2);
@@ -318,4 +325,3 @@ async function findCap(c: Client, id: number): Promise<number> {
   }
   throw new Error(`capability ${id} not found`);
 }
-

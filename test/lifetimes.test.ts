@@ -69,8 +69,14 @@ describe('what outlives what', () => {
         await new Promise((r) => setTimeout(r, 50));
         assert.equal(mem.bytes[0], 0, "the late handler's DMA did not reach the next client's memory");
         assert.equal(intx.count, 0, 'nor its interrupt');
-        assert.ok(lines.some((l) => /still running/.test(l)), lines.join('\n'));
-        assert.ok(lines.some((l) => /no client attached/.test(l)), 'the late DMA failed, and was logged');
+        assert.ok(
+          lines.some((l) => /still running/.test(l)),
+          lines.join('\n'),
+        );
+        assert.ok(
+          lines.some((l) => /no client attached/.test(l)),
+          'the late DMA failed, and was logged',
+        );
       } finally {
         second.close();
       }
@@ -84,7 +90,9 @@ describe('what outlives what', () => {
     const server = await startServer(fixture('test-device.js'), socket, ['--log', 'info']);
     const pid = server.child.pid!;
     const cpuTicks = (): number => {
-      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      const fields = readFileSync(`/proc/${pid}/stat`, 'utf8')
+        .replace(/^.*\) /, '')
+        .split(' ');
       return Number(fields[11]) + Number(fields[12]); // utime + stime
     };
     const fds: number[] = [];
@@ -129,7 +137,10 @@ describe('what outlives what', () => {
       map(a, 0, true);
       map(a, 1, true);
       map(b, 0, true);
-      assert.throws(() => map(b, 1, true), (e: unknown) => e instanceof ProtocolError && e.errno === protocol.Errno.ENOSPC && /max_map_count/.test(e.message));
+      assert.throws(
+        () => map(b, 1, true),
+        (e: unknown) => e instanceof ProtocolError && e.errno === protocol.Errno.ENOSPC && /max_map_count/.test(e.message),
+      );
       map(b, 2, false);
       a.unmap(0n, 0x1000n);
       map(b, 3, true);

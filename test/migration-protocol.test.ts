@@ -43,7 +43,13 @@ describe('migration feature data', () => {
 
   test('DMA_LOGGING_START: u64 page_size, u32 num_ranges, u32 reserved, then (u64 iova, u64 length) each', () => {
     const v = hex('0010000000000000 | 02000000 | 00000000 | 0000100000000000 0000010000000000 | 0000000001000000 0010000000000000');
-    const c = { pageSize: 4096n, ranges: [{ iova: 0x100000n, length: 0x10000n }, { iova: 0x100000000n, length: 0x1000n }] };
+    const c = {
+      pageSize: 4096n,
+      ranges: [
+        { iova: 0x100000n, length: 0x10000n },
+        { iova: 0x100000000n, length: 0x1000n },
+      ],
+    };
     same(mig.encodeDmaLoggingControl(c), v);
     assert.deepEqual(mig.decodeDmaLoggingControl(v), c);
     assert.deepEqual(mig.decodeDmaLoggingControl(hex('0020000000000000 00000000 00000000')), { pageSize: 8192n, ranges: [] });
@@ -92,7 +98,10 @@ describe('migration feature data', () => {
     assert.deepEqual(mig.decodeHeldIrqs(hex('02000000 05000000')), [{ index: 2, vector: 5 }]);
     same(mig.encodeStateVersion(3), hex('03000000'));
     assert.equal(mig.decodeStateVersion(hex('03000000')), 3);
-    assert.deepEqual(mig.decodeRecords(hex('04000000 04000000 03000000')).map((r) => r.kind), [mig.RecordKind.STATE_VERSION]);
+    assert.deepEqual(
+      mig.decodeRecords(hex('04000000 04000000 03000000')).map((r) => r.kind),
+      [mig.RecordKind.STATE_VERSION],
+    );
     rejects(() => mig.decodeStateVersion(hex('0300')), 'must be 4 bytes');
     rejects(() => mig.decodeRecords(v.subarray(0, 26)), 'ends inside a 3-byte record at byte 16');
     rejects(() => mig.decodeRecords(v.subarray(0, 20)), 'ends inside a record header at byte 16');
@@ -175,7 +184,10 @@ describe('migration state machine', () => {
             // Where there are several shortest paths, each step must still be a direct arc.
             let at = from;
             for (const next of path) {
-              assert.ok(directArcs(flags).some(([a, b]) => a === at && b === next), `${from} -> ${to} takes ${at} -> ${next}, not an arc`);
+              assert.ok(
+                directArcs(flags).some(([a, b]) => a === at && b === next),
+                `${from} -> ${to} takes ${at} -> ${next}, not an arc`,
+              );
               at = next;
             }
             valid++;

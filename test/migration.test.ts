@@ -104,7 +104,10 @@ describe('live migration against muser serve', () => {
       await expectErrno(m.feature(Feature.MIG_DEVICE_STATE), Errno.EINVAL); // neither GET nor SET
       await expectErrno(m.feature(3 | FeatureFlag.GET), Errno.EOPNOTSUPP); // low power entry
       // argsz too small for the reply.
-      await expectErrno(c.request(Command.DEVICE_FEATURE, protocol.encodeDeviceFeature({ argsz: 8, flags: Feature.MIGRATION | FeatureFlag.GET, data: Buffer.alloc(0) })), Errno.EINVAL);
+      await expectErrno(
+        c.request(Command.DEVICE_FEATURE, protocol.encodeDeviceFeature({ argsz: 8, flags: Feature.MIGRATION | FeatureFlag.GET, data: Buffer.alloc(0) })),
+        Errno.EINVAL,
+      );
       await expectErrno(m.setState(0xffffffff), Errno.EINVAL);
       await expectErrno(m.feature(Feature.MIG_DEVICE_STATE | FeatureFlag.SET, Buffer.alloc(4)), Errno.EINVAL);
     });
@@ -174,11 +177,27 @@ describe('live migration against muser serve', () => {
       await expectErrno(resume(final.subarray(0, final.length - 1)), Errno.EINVAL);
       assert.equal(await m.state(), RESUMING, 'a truncated stream leaves the device resuming');
       const otherDevice = encodeIdentity({ vendor: 0x1de5, device: 0x7e57, subsystemVendor: 0x1de5, subsystemDevice: 1 });
-      await expectErrno(resume(encodeRecords([{ kind: RecordKind.IDENTITY, data: otherDevice }, { kind: RecordKind.STATE, data: Buffer.alloc(40) }])), Errno.EINVAL);
+      await expectErrno(
+        resume(
+          encodeRecords([
+            { kind: RecordKind.IDENTITY, data: otherDevice },
+            { kind: RecordKind.STATE, data: Buffer.alloc(40) },
+          ]),
+        ),
+        Errno.EINVAL,
+      );
       const ours = encodeIdentity({ vendor: 0x1de5, device: 0x5703, subsystemVendor: 0x1de5, subsystemDevice: 2 });
       await expectErrno(resume(encodeRecords([{ kind: RecordKind.IDENTITY, data: ours }])), Errno.EINVAL);
       // A state the device refuses leaves it in ERROR, from which only a reset leads out.
-      await expectErrno(resume(encodeRecords([{ kind: RecordKind.IDENTITY, data: ours }, { kind: RecordKind.STATE, data: Buffer.alloc(3) }])), Errno.EINVAL);
+      await expectErrno(
+        resume(
+          encodeRecords([
+            { kind: RecordKind.IDENTITY, data: ours },
+            { kind: RecordKind.STATE, data: Buffer.alloc(3) },
+          ]),
+        ),
+        Errno.EINVAL,
+      );
       assert.equal(await m.state(), ERROR);
       await expectErrno(m.setState(RUNNING), Errno.EINVAL);
       await c.reset();
@@ -222,7 +241,13 @@ describe('live migration against muser serve', () => {
       const unshared = await c.mapMemory(0x200000, 16 * PAGE, { shared: false });
       await setRing(c, 0x10f000n);
       await expectErrno(m.report(0x100000n, BigInt(16 * PAGE), PAGE), Errno.EINVAL); // not started
-      assert.equal(await m.startLogging(PAGE, [{ iova: 0x100000n, length: BigInt(16 * PAGE) }, { iova: 0x200000n, length: BigInt(16 * PAGE) }]), PAGE);
+      assert.equal(
+        await m.startLogging(PAGE, [
+          { iova: 0x100000n, length: BigInt(16 * PAGE) },
+          { iova: 0x200000n, length: BigInt(16 * PAGE) },
+        ]),
+        PAGE,
+      );
       await expectErrno(m.startLogging(PAGE), Errno.EINVAL); // already started
       const report = async (mem: GuestMemory, pageSize = PAGE): Promise<number[]> => pagesOf(await m.report(mem.iova, BigInt(mem.size), pageSize));
       shared.bytes.fill(0xa5, 0, PAGE);
@@ -479,7 +504,10 @@ describe('migrating the NVMe sample between two muser serve processes', () => {
         assert.equal(buf.bytes.readUInt32LE(0), n, `LBA ${slba} holds block ${n} after the migration`);
       }
       assert.equal(await a.migration.state(), MigState.STOP);
-      assert.ok(report.preCopyDirtyPages.every((n) => n > 0), `the controller dirtied pages in each pre-copy round: ${report.preCopyDirtyPages}`);
+      assert.ok(
+        report.preCopyDirtyPages.every((n) => n > 0),
+        `the controller dirtied pages in each pre-copy round: ${report.preCopyDirtyPages}`,
+      );
       console.log(
         `NVMe migration: ${blocks} blocks written and verified; pre-copy dirty pages per round ${report.preCopyDirtyPages.join(', ')}, ${report.stopCopyDirtyPages} at stop; ` +
           `state ${report.preCopyBytes} + ${report.stopCopyBytes} bytes; downtime ${report.downtimeMs.toFixed(2)} ms of ${report.totalMs.toFixed(1)} ms`,

@@ -29,7 +29,10 @@ describe('author mistakes', () => {
     const at = lines.findIndex((l) => re.test(l));
     if (at < 0) return '';
     const end = lines.findIndex((l, i) => i > at && l.startsWith('muser['));
-    return lines.slice(at, end < 0 ? undefined : end).filter((l) => l !== '').join('\n');
+    return lines
+      .slice(at, end < 0 ? undefined : end)
+      .filter((l) => l !== '')
+      .join('\n');
   };
   const logged = async (re: RegExp): Promise<string> => {
     await waitFor(() => entry(re) !== '', 3000, `a log line matching ${re}`);
@@ -83,7 +86,9 @@ describe('author mistakes', () => {
     const shown = { 0x100: 'the BigInt 10n', 0x104: '1.5', 0x108: '4294967297', 0x10c: 'undefined' };
     for (const [offset, what] of Object.entries(shown)) {
       await eio(c.regionRead(0, Number(offset), 4));
-      const line = await logged(new RegExp(`the read handler of BAR0 at offset 0x${Number(offset).toString(16)} returned ${what} for a 4-byte read, not an integer from 0 to 0xffffffff$`));
+      const line = await logged(
+        new RegExp(`the read handler of BAR0 at offset 0x${Number(offset).toString(16)} returned ${what} for a 4-byte read, not an integer from 0 to 0xffffffff$`),
+      );
       assert.equal(line.split('\n').length, 1, 'one sentence');
     }
     await stillServing();

@@ -560,8 +560,16 @@ describe('poll', () => {
               resolve();
             }
           };
-          const h1: PollHandle = native.poll(pair.client, WRITABLE, cb(() => h1));
-          const h2: PollHandle = native.poll(pair.server, WRITABLE, cb(() => h2));
+          const h1: PollHandle = native.poll(
+            pair.client,
+            WRITABLE,
+            cb(() => h1),
+          );
+          const h2: PollHandle = native.poll(
+            pair.server,
+            WRITABLE,
+            cb(() => h2),
+          );
         });
         assert.deepEqual(log, ['cb1', 'tick1', 'then1', 'cb2']);
       } finally {
@@ -674,7 +682,7 @@ describe('poll', () => {
     assert.match(r.stderr, /unhandled boom/);
   });
 
-  test('a ref\'d handle keeps the process alive; unref() lets it exit', () => {
+  test("a ref'd handle keeps the process alive; unref() lets it exit", () => {
     // ref'd: only the poll handle keeps the loop alive until an unref'd
     // timer makes the eventfd readable; without the ref nothing would print.
     const kept = runChild(`
@@ -690,21 +698,26 @@ describe('poll', () => {
     assert.equal(kept.stdout.trim(), 'fired');
 
     const start = Date.now();
-    const exited = runChild(`
+    const exited = runChild(
+      `
       const efd = native.eventfd(0, true);
       const h = native.poll(efd, native.READABLE, () => console.log('unexpected'));
       h.unref();
       h.ref();
       h.unref();
       process.on('exit', () => console.log('exit'));
-    `, [], 10000);
+    `,
+      [],
+      10000,
+    );
     assert.equal(exited.status, 0, exited.stderr);
     assert.equal(exited.stdout.trim(), 'exit');
     assert.ok(Date.now() - start < 10000);
   });
 
   test('garbage collection of unreferenced handles (open or closed) does not crash', () => {
-    const r = runChild(`
+    const r = runChild(
+      `
       const efd = native.eventfd(0, true);
       // many closed handles: their wrappers are collected and freed
       for (let i = 0; i < 2000; i++) native.poll(efd, native.READABLE, () => {}).close();
@@ -720,7 +733,9 @@ describe('poll', () => {
         await new Promise((r) => setImmediate(r));
       }
       native.eventfdWrite(efd, 1);
-    `, ['--expose-gc']);
+    `,
+      ['--expose-gc'],
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'fired 1');
   });

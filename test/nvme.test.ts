@@ -290,7 +290,10 @@ describe('NVMe sample driven by the TypeScript client', () => {
       // Outside guest memory: the DMA fails, and the command with it.
       const outside = await host.submit(1, { opcode: IoOpcode.READ, nsid: 1, prp1: 0x1000n, cdw12: 7 });
       assert.equal(outside.status, DATA_TRANSFER_ERROR);
-      assert.ok(warnings.some((w) => /^opcode 0x2 cid \d+: .*0x1000/.test(w)), 'the DMA error was reported');
+      assert.ok(
+        warnings.some((w) => /^opcode 0x2 cid \d+: .*0x1000/.test(w)),
+        'the DMA error was reported',
+      );
     });
   });
 
@@ -329,7 +332,17 @@ describe('NVMe sample driven by the TypeScript client', () => {
         assert.equal(c.status, SUCCESS);
         seen.push([c.sqHead, c.phase]);
       }
-      assert.deepEqual(seen, [[1, 1], [2, 1], [3, 1], [0, 1], [1, 0], [2, 0], [3, 0], [0, 0], [1, 1]]);
+      assert.deepEqual(seen, [
+        [1, 1],
+        [2, 1],
+        [3, 1],
+        [0, 1],
+        [1, 0],
+        [2, 0],
+        [3, 0],
+        [0, 0],
+        [1, 1],
+      ]);
       await host.deleteQueuePair(2);
       await host.deleteQueuePair(1);
       assert.equal((await host.submit(0, { opcode: AdminOpcode.DELETE_IO_CQ, cdw10: 1 })).status, INVALID_QUEUE_ID, 'deleted');
@@ -387,11 +400,17 @@ describe('NVMe sample driven by the TypeScript client', () => {
       const lbaOf = (i: number): number => 8192 + 8 * i;
       const writes = bufs.map((b, i) => host.write(1 + (i % 4), lbaOf(i), 8, b.iova));
       const written = await Promise.all(writes);
-      assert.deepEqual(written.map((c) => c.status).filter((s) => s !== SUCCESS), []);
+      assert.deepEqual(
+        written.map((c) => c.status).filter((s) => s !== SUCCESS),
+        [],
+      );
       for (let i = 0; i < bufs.length; i++) assert.deepEqual(fileRead(lbaOf(i) * LBA, PAGE), pattern(PAGE, 1000 + i), `write ${i}`);
       for (const b of bufs) b.bytes.fill(0);
       const read = await Promise.all(bufs.map((b, i) => host.read(1 + ((i + 1) % 4), lbaOf(i), 8, b.iova)));
-      assert.deepEqual(read.map((c) => c.status).filter((s) => s !== SUCCESS), []);
+      assert.deepEqual(
+        read.map((c) => c.status).filter((s) => s !== SUCCESS),
+        [],
+      );
       bufs.forEach((b, i) => assert.ok(b.bytes.equals(pattern(PAGE, 1000 + i)), `read ${i}`));
       assert.ok(nvme.controller.stats.backlogged > backlogged, 'the 4-entry CQ ran full and nothing was lost');
     });
@@ -403,7 +422,11 @@ describe('NVMe sample driven by the TypeScript client', () => {
       await host.createQueuePair(1, 8);
       const aers = [0, 1, 2, 3].map(() => host.submit(0, { opcode: AdminOpcode.ASYNC_EVENT_REQUEST }));
       const settled: unknown[] = [];
-      for (const a of aers) a.then((c) => settled.push(c), (e: Error) => settled.push(e.message));
+      for (const a of aers)
+        a.then(
+          (c) => settled.push(c),
+          (e: Error) => settled.push(e.message),
+        );
       assert.equal((await host.submit(0, { opcode: AdminOpcode.ASYNC_EVENT_REQUEST })).status, AER_LIMIT, 'a fifth is over the limit of 4');
       assert.equal((await host.submit(0, { opcode: AdminOpcode.ABORT, cdw10: 0 })).result & 1, 1, 'Abort: not aborted');
       await sleep(30);
@@ -412,7 +435,10 @@ describe('NVMe sample driven by the TypeScript client', () => {
       await host.disable();
       await sleep(0);
       assert.equal(settled.length, 4);
-      assert.ok(settled.every((s) => typeof s === 'string' && /controller reset/.test(s)), 'only our driver gave up on them');
+      assert.ok(
+        settled.every((s) => typeof s === 'string' && /controller reset/.test(s)),
+        'only our driver gave up on them',
+      );
       assert.equal((await host.reg32(Reg.CSTS)) & CSTS.RDY, 0);
       await host.enable();
       // The old I/O queue is gone: its doorbell is ignored and it cannot be used for a new SQ.
@@ -482,9 +508,17 @@ describe('NVMe sample driven by the TypeScript client', () => {
     assert.equal(parseSize('1g'), 2 ** 30);
     assert.equal(parseSize('1048576'), 2 ** 20);
     assert.equal(parseSize('12Q'), undefined);
-    assert.deepEqual(optionsFromEnvironment({ MUSER_NVME_FILE: '/x/disk.img', MUSER_NVME_SIZE: '2M', MUSER_NVME_QUEUES: '8' }), { file: '/x/disk.img', size: 2 ** 21, ioQueues: 8 });
+    assert.deepEqual(optionsFromEnvironment({ MUSER_NVME_FILE: '/x/disk.img', MUSER_NVME_SIZE: '2M', MUSER_NVME_QUEUES: '8' }), {
+      file: '/x/disk.img',
+      size: 2 ** 21,
+      ioQueues: 8,
+    });
     assert.deepEqual(optionsFromEnvironment({}), {});
-    const bad = (env: NodeJS.ProcessEnv, re: RegExp) => assert.throws(() => optionsFromEnvironment(env), (e: unknown) => e instanceof NvmeConfigError && re.test(e.message));
+    const bad = (env: NodeJS.ProcessEnv, re: RegExp) =>
+      assert.throws(
+        () => optionsFromEnvironment(env),
+        (e: unknown) => e instanceof NvmeConfigError && re.test(e.message),
+      );
     bad({ MUSER_NVME_SIZE: 'big' }, /^MUSER_NVME_SIZE="big" is not a size; give bytes or a number with K, M, G or T, like 256M$/);
     bad({ MUSER_NVME_SIZE: '1000000' }, /^MUSER_NVME_SIZE=1000000 must be a multiple of 512 bytes and at least 1M$/);
     bad({ MUSER_NVME_SIZE: '4k' }, /at least 1M/);
@@ -503,7 +537,10 @@ describe('NVMe sample driven by the TypeScript client', () => {
     const c = createNvme({ file: fresh, size: 4 * 2 ** 20 });
     c.close();
     assert.equal(statSync(fresh).size, 4 * 2 ** 20, 'grown');
-    assert.throws(() => createNvme({ file: fresh, size: 2 ** 20 }), /^Error: the NVMe backing file .*fresh\.img is 4194304 bytes, larger than the 1048576 asked for; remove it or ask for its size$/);
+    assert.throws(
+      () => createNvme({ file: fresh, size: 2 ** 20 }),
+      /^Error: the NVMe backing file .*fresh\.img is 4194304 bytes, larger than the 1048576 asked for; remove it or ask for its size$/,
+    );
     const odd = join(dir.path, 'odd.img');
     writeFileSync(odd, Buffer.alloc(1000));
     assert.throws(() => createNvme({ file: odd }), /is 1000 bytes, not a multiple of 512/);
@@ -519,7 +556,10 @@ describe('NVMe sample driven by the TypeScript client', () => {
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const code = await new Promise<number | null>((r) => child.once('exit', r));
     assert.equal(code, 2, stderr);
-    assert.match(stderr, /^muser: device module .*index\.js failed to load: MUSER_NVME_SIZE="12Q" is not a size; give bytes or a number with K, M, G or T, like 256M \(.*index\.js:\d+\)\n$/);
+    assert.match(
+      stderr,
+      /^muser: device module .*index\.js failed to load: MUSER_NVME_SIZE="12Q" is not a size; give bytes or a number with K, M, G or T, like 256M \(.*index\.js:\d+\)\n$/,
+    );
     assert.equal(existsSync(join(dir.path, 'env.img')), false, 'no file was created');
   });
 });

@@ -5,8 +5,7 @@ import { ConfigSpace, MsixTable, PciRegs, type ConfigSpaceOptions, type MsiCapab
 // ---- helpers -------------------------------------------------------------
 
 const u8 = (...values: number[]): Uint8Array => Uint8Array.from(values);
-const le = (value: number, width: number): number[] =>
-  Array.from({ length: width }, (_, i) => Math.floor(value / 256 ** i) % 256);
+const le = (value: number, width: number): number[] => Array.from({ length: width }, (_, i) => Math.floor(value / 256 ** i) % 256);
 const zeros = (n: number): number[] => new Array<number>(n).fill(0);
 
 function rd(cs: ConfigSpace, offset: number, width: 1 | 2 | 4): number {
@@ -41,20 +40,59 @@ const idio16 = (): ConfigSpace =>
 describe('type 0 header', () => {
   test('power-on bytes of a PCI-IDIO-16 match the spec layout', () => {
     const expected = [
-      0x4f, 0x49, 0xc8, 0x0d, // 00 vendor 0x494f, device 0x0dc8
-      0x00, 0x00, 0x00, 0x00, // 04 command 0, status 0 (no capabilities)
-      0x00, 0x00, 0x00, 0xff, // 08 revision 0, class 0xff0000
-      0x00, 0x00, 0x00, 0x00, // 0c cache line, latency, header type 0, BIST
-      0x00, 0x00, 0x00, 0x00, // 10 BAR0 not implemented
-      0x00, 0x00, 0x00, 0x00, // 14 BAR1 not implemented
-      0x01, 0x00, 0x00, 0x00, // 18 BAR2 I/O space indicator
+      0x4f,
+      0x49,
+      0xc8,
+      0x0d, // 00 vendor 0x494f, device 0x0dc8
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 04 command 0, status 0 (no capabilities)
+      0x00,
+      0x00,
+      0x00,
+      0xff, // 08 revision 0, class 0xff0000
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 0c cache line, latency, header type 0, BIST
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 10 BAR0 not implemented
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 14 BAR1 not implemented
+      0x01,
+      0x00,
+      0x00,
+      0x00, // 18 BAR2 I/O space indicator
       ...zeros(12), //           1c BAR3..BAR5
-      0x00, 0x00, 0x00, 0x00, // 28 CardBus CIS
-      0x00, 0x00, 0x00, 0x00, // 2c subsystem vendor / subsystem
-      0x00, 0x00, 0x00, 0x00, // 30 expansion ROM: none
-      0x00, 0x00, 0x00, 0x00, // 34 capabilities pointer, reserved
-      0x00, 0x00, 0x00, 0x00, // 38 reserved
-      0x00, 0x01, 0x00, 0x00, // 3c interrupt line 0, pin INTA, min_gnt, max_lat
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 28 CardBus CIS
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 2c subsystem vendor / subsystem
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 30 expansion ROM: none
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 34 capabilities pointer, reserved
+      0x00,
+      0x00,
+      0x00,
+      0x00, // 38 reserved
+      0x00,
+      0x01,
+      0x00,
+      0x00, // 3c interrupt line 0, pin INTA, min_gnt, max_lat
     ];
     assert.deepEqual(bytesAt(idio16(), 0, 64), expected);
   });
@@ -63,19 +101,43 @@ describe('type 0 header', () => {
     const cs = idio16();
     cs.write(0, new Uint8Array(64).fill(0xff));
     const expected = [
-      0x4f, 0x49, 0xc8, 0x0d, // vendor/device read-only
-      0x47, 0x05, 0x00, 0x00, // command 0x0547: IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE
-      0x00, 0x00, 0x00, 0xff, // revision/class read-only
-      0xff, 0x00, 0x00, 0x00, // cache line RW, latency 0, header type 0, BIST 0
-      0x00, 0x00, 0x00, 0x00, // BAR0 unimplemented
-      0x00, 0x00, 0x00, 0x00, // BAR1 unimplemented
-      0x01, 0xff, 0xff, 0xff, // BAR2 sizing: ~(256-1) | I/O
+      0x4f,
+      0x49,
+      0xc8,
+      0x0d, // vendor/device read-only
+      0x47,
+      0x05,
+      0x00,
+      0x00, // command 0x0547: IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE
+      0x00,
+      0x00,
+      0x00,
+      0xff, // revision/class read-only
+      0xff,
+      0x00,
+      0x00,
+      0x00, // cache line RW, latency 0, header type 0, BIST 0
+      0x00,
+      0x00,
+      0x00,
+      0x00, // BAR0 unimplemented
+      0x00,
+      0x00,
+      0x00,
+      0x00, // BAR1 unimplemented
+      0x01,
+      0xff,
+      0xff,
+      0xff, // BAR2 sizing: ~(256-1) | I/O
       ...zeros(12),
       ...zeros(4), //           CardBus CIS
       ...zeros(4), //           subsystem IDs read-only
       ...zeros(4), //           no ROM
       ...zeros(8), //           capabilities pointer read-only, reserved
-      0xff, 0x01, 0x00, 0x00, // interrupt line RW, pin read-only
+      0xff,
+      0x01,
+      0x00,
+      0x00, // interrupt line RW, pin read-only
     ];
     assert.deepEqual(bytesAt(cs, 0, 64), expected);
   });
@@ -229,14 +291,7 @@ describe('BARs', () => {
     wr(cs, 0x1c, 4, 0x0000c040);
     wr(cs, 0x20, 4, 0xfebf1010);
     wr(cs, 0x24, 4, 0x12345678);
-    assert.deepEqual(bytesAt(cs, 0x10, 24), [
-      ...le(0xfebf0000, 4),
-      ...le(0x0000000c, 4),
-      ...le(0x00000008, 4),
-      ...le(0x0000c041, 4),
-      ...le(0xfebf1018, 4),
-      ...le(0, 4),
-    ]);
+    assert.deepEqual(bytesAt(cs, 0x10, 24), [...le(0xfebf0000, 4), ...le(0x0000000c, 4), ...le(0x00000008, 4), ...le(0x0000c041, 4), ...le(0xfebf1018, 4), ...le(0, 4)]);
     assert.equal(cs.barAddress(0), 0xfebf0000n);
     assert.equal(cs.barAddress(1), 0x8_0000_0000n);
     assert.equal(cs.barAddress(2), 0n, 'upper half is not a BAR of its own');
@@ -294,25 +349,23 @@ describe('expansion ROM', () => {
 
 describe('MSI capability', () => {
   const withMsi = (msi: Omit<MsiCapabilityDecl, 'id'>) =>
-    new ConfigSpace({ ...base, capabilities: [{ id: 'msi', ...msi }, { id: 'vendor', data: new Uint8Array(0) }] });
+    new ConfigSpace({
+      ...base,
+      capabilities: [
+        { id: 'msi', ...msi },
+        { id: 'vendor', data: new Uint8Array(0) },
+      ],
+    });
 
   test('layouts: 10/14/20/24 bytes, next capability dword aligned after them', () => {
     // 32-bit, 1 vector: flags 0x0000; address 04, data 08; 10 bytes -> next at 0x4c.
-    assert.deepEqual(bytesAt(withMsi({ vectors: 1, address64: false }), 0x40, 15), [
-      0x05, 0x4c, 0x00, 0x00, ...zeros(8), 0x09, 0x00, 0x03,
-    ]);
+    assert.deepEqual(bytesAt(withMsi({ vectors: 1, address64: false }), 0x40, 15), [0x05, 0x4c, 0x00, 0x00, ...zeros(8), 0x09, 0x00, 0x03]);
     // 64-bit (default), 4 vectors: MMC 2, 64-bit bit: flags 0x0084; 14 bytes -> next at 0x50.
-    assert.deepEqual(bytesAt(withMsi({ vectors: 4 }), 0x40, 19), [
-      0x05, 0x50, 0x84, 0x00, ...zeros(12), 0x09, 0x00, 0x03,
-    ]);
+    assert.deepEqual(bytesAt(withMsi({ vectors: 4 }), 0x40, 19), [0x05, 0x50, 0x84, 0x00, ...zeros(12), 0x09, 0x00, 0x03]);
     // 32-bit, 8 vectors, masking: flags 0x0106; 20 bytes -> next at 0x54.
-    assert.deepEqual(bytesAt(withMsi({ vectors: 8, address64: false, perVectorMask: true }), 0x40, 23), [
-      0x05, 0x54, 0x06, 0x01, ...zeros(16), 0x09, 0x00, 0x03,
-    ]);
+    assert.deepEqual(bytesAt(withMsi({ vectors: 8, address64: false, perVectorMask: true }), 0x40, 23), [0x05, 0x54, 0x06, 0x01, ...zeros(16), 0x09, 0x00, 0x03]);
     // 64-bit, 32 vectors, masking: flags 0x018a; 24 bytes -> next at 0x58.
-    assert.deepEqual(bytesAt(withMsi({ vectors: 32, perVectorMask: true }), 0x40, 27), [
-      0x05, 0x58, 0x8a, 0x01, ...zeros(20), 0x09, 0x00, 0x03,
-    ]);
+    assert.deepEqual(bytesAt(withMsi({ vectors: 32, perVectorMask: true }), 0x40, 27), [0x05, 0x58, 0x8a, 0x01, ...zeros(20), 0x09, 0x00, 0x03]);
   });
 
   test('Message Control: enable and Multiple Message Enable RW (clamped), the rest read-only', () => {
@@ -341,13 +394,7 @@ describe('MSI capability', () => {
     wr(cs, 0x4c, 4, 0x12345678); // data is 16 bits; 0x4e..0x4f read 0
     wr(cs, 0x50, 4, 0xffffffff); // only 8 vectors implemented
     wr(cs, 0x54, 4, 0xffffffff); // pending is read-only
-    assert.deepEqual(bytesAt(cs, 0x44, 20), [
-      ...le(0xfee00000, 4),
-      ...le(1, 4),
-      0x78, 0x56, 0x00, 0x00,
-      ...le(0xff, 4),
-      ...le(0, 4),
-    ]);
+    assert.deepEqual(bytesAt(cs, 0x44, 20), [...le(0xfee00000, 4), ...le(1, 4), 0x78, 0x56, 0x00, 0x00, ...le(0xff, 4), ...le(0, 4)]);
     cs.setMsiPending(3, true);
     cs.setMsiPending(7, true);
     assert.equal(rd(cs, 0x54, 4), 0x88);
@@ -408,9 +455,18 @@ describe('MSI-X capability', () => {
 
   test('bytes: table size - 1, table and PBA offset/BIR', () => {
     assert.deepEqual(bytesAt(withMsix(), 0x40, 12), [
-      0x11, 0x00, 0x20, 0x00, // ID, next, Message Control (N-1 = 32)
-      0x02, 0x00, 0x00, 0x00, // table at 0 in BAR2
-      0x02, 0x08, 0x00, 0x00, // PBA at 0x800 in BAR2
+      0x11,
+      0x00,
+      0x20,
+      0x00, // ID, next, Message Control (N-1 = 32)
+      0x02,
+      0x00,
+      0x00,
+      0x00, // table at 0 in BAR2
+      0x02,
+      0x08,
+      0x00,
+      0x00, // PBA at 0x800 in BAR2
     ]);
   });
 
@@ -460,20 +516,46 @@ describe('PM capability', () => {
 
 describe('PCI Express capability', () => {
   const expected = [
-    0x10, 0x00, 0x02, 0x00, // 00 ID, next, capabilities: version 2, Endpoint
-    0x00, 0x80, 0x00, 0x10, // 04 device capabilities: 128-byte payload, role-based error reporting, Function Level Reset
-    0x10, 0x28, 0x00, 0x00, // 08 device control: relaxed ordering, no snoop, 512-byte read request; status 0
-    0x11, 0x00, 0x40, 0x00, // 0c link capabilities: 2.5 GT/s, x1, ASPM optionality compliance
-    0x00, 0x00, 0x11, 0x00, // 10 link control 0; link status 2.5 GT/s x1
+    0x10,
+    0x00,
+    0x02,
+    0x00, // 00 ID, next, capabilities: version 2, Endpoint
+    0x00,
+    0x80,
+    0x00,
+    0x10, // 04 device capabilities: 128-byte payload, role-based error reporting, Function Level Reset
+    0x10,
+    0x28,
+    0x00,
+    0x00, // 08 device control: relaxed ordering, no snoop, 512-byte read request; status 0
+    0x11,
+    0x00,
+    0x40,
+    0x00, // 0c link capabilities: 2.5 GT/s, x1, ASPM optionality compliance
+    0x00,
+    0x00,
+    0x11,
+    0x00, // 10 link control 0; link status 2.5 GT/s x1
     ...zeros(16), //           14 slot and root registers: not implemented
-    0x10, 0x00, 0x00, 0x00, // 24 device capabilities 2: completion timeout disable supported
-    0x00, 0x00, 0x00, 0x00, // 28 device control 2 / status 2
-    0x02, 0x00, 0x00, 0x00, // 2c link capabilities 2: 2.5 GT/s
-    0x01, 0x00, 0x00, 0x00, // 30 link control 2: target 2.5 GT/s; link status 2
+    0x10,
+    0x00,
+    0x00,
+    0x00, // 24 device capabilities 2: completion timeout disable supported
+    0x00,
+    0x00,
+    0x00,
+    0x00, // 28 device control 2 / status 2
+    0x02,
+    0x00,
+    0x00,
+    0x00, // 2c link capabilities 2: 2.5 GT/s
+    0x01,
+    0x00,
+    0x00,
+    0x00, // 30 link control 2: target 2.5 GT/s; link status 2
     ...zeros(8), //            34 slot 2 registers
   ];
-  const withPcie = (): ConfigSpace =>
-    new ConfigSpace({ ...base, capabilities: [{ id: 'pcie' }, { id: 'vendor', data: new Uint8Array(0) }] });
+  const withPcie = (): ConfigSpace => new ConfigSpace({ ...base, capabilities: [{ id: 'pcie' }, { id: 'vendor', data: new Uint8Array(0) }] });
 
   test('60 bytes of version 2 Endpoint capability', () => {
     const cs = withPcie();
@@ -550,11 +632,7 @@ describe('capability list', () => {
   test('capabilities may fill the header exactly', () => {
     const cs = new ConfigSpace({ ...base, capabilities: [{ id: 'vendor', data: new Uint8Array(189) }] });
     assert.equal(rd(cs, 0x42, 1), 192);
-    throwsWith(
-      { capabilities: [{ id: 'pm' }, { id: 'vendor', data: new Uint8Array(185) }] },
-      'RangeError',
-      'capabilities do not fit in the 256-byte configuration header',
-    );
+    throwsWith({ capabilities: [{ id: 'pm' }, { id: 'vendor', data: new Uint8Array(185) }] }, 'RangeError', 'capabilities do not fit in the 256-byte configuration header');
   });
 });
 
@@ -644,7 +722,10 @@ describe('accesses', () => {
     const heard: string[] = [];
     const cs = new ConfigSpace({
       ...base,
-      capabilities: [{ id: 'msi', vectors: 4, perVectorMask: true }, { id: 'msix', tableSize: 8, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x1000 }],
+      capabilities: [
+        { id: 'msi', vectors: 4, perVectorMask: true },
+        { id: 'msix', tableSize: 8, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x1000 },
+      ],
       bars: [{ type: 'memory32', size: 0x2000 }],
       effects: {
         command: (v, old) => heard.push(`command ${v} ${old}`),
@@ -705,11 +786,7 @@ describe('accesses', () => {
 describe('constructor validation', () => {
   test('identity fields', () => {
     throwsWith({ vendor: 0x10000 }, 'RangeError', 'vendor must be an unsigned 16-bit integer, got 65536');
-    throwsWith(
-      { vendor: 0xffff },
-      'RangeError',
-      'vendor 0xffff is reserved: it is what a read returns when no device is present',
-    );
+    throwsWith({ vendor: 0xffff }, 'RangeError', 'vendor 0xffff is reserved: it is what a read returns when no device is present');
     throwsWith({ device: -1 }, 'RangeError', 'device must be an unsigned 16-bit integer, got -1');
     throwsWith({ subsystemVendor: 1.5 }, 'RangeError', 'subsystemVendor must be an unsigned 16-bit integer, got 1.5');
     throwsWith({ subsystemDevice: 0x10000 }, 'RangeError', 'subsystemDevice must be an unsigned 16-bit integer, got 65536');
@@ -726,33 +803,22 @@ describe('constructor validation', () => {
     throwsWith({ bars: [{ type: 'memory32', size: 0 }] }, 'RangeError', 'bars[0] size 0x0 is not a power of two');
     throwsWith({ bars: [{ type: 'memory32', size: 2.5 }] }, 'RangeError', 'bars[0] size 2.5 is not a power of two');
     throwsWith({ bars: [{ type: 'memory64', size: 3n }] }, 'RangeError', 'bars[0] size 0x3 is not a power of two');
-    throwsWith(
-      { bars: [{ type: 'io', size: 512 }] },
-      'RangeError',
-      'bars[0] size 0x200 is larger than 256 bytes, the most an I/O BAR can decode',
-    );
-    throwsWith(
-      { bars: [{ type: 'memory32', size: 2 ** 32 }] },
-      'RangeError',
-      'bars[0] size 0x100000000 is larger than 2 GiB, the most a 32-bit BAR can decode',
-    );
-    throwsWith(
-      { bars: [{ type: 'memory64', size: 1n << 53n }] },
-      'RangeError',
-      'bars[0] size 0x20000000000000 is larger than 2^52 bytes, the largest BAR this library supports',
-    );
-    throwsWith(
-      { bars: [{ type: 'io', size: 16, prefetchable: true }] },
-      'TypeError',
-      'bars[0] is an I/O BAR and cannot be prefetchable',
-    );
+    throwsWith({ bars: [{ type: 'io', size: 512 }] }, 'RangeError', 'bars[0] size 0x200 is larger than 256 bytes, the most an I/O BAR can decode');
+    throwsWith({ bars: [{ type: 'memory32', size: 2 ** 32 }] }, 'RangeError', 'bars[0] size 0x100000000 is larger than 2 GiB, the most a 32-bit BAR can decode');
+    throwsWith({ bars: [{ type: 'memory64', size: 1n << 53n }] }, 'RangeError', 'bars[0] size 0x20000000000000 is larger than 2^52 bytes, the largest BAR this library supports');
+    throwsWith({ bars: [{ type: 'io', size: 16, prefetchable: true }] }, 'TypeError', 'bars[0] is an I/O BAR and cannot be prefetchable');
     throwsWith(
       { bars: [undefined, undefined, undefined, undefined, undefined, { type: 'memory64', size: 16 }] },
       'RangeError',
       'bars[5] is 64-bit but there is no slot after it for its upper half',
     );
     throwsWith(
-      { bars: [{ type: 'memory64', size: 16 }, { type: 'memory32', size: 16 }] },
+      {
+        bars: [
+          { type: 'memory64', size: 16 },
+          { type: 'memory32', size: 16 },
+        ],
+      },
       'RangeError',
       'bars[1] overlaps the upper half of 64-bit bars[0]',
     );
@@ -760,42 +826,24 @@ describe('constructor validation', () => {
 
   test('ROM', () => {
     throwsWith({ rom: { size: 3000 } }, 'RangeError', 'rom size 0xbb8 is not a power of two');
-    throwsWith(
-      { rom: { size: 32 << 20 } },
-      'RangeError',
-      'rom size 0x2000000 is larger than 16 MiB, the most an expansion ROM may request',
-    );
+    throwsWith({ rom: { size: 32 << 20 } }, 'RangeError', 'rom size 0x2000000 is larger than 16 MiB, the most an expansion ROM may request');
   });
 
   test('capabilities', () => {
     throwsWith({ capabilities: [{ id: 'agp' }] }, 'TypeError', "capabilities[0].id 'agp' is not one of pm, msi, msix, pcie, vendor");
-    throwsWith(
-      { capabilities: [{ id: 'pm' }, { id: 'pcie' }, { id: 'pm' }] },
-      'TypeError',
-      'capabilities[2] repeats the pm capability, which a function may have only once',
-    );
-    throwsWith(
-      { capabilities: [{ id: 'msi', vectors: 3 }] },
-      'RangeError',
-      'capabilities[0] msi vectors must be 1, 2, 4, 8, 16 or 32, got 3',
-    );
-    throwsWith(
-      { capabilities: [{ id: 'vendor', data: [1, 2] }] },
-      'TypeError',
-      'capabilities[0] vendor data must be a Uint8Array',
-    );
-    throwsWith(
-      { capabilities: [{ id: 'vendor', data: new Uint8Array(253) }] },
-      'RangeError',
-      'capabilities[0] vendor data is 253 bytes; at most 252 fit under the 8-bit length',
-    );
+    throwsWith({ capabilities: [{ id: 'pm' }, { id: 'pcie' }, { id: 'pm' }] }, 'TypeError', 'capabilities[2] repeats the pm capability, which a function may have only once');
+    throwsWith({ capabilities: [{ id: 'msi', vectors: 3 }] }, 'RangeError', 'capabilities[0] msi vectors must be 1, 2, 4, 8, 16 or 32, got 3');
+    throwsWith({ capabilities: [{ id: 'vendor', data: [1, 2] }] }, 'TypeError', 'capabilities[0] vendor data must be a Uint8Array');
+    throwsWith({ capabilities: [{ id: 'vendor', data: new Uint8Array(253) }] }, 'RangeError', 'capabilities[0] vendor data is 253 bytes; at most 252 fit under the 8-bit length');
   });
 
   test('MSI-X placement', () => {
-    const bars = [{ type: 'memory32', size: 0x1000 }, { type: 'io', size: 16 }] as const;
+    const bars = [
+      { type: 'memory32', size: 0x1000 },
+      { type: 'io', size: 16 },
+    ] as const;
     const msix = { id: 'msix', tableSize: 16, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800 } as const;
-    const bad = (change: object, name: string, message: string): void =>
-      throwsWith({ bars: [...bars], capabilities: [{ ...msix, ...change }] }, name, message);
+    const bad = (change: object, name: string, message: string): void => throwsWith({ bars: [...bars], capabilities: [{ ...msix, ...change }] }, name, message);
     bad({ tableSize: 0 }, 'RangeError', 'capabilities[0] msix tableSize must be an integer from 1 to 2048, got 0');
     bad({ tableSize: 2049 }, 'RangeError', 'capabilities[0] msix tableSize must be an integer from 1 to 2048, got 2049');
     bad({ tableBar: 3 }, 'RangeError', 'capabilities[0] msix tableBar 3 is not a declared memory BAR');
@@ -803,11 +851,7 @@ describe('constructor validation', () => {
     bad({ pbaBar: 6 }, 'RangeError', 'capabilities[0] msix pbaBar 6 is not a declared memory BAR');
     bad({ tableOffset: 4 }, 'RangeError', 'capabilities[0] msix tableOffset 4 is not an 8-byte aligned 32-bit offset');
     bad({ pbaOffset: 0x801 }, 'RangeError', 'capabilities[0] msix pbaOffset 2049 is not an 8-byte aligned 32-bit offset');
-    bad(
-      { tableOffset: 0xf08 },
-      'RangeError',
-      'capabilities[0] msix table (0x100 bytes at 0xf08) does not fit in bars[0] (0x1000 bytes)',
-    );
+    bad({ tableOffset: 0xf08 }, 'RangeError', 'capabilities[0] msix table (0x100 bytes at 0xf08) does not fit in bars[0] (0x1000 bytes)');
     bad({ pbaOffset: 0x1000 }, 'RangeError', 'capabilities[0] msix PBA (0x8 bytes at 0x1000) does not fit in bars[0] (0x1000 bytes)');
     bad({ pbaOffset: 0xf8 }, 'RangeError', 'capabilities[0] msix table and PBA overlap in bars[0]');
     // The PBA right after the table is fine.
@@ -816,11 +860,7 @@ describe('constructor validation', () => {
 
   test('extended capabilities', () => {
     const dsn = { id: 'dsn', serial: 1n } as const;
-    throwsWith(
-      { extendedCapabilities: [dsn] },
-      'TypeError',
-      'extendedCapabilities need a pcie capability: only PCI Express functions have extended configuration space',
-    );
+    throwsWith({ extendedCapabilities: [dsn] }, 'TypeError', 'extendedCapabilities need a pcie capability: only PCI Express functions have extended configuration space');
     const pcie = [{ id: 'pcie' }] as const;
     throwsWith({ capabilities: [...pcie], extendedCapabilities: [{ id: 'aer' }] }, 'TypeError', "extendedCapabilities[0].id 'aer' is not dsn");
     throwsWith(
@@ -833,11 +873,7 @@ describe('constructor validation', () => {
       'RangeError',
       'extendedCapabilities[0] dsn serial must be a bigint from 0 to 2^64-1',
     );
-    throwsWith(
-      { capabilities: [...pcie], extendedCapabilities: [{ id: 'dsn', serial: 5 }] },
-      'RangeError',
-      'extendedCapabilities[0] dsn serial must be a bigint from 0 to 2^64-1',
-    );
+    throwsWith({ capabilities: [...pcie], extendedCapabilities: [{ id: 'dsn', serial: 5 }] }, 'RangeError', 'extendedCapabilities[0] dsn serial must be a bigint from 0 to 2^64-1');
   });
 });
 
@@ -849,7 +885,13 @@ describe('MsixTable', () => {
       const t = new MsixTable(n);
       return [t.tableBytes, t.pbaBytes];
     });
-    assert.deepEqual(sizes, [[16, 8], [48, 8], [1024, 8], [1040, 16], [32768, 256]]);
+    assert.deepEqual(sizes, [
+      [16, 8],
+      [48, 8],
+      [1024, 8],
+      [1040, 16],
+      [32768, 256],
+    ]);
   });
 
   test('entries power on masked with address and data 0', () => {
@@ -865,12 +907,7 @@ describe('MsixTable', () => {
     t.writeTable(16, u8(...le(0xfee01003, 4), ...le(0x00000001, 4))); // qword address
     t.writeTable(24, u8(...le(0xdeadbeef, 4)));
     t.writeTable(28, u8(...le(0xffffffff, 4)));
-    assert.deepEqual(Array.from(t.readTable(16, 16)), [
-      ...le(0xfee01000, 4),
-      ...le(1, 4),
-      ...le(0xdeadbeef, 4),
-      0x01, 0x00, 0x00, 0x00,
-    ]);
+    assert.deepEqual(Array.from(t.readTable(16, 16)), [...le(0xfee01000, 4), ...le(1, 4), ...le(0xdeadbeef, 4), 0x01, 0x00, 0x00, 0x00]);
     assert.deepEqual(t.entry(1), { address: 0x1_fee0_1000n, data: 0xdeadbeef, masked: true });
     assert.deepEqual(Array.from(t.readTable(25, 2)), [0xbe, 0xad]);
     const buf = new Uint8Array(6);
@@ -889,7 +926,10 @@ describe('MsixTable', () => {
     t.writeTable(12, u8(1, 0, 0, 0)); // still masked
     assert.deepEqual(seen, [[1, 0]]);
     t.writeTable(40, u8(...le(0x4321, 4), 0, 0, 0, 0)); // data + control of entry 2 in one qword
-    assert.deepEqual(seen, [[1, 0], [2, 0x4321]]);
+    assert.deepEqual(seen, [
+      [1, 0],
+      [2, 0x4321],
+    ]);
     t.writeTable(28, u8(1));
     t.writeTable(28, u8(0)); // byte access to the mask bit
     assert.deepEqual(seen.at(-1), [1, 0]);

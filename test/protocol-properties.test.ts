@@ -160,11 +160,7 @@ function mutated(arb: fc.Arbitrary<Uint8Array>): fc.Arbitrary<Uint8Array> {
  * at an odd offset (the decoders must not read outside the view).
  */
 function payloads(layout: fc.Arbitrary<Uint8Array>): fc.Arbitrary<Uint8Array> {
-  const bytes = fc.oneof(
-    { weight: 2, arbitrary: anyBytes },
-    { weight: 2, arbitrary: mutated(layout) },
-    { weight: 6, arbitrary: layout },
-  );
+  const bytes = fc.oneof({ weight: 2, arbitrary: anyBytes }, { weight: 2, arbitrary: mutated(layout) }, { weight: 6, arbitrary: layout });
   return fc.tuple(bytes, upTo(7), fc.boolean()).map(([b, pad, asBuffer]) => {
     const backing = new Uint8Array(pad + b.length + 5).fill(0xa5);
     backing.set(b, pad);
@@ -176,13 +172,7 @@ function payloads(layout: fc.Arbitrary<Uint8Array>): fc.Arbitrary<Uint8Array> {
  * The core property: decode(bytes) throws ProtocolError, or encode(decode(bytes))
  * is exactly `bytes`.
  */
-function roundTrip<T>(
-  decoder: string,
-  layout: fc.Arbitrary<Uint8Array>,
-  decode: (p: Uint8Array) => T,
-  encode: (v: T) => Uint8Array,
-  also?: (v: T, p: Uint8Array) => void,
-): void {
+function roundTrip<T>(decoder: string, layout: fc.Arbitrary<Uint8Array>, decode: (p: Uint8Array) => T, encode: (v: T) => Uint8Array, also?: (v: T, p: Uint8Array) => void): void {
   test(`${decoder}: re-encodes to the same bytes or throws ProtocolError`, () => {
     fc.assert(
       fc.property(payloads(layout), (p) => {
@@ -243,9 +233,7 @@ describe('VERSION', () => {
     fc.uint8Array({ maxLength: 40 }).map((b) => cat(b, [0])),
     fc.uint8Array({ maxLength: 40 }),
   );
-  const layout = fc
-    .tuple(u16, u16, text)
-    .map(([major, minor, t]) => cat(le(major, 2), le(minor, 2), t ?? []));
+  const layout = fc.tuple(u16, u16, text).map(([major, minor, t]) => cat(le(major, 2), le(minor, 2), t ?? []));
 
   roundTrip('decodeVersion', layout, decodeVersion, encodeVersion, (v) => {
     // Whatever text VERSION lets through, parseCapabilities takes or refuses cleanly.
@@ -283,12 +271,7 @@ const capabilityFields = fc.record({
   max_dma_maps: field(u32),
   pgsizes: field(fc.integer({ min: 1, max: 2 ** 40 }).map((n) => n * 4096)),
   write_multiple: field(fc.boolean()),
-  migration: field(
-    fc.record(
-      { pgsize: fc.maxSafeNat(), max_bitmap_size: fc.maxSafeNat() },
-      { requiredKeys: [] },
-    ),
-  ),
+  migration: field(fc.record({ pgsize: fc.maxSafeNat(), max_bitmap_size: fc.maxSafeNat() }, { requiredKeys: [] })),
   twin_socket: field(fc.record({ supported: fc.boolean(), fd_index: upTo(252) }, { requiredKeys: [] })),
 });
 const unknownFields = fc.dictionary(
@@ -370,9 +353,7 @@ describe('fixed-size structures', () => {
     'decodeDmaMap',
     fc
       .tuple(mostly(fc.constant(32), u32), mostly(upTo(3), u32), u64, u64, u64, tail)
-      .map(([argsz, flags, offset, iova, size, t]) =>
-        cat(le(argsz, 4), le(flags, 4), le(offset, 8), le(iova, 8), le(size, 8), t),
-      ),
+      .map(([argsz, flags, offset, iova, size, t]) => cat(le(argsz, 4), le(flags, 4), le(offset, 8), le(iova, 8), le(size, 8), t)),
     decodeDmaMap,
     encodeDmaMap,
   );
@@ -386,26 +367,20 @@ describe('fixed-size structures', () => {
     encodeDmaUnmap,
   );
 
-  const fourWords = fc
-    .tuple(u32, u32, u32, u32, tail)
-    .map(([a, b, c, d, t]) => cat(le(a, 4), le(b, 4), le(c, 4), le(d, 4), t));
+  const fourWords = fc.tuple(u32, u32, u32, u32, tail).map(([a, b, c, d, t]) => cat(le(a, 4), le(b, 4), le(c, 4), le(d, 4), t));
   roundTrip('decodeDeviceInfo', fourWords, decodeDeviceInfo, encodeDeviceInfo);
   roundTrip('decodeIrqInfo', fourWords, decodeIrqInfo, encodeIrqInfo);
 
   roundTrip(
     'decodeRegionIoFdsRequest',
-    fc
-      .tuple(u32, mostly(fc.constant(0), u32), upTo(9), upTo(8), tail)
-      .map(([argsz, flags, index, count, t]) => cat(le(argsz, 4), le(flags, 4), le(index, 4), le(count, 4), t)),
+    fc.tuple(u32, mostly(fc.constant(0), u32), upTo(9), upTo(8), tail).map(([argsz, flags, index, count, t]) => cat(le(argsz, 4), le(flags, 4), le(index, 4), le(count, 4), t)),
     decodeRegionIoFdsRequest,
     encodeRegionIoFdsRequest,
   );
 
   roundTrip(
     'decodeWriteMultiReply',
-    fc
-      .tuple(mostly(fc.bigInt({ min: 0n, max: 200n }), u64), tail)
-      .map(([n, t]) => cat(le(n, 8), t)),
+    fc.tuple(mostly(fc.bigInt({ min: 0n, max: 200n }), u64), tail).map(([n, t]) => cat(le(n, 8), t)),
     decodeWriteMultiReply,
     encodeWriteMultiReply,
   );
@@ -418,25 +393,19 @@ describe('variable-size structures', () => {
     'decodeRegionInfo',
     fc
       .tuple(u32, upTo(15), upTo(9), mostly(fc.constantFrom(0, 32), u32), u64, u64, fc.uint8Array({ maxLength: 128 }))
-      .map(([argsz, flags, index, capOffset, size, offset, caps]) =>
-        cat(le(argsz, 4), le(flags, 4), le(index, 4), le(capOffset, 4), le(size, 8), le(offset, 8), caps),
-      ),
+      .map(([argsz, flags, index, capOffset, size, offset, caps]) => cat(le(argsz, 4), le(flags, 4), le(index, 4), le(capOffset, 4), le(size, 8), le(offset, 8), caps)),
     decodeRegionInfo,
     encodeRegionInfo,
   );
 
   const subregion = fc
     .tuple(u64, u64, upTo(16), upTo(1), u32, mostly(fc.constant(0), u32), u64)
-    .map(([offset, size, fdIndex, type, flags, pad, data]) =>
-      cat(le(offset, 8), le(size, 8), le(fdIndex, 4), le(type, 4), le(flags, 4), le(pad, 4), le(data, 8)),
-    );
+    .map(([offset, size, fdIndex, type, flags, pad, data]) => cat(le(offset, 8), le(size, 8), le(fdIndex, 4), le(type, 4), le(flags, 4), le(pad, 4), le(data, 8)));
   roundTrip(
     'decodeRegionIoFds',
     fc
       .tuple(u32, upTo(9), fc.array(subregion, { maxLength: 4 }), skew, tail)
-      .map(([argsz, index, subs, countSkew, t]) =>
-        cat(le(argsz, 4), le(0, 4), le(index, 4), le(Math.max(0, subs.length + countSkew), 4), ...subs, t),
-      ),
+      .map(([argsz, index, subs, countSkew, t]) => cat(le(argsz, 4), le(0, 4), le(index, 4), le(Math.max(0, subs.length + countSkew), 4), ...subs, t)),
     decodeRegionIoFds,
     encodeRegionIoFds,
   );
@@ -456,7 +425,7 @@ describe('variable-size structures', () => {
         seed,
       })
       .map((r) => {
-        const flags = r.flags ?? (r.dataType | r.action);
+        const flags = r.flags ?? r.dataType | r.action;
         const wanted = (flags & 7) === 2 ? r.count : 0;
         const dataLength = Math.min(64, Math.max(0, wanted + r.dataSkew));
         const argsz = (20 + dataLength + r.argszSkew) >>> 0;
@@ -479,17 +448,10 @@ describe('variable-size structures', () => {
 
     roundTrip(
       `decodeDmaAccess(withData=${withData})`,
-      fc
-        .tuple(
-          fc.oneof(u64, fc.bigInt({ min: U64_MAX - 64n, max: U64_MAX })),
-          mostly(fc.bigInt({ min: 0n, max: 32n }), u64),
-          skew,
-          seed,
-        )
-        .map(([iova, count, s, sd]) => {
-          const wanted = withData && count <= 64n ? Number(count) : 0;
-          return cat(le(iova, 8), le(count, 8), filler(Math.max(0, wanted + s), sd));
-        }),
+      fc.tuple(fc.oneof(u64, fc.bigInt({ min: U64_MAX - 64n, max: U64_MAX })), mostly(fc.bigInt({ min: 0n, max: 32n }), u64), skew, seed).map(([iova, count, s, sd]) => {
+        const wanted = withData && count <= 64n ? Number(count) : 0;
+        return cat(le(iova, 8), le(count, 8), filler(Math.max(0, wanted + s), sd));
+      }),
       (p) => decodeDmaAccess(p, withData),
       encodeDmaAccess,
     );
@@ -506,21 +468,12 @@ describe('variable-size structures', () => {
   }
 
   const oneWrite = fc
-    .tuple(
-      rarely(fc.bigInt({ min: 0n, max: OFFSET_MAX }), u64),
-      upTo(9),
-      rarely(fc.integer({ min: 1, max: 8 }), u32),
-      fc.uint8Array({ minLength: 8, maxLength: 8 }),
-    )
+    .tuple(rarely(fc.bigInt({ min: 0n, max: OFFSET_MAX }), u64), upTo(9), rarely(fc.integer({ min: 1, max: 8 }), u32), fc.uint8Array({ minLength: 8, maxLength: 8 }))
     .map(([offset, region, count, data]) => cat(le(offset, 8), le(region, 4), le(count, 4), data));
   roundTrip(
     'decodeRegionWriteMulti',
     fc
-      .tuple(
-        fc.array(oneWrite, { minLength: 1, maxLength: 8 }),
-        mostly(fc.constant(undefined), fc.oneof(fc.constantFrom(0n, 201n, 1n << 32n), u64)),
-        tail,
-      )
+      .tuple(fc.array(oneWrite, { minLength: 1, maxLength: 8 }), mostly(fc.constant(undefined), fc.oneof(fc.constantFrom(0n, 201n, 1n << 32n), u64)), tail)
       .map(([writes, count, t]) => cat(le(count ?? BigInt(writes.length), 8), ...writes, t)),
     decodeRegionWriteMulti,
     encodeRegionWriteMulti,
@@ -529,7 +482,14 @@ describe('variable-size structures', () => {
   roundTrip(
     'decodeDeviceFeature',
     fc
-      .tuple(u32, mostly(fc.tuple(u16, upTo(7)).map(([index, ops]) => index | (ops << 16)), u32), fc.uint8Array({ maxLength: 32 }))
+      .tuple(
+        u32,
+        mostly(
+          fc.tuple(u16, upTo(7)).map(([index, ops]) => index | (ops << 16)),
+          u32,
+        ),
+        fc.uint8Array({ maxLength: 32 }),
+      )
       .map(([argsz, flags, data]) => cat(le(argsz, 4), le(flags, 4), data)),
     decodeDeviceFeature,
     encodeDeviceFeature,
@@ -569,7 +529,10 @@ const capSpec: fc.Arbitrary<CapSpec> = fc.oneof(
     weight: 2,
     arbitrary: fc.record({
       kind: fc.constant('other' as const),
-      id: fc.oneof(fc.constantFrom(0, 3, 4, 5), u16.filter((id) => id > 2)),
+      id: fc.oneof(
+        fc.constantFrom(0, 3, 4, 5),
+        u16.filter((id) => id > 2),
+      ),
       version: u16,
       body: fc.uint8Array({ maxLength: 24 }),
     }),
@@ -592,11 +555,7 @@ const nextSpec: fc.Arbitrary<NextSpec> = fc.oneof(
 function capBody(c: CapSpec): Uint8Array {
   switch (c.kind) {
     case 'sparse':
-      return cat(
-        le(c.claim ?? c.areas.length, 4),
-        le(c.reserved, 4),
-        ...c.areas.map(([offset, size]) => cat(le(offset, 8), le(size, 8))),
-      );
+      return cat(le(c.claim ?? c.areas.length, 4), le(c.reserved, 4), ...c.areas.map(([offset, size]) => cat(le(offset, 8), le(size, 8))));
     case 'type':
       return cat(le(c.type, 4), le(c.subtype, 4));
     case 'other':
@@ -662,10 +621,7 @@ const regionReplies = fc
 
 describe('region capability chains', () => {
   test('decodeRegionCaps: re-encoding what it returns decodes to the same list, or ProtocolError', () => {
-    const inputs = fc.oneof(
-      { weight: 1, arbitrary: anyBytes.map((bytes) => ({ bytes, expected: undefined, onlyKnown: false })) },
-      { weight: 6, arbitrary: regionReplies },
-    );
+    const inputs = fc.oneof({ weight: 1, arbitrary: anyBytes.map((bytes) => ({ bytes, expected: undefined, onlyKnown: false })) }, { weight: 6, arbitrary: regionReplies });
     fc.assert(
       fc.property(inputs, ({ bytes, expected, onlyKnown }) => {
         const info = attempt('decodeRegionInfo', () => decodeRegionInfo(bytes));
@@ -691,9 +647,7 @@ describe('region capability chains', () => {
 
   test('encodeRegionCaps: decodeRegionCaps gives back any list of known capabilities', () => {
     const capability: fc.Arbitrary<RegionCapability> = fc.oneof(
-      fc
-        .array(fc.tuple(u64, u64), { maxLength: 4 })
-        .map((areas) => ({ id: 1 as const, version: 1 as const, areas: areas.map(([offset, size]) => ({ offset, size })) })),
+      fc.array(fc.tuple(u64, u64), { maxLength: 4 }).map((areas) => ({ id: 1 as const, version: 1 as const, areas: areas.map(([offset, size]) => ({ offset, size })) })),
       fc.tuple(u32, u32).map(([type, subtype]) => ({ id: 2 as const, version: 1 as const, type, subtype })),
     );
     fc.assert(

@@ -212,31 +212,11 @@ describe('constants', () => {
 
 describe('header', () => {
   const vectors: [string, Header, string][] = [
-    [
-      'REGION_READ command, 16-byte payload',
-      { id: 0x0102, command: 9, size: 32, flags: 0, error: 0 },
-      '0201 0900 20000000 00000000 00000000',
-    ],
-    [
-      'error reply with EINVAL',
-      { id: 0x0102, command: 9, size: 16, flags: 0x21, error: 22 },
-      '0201 0900 10000000 21000000 16000000',
-    ],
-    [
-      'REGION_WRITE_MULTI sent without reply (QEMU posts these)',
-      { id: 0xffff, command: 15, size: 48, flags: 0x10, error: 0 },
-      'ffff 0f00 30000000 10000000 00000000',
-    ],
-    [
-      "QEMU's VERSION proposal (178 bytes of JSON and a NUL)",
-      { id: 0, command: 1, size: 199, flags: 0, error: 0 },
-      '0000 0100 c7000000 00000000 00000000',
-    ],
-    [
-      'every field at its maximum',
-      { id: 0xffff, command: 0xffff, size: 0xffffffff, flags: 0xffffffff, error: 0xffffffff },
-      'ffff ffff ffffffff ffffffff ffffffff',
-    ],
+    ['REGION_READ command, 16-byte payload', { id: 0x0102, command: 9, size: 32, flags: 0, error: 0 }, '0201 0900 20000000 00000000 00000000'],
+    ['error reply with EINVAL', { id: 0x0102, command: 9, size: 16, flags: 0x21, error: 22 }, '0201 0900 10000000 21000000 16000000'],
+    ['REGION_WRITE_MULTI sent without reply (QEMU posts these)', { id: 0xffff, command: 15, size: 48, flags: 0x10, error: 0 }, 'ffff 0f00 30000000 10000000 00000000'],
+    ["QEMU's VERSION proposal (178 bytes of JSON and a NUL)", { id: 0, command: 1, size: 199, flags: 0, error: 0 }, '0000 0100 c7000000 00000000 00000000'],
+    ['every field at its maximum', { id: 0xffff, command: 0xffff, size: 0xffffffff, flags: 0xffffffff, error: 0xffffffff }, 'ffff ffff ffffffff ffffffff ffffffff'],
   ];
   for (const [name, header, vector] of vectors) {
     test(name, () => {
@@ -344,13 +324,10 @@ describe('VERSION', () => {
     sameBytes(encodeVersion({ major: 0, minor: 0, json: '{"\u00e9":1}' }), vector);
   });
 
-  test(
-    'a leading U+FEFF in the JSON survives decode and re-encode',
-    () => {
-      const vector = hex('0000 0000 | efbbbf 7b7d | 00');
-      sameBytes(encodeVersion(decodeVersion(vector)), vector);
-    },
-  );
+  test('a leading U+FEFF in the JSON survives decode and re-encode', () => {
+    const vector = hex('0000 0000 | efbbbf 7b7d | 00');
+    sameBytes(encodeVersion(decodeVersion(vector)), vector);
+  });
 
   test('rejects a payload shorter than major and minor', () => {
     rejects(() => decodeVersion(hex('0000 00')), 'VERSION payload must be at least 4 bytes, got 3');
@@ -442,8 +419,7 @@ describe('parseCapabilities / formatCapabilities', () => {
   });
 
   test('rejects capabilities of the wrong type or range', () => {
-    const bad = (caps: string, fragment: string): void =>
-      rejects(() => parseCapabilities(`{"capabilities":{${caps}}}`), fragment);
+    const bad = (caps: string, fragment: string): void => rejects(() => parseCapabilities(`{"capabilities":{${caps}}}`), fragment);
     bad('"max_msg_fds":"16"', 'capability max_msg_fds must be an integer in 0..4294967295, got "16"');
     bad('"max_msg_fds":-1', 'capability max_msg_fds must be an integer in 0..4294967295, got -1');
     bad('"max_msg_fds":1.5', 'got 1.5');
@@ -474,9 +450,7 @@ describe('parseCapabilities / formatCapabilities', () => {
 describe('DMA_MAP', () => {
   // What QEMU sends for guest RAM above the legacy VGA hole:
   // vfio_user_dma_map iova=0xc0000 size=0x1ff40000 off=0xc0000 flags=0x3
-  const qemuMap = hex(
-    '20000000 | 03000000 | 00000c0000000000 | 00000c0000000000 | 0000f41f00000000',
-  );
+  const qemuMap = hex('20000000 | 03000000 | 00000c0000000000 | 00000c0000000000 | 0000f41f00000000');
   const qemuValue = { argsz: 32, flags: 3, offset: 0xc0000n, iova: 0xc0000n, size: 0x1ff40000n };
 
   test("QEMU's map of guest RAM", () => {
@@ -502,26 +476,14 @@ describe('DMA_MAP', () => {
   });
 
   test('rejects a wrong argsz', () => {
-    rejects(
-      () => decodeDmaMap(hex('18000000 03000000 00000c0000000000 00000c0000000000 0000f41f00000000')),
-      'DMA_MAP argsz must be 32, got 24',
-    );
-    rejects(
-      () => decodeDmaMap(hex('21000000 03000000 00000c0000000000 00000c0000000000 0000f41f00000000')),
-      'DMA_MAP argsz must be 32, got 33',
-    );
+    rejects(() => decodeDmaMap(hex('18000000 03000000 00000c0000000000 00000c0000000000 0000f41f00000000')), 'DMA_MAP argsz must be 32, got 24');
+    rejects(() => decodeDmaMap(hex('21000000 03000000 00000c0000000000 00000c0000000000 0000f41f00000000')), 'DMA_MAP argsz must be 32, got 33');
   });
 
   test('rejects unknown flag bits', () => {
     // VFIO_DMA_MAP_FLAG_VADDR (1 << 2) has no meaning in vfio-user
-    rejects(
-      () => decodeDmaMap(hex('20000000 07000000 00000c0000000000 00000c0000000000 0000f41f00000000')),
-      'DMA_MAP flags 0x7 has unknown bits',
-    );
-    rejects(
-      () => decodeDmaMap(hex('20000000 00000080 00000c0000000000 00000c0000000000 0000f41f00000000')),
-      'DMA_MAP flags 0x80000000 has unknown bits',
-    );
+    rejects(() => decodeDmaMap(hex('20000000 07000000 00000c0000000000 00000c0000000000 0000f41f00000000')), 'DMA_MAP flags 0x7 has unknown bits');
+    rejects(() => decodeDmaMap(hex('20000000 00000080 00000c0000000000 00000c0000000000 0000f41f00000000')), 'DMA_MAP flags 0x80000000 has unknown bits');
   });
 });
 
@@ -554,26 +516,14 @@ describe('DMA_UNMAP', () => {
   });
 
   test('rejects argsz below the structure', () => {
-    rejects(
-      () => decodeDmaUnmap(hex('17000000 00000000 00000c0000000000 0000f41f00000000')),
-      'DMA_UNMAP argsz must be at least 24, got 23',
-    );
+    rejects(() => decodeDmaUnmap(hex('17000000 00000000 00000c0000000000 0000f41f00000000')), 'DMA_UNMAP argsz must be at least 24, got 23');
     rejects(() => decodeDmaUnmap(hex('00000000 00000000 00000c0000000000 0000f41f00000000')), 'got 0');
   });
 
   test('rejects unknown flag bits (GET_DIRTY_BITMAP, VADDR, high bits)', () => {
-    rejects(
-      () => decodeDmaUnmap(hex('18000000 01000000 00000c0000000000 0000f41f00000000')),
-      'DMA_UNMAP flags 0x1 has unknown bits',
-    );
-    rejects(
-      () => decodeDmaUnmap(hex('18000000 04000000 00000c0000000000 0000f41f00000000')),
-      'DMA_UNMAP flags 0x4 has unknown bits',
-    );
-    rejects(
-      () => decodeDmaUnmap(hex('18000000 02000080 0000000000000000 0000000000000000')),
-      'DMA_UNMAP flags 0x80000002 has unknown bits',
-    );
+    rejects(() => decodeDmaUnmap(hex('18000000 01000000 00000c0000000000 0000f41f00000000')), 'DMA_UNMAP flags 0x1 has unknown bits');
+    rejects(() => decodeDmaUnmap(hex('18000000 04000000 00000c0000000000 0000f41f00000000')), 'DMA_UNMAP flags 0x4 has unknown bits');
+    rejects(() => decodeDmaUnmap(hex('18000000 02000080 0000000000000000 0000000000000000')), 'DMA_UNMAP flags 0x80000002 has unknown bits');
   });
 });
 
@@ -611,8 +561,7 @@ describe('DEVICE_GET_REGION_INFO', () => {
   // 80: vfio_region_info_cap_type, id 2 version 1 next 0, type 0x80008086 (PCI vendor type,
   //     Intel), subtype 1 (IGD OpRegion)
   const fixed = '60000000 | 0f000000 | 00000000 | 20000000 | 0040000000000000 | 0000000000000000';
-  const sparse =
-    '0100 0100 50000000 | 02000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000';
+  const sparse = '0100 0100 50000000 | 02000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000';
   const type = '0200 0100 00000000 | 86800080 01000000';
   const reply = hex(`${fixed} | ${sparse} | ${type}`);
   const caps: RegionCapability[] = [
@@ -678,19 +627,13 @@ describe('DEVICE_GET_REGION_INFO', () => {
     const chain = encodeRegionCaps(caps);
     sameBytes(chain, hex(`${sparse} ${type}`));
     assert.equal(chain.readUInt32LE(4), 0x50);
-    sameBytes(
-      encodeRegionInfo({ argsz: 96, flags: 0xf, index: 0, capOffset: 32, size: 0x4000n, offset: 0n, caps: chain }),
-      reply,
-    );
+    sameBytes(encodeRegionInfo({ argsz: 96, flags: 0xf, index: 0, capOffset: 32, size: 0x4000n, offset: 0n, caps: chain }), reply);
   });
 
   test('encodeRegionCaps with another base and with a single capability', () => {
     sameBytes(
       encodeRegionCaps(caps, 0),
-      hex(
-        '0100 0100 30000000 | 02000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000' +
-          '0200 0100 00000000 | 86800080 01000000',
-      ),
+      hex('0100 0100 30000000 | 02000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000' + '0200 0100 00000000 | 86800080 01000000'),
     );
     sameBytes(encodeRegionCaps([caps[1]]), hex('0200 0100 00000000 | 86800080 01000000'));
     sameBytes(encodeRegionCaps([{ id: 1, version: 1, areas: [] }]), hex('0100 0100 00000000 | 00000000 00000000'));
@@ -699,10 +642,7 @@ describe('DEVICE_GET_REGION_INFO', () => {
 
   test('the chain may start anywhere and list capabilities in any order', () => {
     // 8 bytes of padding, then the type capability pointing back at a sparse one.
-    const info = regionWithCaps(
-      40,
-      'eeeeeeee eeeeeeee | 0200 0100 38000000 | 86800080 01000000 | 0100 0100 00000000 | 01000000 00000000 | 0000000000000000 0000000000010000',
-    );
+    const info = regionWithCaps(40, 'eeeeeeee eeeeeeee | 0200 0100 38000000 | 86800080 01000000 | 0100 0100 00000000 | 01000000 00000000 | 0000000000000000 0000000000010000');
     assert.deepEqual(decodeRegionCaps(info), [
       { id: 2, version: 1, type: 0x80008086, subtype: 1 },
       { id: 1, version: 1, areas: [{ offset: 0n, size: 0x10000000000n }] },
@@ -720,18 +660,9 @@ describe('DEVICE_GET_REGION_INFO', () => {
   });
 
   test('decodeRegionCaps rejects loops', () => {
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0200 0100 20000000 | 86800080 01000000')),
-      'region capability chain loops at offset 32',
-    );
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0300 0100 28000000 | 0300 0100 20000000')),
-      'region capability chain loops at offset 32',
-    );
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0300 0100 28000000 | 0300 0100 28000000')),
-      'region capability chain loops at offset 40',
-    );
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0200 0100 20000000 | 86800080 01000000')), 'region capability chain loops at offset 32');
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0300 0100 28000000 | 0300 0100 20000000')), 'region capability chain loops at offset 32');
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0300 0100 28000000 | 0300 0100 28000000')), 'region capability chain loops at offset 40');
   });
 
   test('decodeRegionCaps rejects offsets outside the reply', () => {
@@ -741,33 +672,18 @@ describe('DEVICE_GET_REGION_INFO', () => {
     // past the end, or a header that straddles it
     rejects(() => decodeRegionCaps(regionWithCaps(48, type)), 'region capability at offset 48 is outside the reply');
     rejects(() => decodeRegionCaps(regionWithCaps(41, type)), 'region capability at offset 41 is outside the reply');
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0300 0100 30000000')),
-      'region capability at offset 48 is outside the reply',
-    );
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0300 0100 ffffffff')),
-      'region capability at offset 4294967295 is outside the reply',
-    );
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0300 0100 30000000')), 'region capability at offset 48 is outside the reply');
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0300 0100 ffffffff')), 'region capability at offset 4294967295 is outside the reply');
     rejects(() => decodeRegionCaps(regionWithCaps(32, '')), 'region capability at offset 32 is outside the reply');
   });
 
   test('decodeRegionCaps rejects truncated capabilities', () => {
     rejects(() => decodeRegionCaps(regionWithCaps(32, '0100 0100 00000000')), 'sparse mmap capability is truncated');
     rejects(
-      () =>
-        decodeRegionCaps(
-          regionWithCaps(
-            32,
-            '0100 0100 00000000 | 03000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000',
-          ),
-        ),
+      () => decodeRegionCaps(regionWithCaps(32, '0100 0100 00000000 | 03000000 00000000 | 0010000000000000 0010000000000000 | 0030000000000000 0010000000000000')),
       'sparse mmap capability claims 3 areas beyond the reply',
     );
-    rejects(
-      () => decodeRegionCaps(regionWithCaps(32, '0100 0100 00000000 | ffffffff 00000000')),
-      'sparse mmap capability claims 4294967295 areas beyond the reply',
-    );
+    rejects(() => decodeRegionCaps(regionWithCaps(32, '0100 0100 00000000 | ffffffff 00000000')), 'sparse mmap capability claims 4294967295 areas beyond the reply');
     rejects(() => decodeRegionCaps(regionWithCaps(32, '0200 0100 00000000 | 86800080')), 'region type capability is truncated');
   });
 });
@@ -824,10 +740,7 @@ describe('DEVICE_GET_REGION_IO_FDS', () => {
   });
 
   test('rejects command flags', () => {
-    rejects(
-      () => decodeRegionIoFdsRequest(hex('60000000 | 01000000 | 00000000 | 00000000')),
-      'DEVICE_GET_REGION_IO_FDS flags must be zero',
-    );
+    rejects(() => decodeRegionIoFdsRequest(hex('60000000 | 01000000 | 00000000 | 00000000')), 'DEVICE_GET_REGION_IO_FDS flags must be zero');
   });
 
   test('rejects a truncated reply or a partial sub-region', () => {
@@ -838,10 +751,7 @@ describe('DEVICE_GET_REGION_IO_FDS', () => {
   });
 
   test('rejects non-zero padding', () => {
-    const vector = hex(
-      '38000000 | 00000000 | 00000000 | 01000000' +
-        '| 0010000000000000 0400000000000000 | 00000000 | 00000000 | 01000000 | 01000000 | 0100000000000000',
-    );
+    const vector = hex('38000000 | 00000000 | 00000000 | 01000000' + '| 0010000000000000 0400000000000000 | 00000000 | 00000000 | 01000000 | 01000000 | 0100000000000000');
     rejects(() => decodeRegionIoFds(vector), 'sub-region padding must be zero');
   });
 });
@@ -915,11 +825,7 @@ describe('DEVICE_SET_IRQS', () => {
       '14000000 | 11000000 | 00000000 | 00000000 | 01000000',
       { argsz: 20, flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_UNMASK, index: 0, start: 0, count: 1, data: hex('') },
     ],
-    [
-      'the last possible sub-index',
-      '14000000 | 21000000 | 02000000 | feffffff | 01000000',
-      { argsz: 20, flags: 0x21, index: 2, start: 0xfffffffe, count: 1, data: hex('') },
-    ],
+    ['the last possible sub-index', '14000000 | 21000000 | 02000000 | feffffff | 01000000', { argsz: 20, flags: 0x21, index: 2, start: 0xfffffffe, count: 1, data: hex('') }],
   ];
   for (const [name, vector, value] of vectors) {
     test(name, () => {
@@ -1033,11 +939,7 @@ describe('REGION_READ / REGION_WRITE', () => {
 // ---- REGION_WRITE_MULTI --------------------------------------------------------------------------
 
 describe('REGION_WRITE_MULTI', () => {
-  const vector = hex(
-    '0200000000000000' +
-      '| 1000000000000000 | 02000000 | 04000000 | 01020304 00000000' +
-      '| 0000000001000000 | 00000000 | 08000000 | 11223344 55667788',
-  );
+  const vector = hex('0200000000000000' + '| 1000000000000000 | 02000000 | 04000000 | 01020304 00000000' + '| 0000000001000000 | 00000000 | 08000000 | 11223344 55667788');
   const writes = [
     { offset: 0x10, region: 2, count: 4, data: hex('0102030400000000') },
     { offset: 0x100000000, region: 0, count: 8, data: hex('1122334455667788') },
@@ -1075,10 +977,7 @@ describe('REGION_WRITE_MULTI', () => {
 
   test('rejects wr_cnt 0 or above 200', () => {
     rejects(() => decodeRegionWriteMulti(hex('0000000000000000')), 'REGION_WRITE_MULTI wr_cnt 0 is not within 1..200');
-    rejects(
-      () => decodeRegionWriteMulti(Buffer.concat([hex('c900000000000000'), Buffer.alloc(201 * 24)])),
-      'REGION_WRITE_MULTI wr_cnt 201 is not within 1..200',
-    );
+    rejects(() => decodeRegionWriteMulti(Buffer.concat([hex('c900000000000000'), Buffer.alloc(201 * 24)])), 'REGION_WRITE_MULTI wr_cnt 201 is not within 1..200');
     rejects(() => decodeRegionWriteMulti(hex('ffffffffffffffff')), 'wr_cnt 18446744073709551615 is not within 1..200');
     rejects(() => decodeRegionWriteMulti(hex('0000000001000000')), 'wr_cnt 4294967296 is not within');
   });
@@ -1096,12 +995,7 @@ describe('REGION_WRITE_MULTI', () => {
       'REGION_WRITE_MULTI write 0 has count 9, must be 1..8',
     );
     rejects(
-      () =>
-        decodeRegionWriteMulti(
-          hex(
-            '0200000000000000 | 1000000000000000 02000000 04000000 0102030400000000 | 1400000000000000 02000000 00000000 0000000000000000',
-          ),
-        ),
+      () => decodeRegionWriteMulti(hex('0200000000000000 | 1000000000000000 02000000 04000000 0102030400000000 | 1400000000000000 02000000 00000000 0000000000000000')),
       'REGION_WRITE_MULTI write 1 has count 0, must be 1..8',
     );
   });
@@ -1173,31 +1067,11 @@ describe('DMA_READ / DMA_WRITE', () => {
 
 describe('DEVICE_FEATURE', () => {
   const vectors: [string, string, { argsz: number; flags: number; data: Buffer }][] = [
-    [
-      'GET VFIO_DEVICE_FEATURE_MIGRATION (command)',
-      '10000000 | 01000100',
-      { argsz: 16, flags: FeatureFlag.GET | 1, data: hex('') },
-    ],
-    [
-      'its reply: STOP_COPY | PRE_COPY',
-      '10000000 | 01000100 | 0500000000000000',
-      { argsz: 16, flags: FeatureFlag.GET | 1, data: hex('0500000000000000') },
-    ],
-    [
-      'SET MIG_DEVICE_STATE to STOP (data_fd unused)',
-      '10000000 | 02000200 | 01000000 ffffffff',
-      { argsz: 16, flags: FeatureFlag.SET | 2, data: hex('01000000ffffffff') },
-    ],
-    [
-      'PROBE with GET and SET for DMA_LOGGING_START',
-      '08000000 | 06000700',
-      { argsz: 8, flags: FeatureFlag.PROBE | FeatureFlag.GET | FeatureFlag.SET | 6, data: hex('') },
-    ],
-    [
-      'the highest feature index with nothing else',
-      '08000000 | ffff0000',
-      { argsz: 8, flags: 0xffff, data: hex('') },
-    ],
+    ['GET VFIO_DEVICE_FEATURE_MIGRATION (command)', '10000000 | 01000100', { argsz: 16, flags: FeatureFlag.GET | 1, data: hex('') }],
+    ['its reply: STOP_COPY | PRE_COPY', '10000000 | 01000100 | 0500000000000000', { argsz: 16, flags: FeatureFlag.GET | 1, data: hex('0500000000000000') }],
+    ['SET MIG_DEVICE_STATE to STOP (data_fd unused)', '10000000 | 02000200 | 01000000 ffffffff', { argsz: 16, flags: FeatureFlag.SET | 2, data: hex('01000000ffffffff') }],
+    ['PROBE with GET and SET for DMA_LOGGING_START', '08000000 | 06000700', { argsz: 8, flags: FeatureFlag.PROBE | FeatureFlag.GET | FeatureFlag.SET | 6, data: hex('') }],
+    ['the highest feature index with nothing else', '08000000 | ffff0000', { argsz: 8, flags: 0xffff, data: hex('') }],
   ];
   for (const [name, vector, value] of vectors) {
     test(name, () => {

@@ -4,10 +4,8 @@ import fc from 'fast-check';
 import { defineRegisters, registerBlock, type Access, type RegisterDecl, type Width } from '../src/registers/registers.js';
 
 const bytes = (...b: number[]): Uint8Array => Uint8Array.from(b);
-const read = (regs: Parameters<typeof registerBlock>[0], offset: number, count: number): number[] =>
-  [...registerBlock(regs).read(offset, count, new Uint8Array(count))];
-const write = (regs: Parameters<typeof registerBlock>[0], offset: number, ...data: number[]): void | Promise<void> =>
-  registerBlock(regs).write(offset, Uint8Array.from(data));
+const read = (regs: Parameters<typeof registerBlock>[0], offset: number, count: number): number[] => [...registerBlock(regs).read(offset, count, new Uint8Array(count))];
+const write = (regs: Parameters<typeof registerBlock>[0], offset: number, ...data: number[]): void | Promise<void> => registerBlock(regs).write(offset, Uint8Array.from(data));
 
 test('reset values, read-only and read-write bits', () => {
   const r = defineRegisters({
@@ -63,7 +61,10 @@ test('partial and unaligned accesses merge bytes; an 8-byte register takes its h
   write(r, 12, 0x01, 0, 0, 0);
   write(r, 8, 0xff, 0xf0, 0, 0);
   assert.equal(r.Q.value, 0x1_0000_f000n, 'low 12 bits are reserved');
-  assert.deepEqual(seen, [[0x1_0000_0000n, 0n], [0x1_0000_f000n, 0x1_0000_0000n]]);
+  assert.deepEqual(seen, [
+    [0x1_0000_0000n, 0n],
+    [0x1_0000_f000n, 0x1_0000_0000n],
+  ]);
   write(r, 8, 0, 0x20, 0, 0, 2, 0, 0, 0);
   assert.equal(r.Q.value, 0x2_0000_2000n);
   assert.equal(r.Q.BASE, 0x2_0000_2);
@@ -84,7 +85,13 @@ test('an access across registers runs their hooks in address order, after each m
 test('an async write hook delays the registers after it', async () => {
   const order: string[] = [];
   const r = defineRegisters({
-    A: { offset: 0, write: async () => { await new Promise((ok) => setTimeout(ok, 5)); order.push('A'); } },
+    A: {
+      offset: 0,
+      write: async () => {
+        await new Promise((ok) => setTimeout(ok, 5));
+        order.push('A');
+      },
+    },
     B: { offset: 4, write: () => void order.push(`B sees A done: ${order.includes('A')}`) },
   });
   const done = write(r, 0, 1, 0, 0, 0, 2, 0, 0, 0);
@@ -114,7 +121,10 @@ test('computed reads, accepted sizes and uncovered bytes', () => {
 
 test('declaration mistakes are one sentence', () => {
   const bad = (decls: Record<string, RegisterDecl>, message: RegExp): void => {
-    assert.throws(() => defineRegisters(decls, { name: 'dev' }), (e: Error) => message.test(e.message) && !e.message.includes('\n'));
+    assert.throws(
+      () => defineRegisters(decls, { name: 'dev' }),
+      (e: Error) => message.test(e.message) && !e.message.includes('\n'),
+    );
   };
   bad({ A: { offset: 0 }, B: { offset: 2, width: 2 } }, /register B at 0x2 \(2 bytes\) overlaps A at 0x0 \(4 bytes\)/);
   bad({ A: { offset: 0, fields: { X: { shift: 30, width: 4 } } } }, /field X \(bits 30\.\.33\) does not fit in the 32-bit register/);
@@ -127,19 +137,29 @@ test('declaration mistakes are one sentence', () => {
   bad({ A: { offset: 0, access: 'rx' as Access } }, /access 'rx'/);
   bad({ A: { offset: 0, fields: { value: { shift: 0 } } } }, /cannot be called 'value'/);
   const r = defineRegisters({ A: { offset: 0, fields: { X: { shift: 0, width: 4 } } } });
-  assert.throws(() => { r.A.X = 16; }, /A\.X is 4 bits wide; 16 does not fit/);
+  assert.throws(() => {
+    r.A.X = 16;
+  }, /A\.X is 4 bits wide; 16 does not fit/);
 });
 
 // ------------------------------------------------------------ property test against a model
 
 /** The model: one bigint per register, and per-bit access as written in the spec. */
-interface ModelReg { offset: number; width: Width; value: bigint; access: Access[]; }
+interface ModelReg {
+  offset: number;
+  width: Width;
+  value: bigint;
+  access: Access[];
+}
 
 function modelRead(regs: ModelReg[], offset: number, count: number): number[] {
   const out: number[] = [];
   for (let a = offset; a < offset + count; a++) {
     const r = regs.find((x) => a >= x.offset && a < x.offset + x.width);
-    if (!r) { out.push(0); continue; }
+    if (!r) {
+      out.push(0);
+      continue;
+    }
     let byte = 0;
     for (let b = 0; b < 8; b++) {
       const bit = (a - r.offset) * 8 + b;

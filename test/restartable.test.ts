@@ -90,7 +90,10 @@ describe('muser serve --restartable', () => {
       await command(c, 2, 0x101000n, 512, 3);
       await completed(c, 2);
       assert.notEqual(await newDevicePid(pid, first), first);
-      assert.ok(mem.bytes.subarray(0x1000, 0x1200).every((b) => b === 0x11), 'the restarted device loaded the stored block into guest memory');
+      assert.ok(
+        mem.bytes.subarray(0x1000, 0x1200).every((b) => b === 0x11),
+        'the restarted device loaded the stored block into guest memory',
+      );
       await intx.wait(0);
       const seen = intx.count;
       await c.unmask(IrqIndex.INTX);
@@ -113,28 +116,47 @@ describe('muser serve --restartable', () => {
       const kinds: [string, () => Promise<unknown>, (result: unknown) => Promise<void>][] = [
         ['REGION_READ', () => r32(c, 0x2c), async (v) => assert.equal(v, 0x1234)],
         ['REGION_WRITE', () => w32(c, 0x2c, 0x5678), async () => assert.equal(await r32(c, 0x2c), 0x5678)],
-        ['REGION_WRITE_MULTI', () => c.regionWriteMulti([{ region: 0, offset: 0x2c, data: le32(0x1234) }]), async (n) => {
-          assert.equal(n, 1);
-          assert.equal(await r32(c, 0x2c), 0x1234);
-        }],
-        ['DMA_MAP', () => c.mapMemory(0x200000, PAGE), async (m) => {
-          (m as { bytes: Buffer }).bytes.fill(0xee, 0, 16);
-          const n = await r32(c, REG.completed);
-          await command(c, 1, 0x200000n, 16, 4);
-          await command(c, 2, 0x100800n, 16, 4);
-          await completed(c, n + 2);
-          assert.ok(mem.bytes.subarray(0x800, 0x810).every((b) => b === 0xee), 'the device reaches the new map');
-        }],
-        ['DMA_UNMAP', () => c.dmaUnmap(0x200000n, BigInt(PAGE)), async () => {
-          await assert.rejects(c.dmaUnmap(0x200000n, BigInt(PAGE)), (e: unknown) => e instanceof VfioUserError && e.errno === Errno.ENOENT);
-        }],
-        ['DEVICE_SET_IRQS', () => c.irq(IrqIndex.INTX), async (intx) => {
-          const i = intx as Awaited<ReturnType<Client['irq']>>;
-          const n = await r32(c, REG.completed);
-          await command(c, 2, 0x100000n, 16, 0);
-          await completed(c, n + 1);
-          await i.wait(0);
-        }],
+        [
+          'REGION_WRITE_MULTI',
+          () => c.regionWriteMulti([{ region: 0, offset: 0x2c, data: le32(0x1234) }]),
+          async (n) => {
+            assert.equal(n, 1);
+            assert.equal(await r32(c, 0x2c), 0x1234);
+          },
+        ],
+        [
+          'DMA_MAP',
+          () => c.mapMemory(0x200000, PAGE),
+          async (m) => {
+            (m as { bytes: Buffer }).bytes.fill(0xee, 0, 16);
+            const n = await r32(c, REG.completed);
+            await command(c, 1, 0x200000n, 16, 4);
+            await command(c, 2, 0x100800n, 16, 4);
+            await completed(c, n + 2);
+            assert.ok(
+              mem.bytes.subarray(0x800, 0x810).every((b) => b === 0xee),
+              'the device reaches the new map',
+            );
+          },
+        ],
+        [
+          'DMA_UNMAP',
+          () => c.dmaUnmap(0x200000n, BigInt(PAGE)),
+          async () => {
+            await assert.rejects(c.dmaUnmap(0x200000n, BigInt(PAGE)), (e: unknown) => e instanceof VfioUserError && e.errno === Errno.ENOENT);
+          },
+        ],
+        [
+          'DEVICE_SET_IRQS',
+          () => c.irq(IrqIndex.INTX),
+          async (intx) => {
+            const i = intx as Awaited<ReturnType<Client['irq']>>;
+            const n = await r32(c, REG.completed);
+            await command(c, 2, 0x100000n, 16, 0);
+            await completed(c, n + 1);
+            await i.wait(0);
+          },
+        ],
         ['DEVICE_GET_REGION_INFO', () => c.regionInfo(RegionIndex.BAR0), async (info) => assert.equal((info as { size: bigint }).size, 0x1000n)],
         ['DEVICE_FEATURE', () => c.migration.state(), async (state) => assert.equal(state, 2)],
         ['DEVICE_RESET', () => c.reset(), async () => assert.equal(await r32(c, REG.completed), 0)],
@@ -224,7 +246,10 @@ describe('muser restart', () => {
   it('says in one sentence that no restartable device is served on the socket', () => {
     const r = spawnSync(process.execPath, [cli, 'restart', '--socket', '/nonexistent/dev.sock'], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'muser: no restartable device is served on /nonexistent/dev.sock (there is no /nonexistent/dev.sock.pid); start one with muser serve <module> --socket /nonexistent/dev.sock --restartable\n');
+    assert.equal(
+      r.stderr,
+      'muser: no restartable device is served on /nonexistent/dev.sock (there is no /nonexistent/dev.sock.pid); start one with muser serve <module> --socket /nonexistent/dev.sock --restartable\n',
+    );
     const bare = spawnSync(process.execPath, [cli, 'restart'], { encoding: 'utf8' });
     assert.match(bare.stderr, /^muser: muser restart needs --socket <path>/);
   });
@@ -282,7 +307,10 @@ describe('muser serve --restartable: upgrades and crash loops', () => {
       }
       await command(c, 2, 0x101000n, 128, 1);
       await completed(c, 2);
-      assert.ok(mem.bytes.subarray(0x1000, 0x1080).every((b) => b === 0x42), 'the state went through three upgrades');
+      assert.ok(
+        mem.bytes.subarray(0x1000, 0x1080).every((b) => b === 0x42),
+        'the state went through three upgrades',
+      );
 
       // A module with a new state format is offered the old state with its version: this one takes it.
       await upgrade(good(10, ', stateVersion: 2'));

@@ -111,8 +111,15 @@ describe('save and restore', () => {
       assert.equal(two.controller.regs.INTMS.value, 1);
       assert.equal(two.device.msixTable!.isMasked(1), false);
       assert.equal(two.controller.ready, true, 'CSTS.RDY');
-      assert.deepEqual(two.controller.state.cqs.map((q) => q && [q.id, q.base, q.size]), [[0, 0x3000n, 32]], 'the admin CQ, from AQA and ACQ');
-      assert.deepEqual(two.controller.state.sqs.map((q) => q && [q.id, q.base, q.size, q.cqId]), [[0, 0x1_0000_2000n, 32, 0]]);
+      assert.deepEqual(
+        two.controller.state.cqs.map((q) => q && [q.id, q.base, q.size]),
+        [[0, 0x3000n, 32]],
+        'the admin CQ, from AQA and ACQ',
+      );
+      assert.deepEqual(
+        two.controller.state.sqs.map((q) => q && [q.id, q.base, q.size, q.cqId]),
+        [[0, 0x1_0000_2000n, 32, 0]],
+      );
     } finally {
       one.close();
       two.close();
@@ -160,7 +167,10 @@ describe('save and restore', () => {
     assert.deepEqual(state, { count: 0, seen: [], when: 0n });
     a.restoreState(saved);
     assert.deepEqual(state, { count: 1, seen: [7], when: 5n });
-    assert.throws(() => definePciDevice({ id: { vendor: 0x1234, device: 2 }, state: { f: () => 1 } }), (e: Error) => /^state of pci-1234:0002 cannot be saved: .*; declare plain data/.test(e.message));
+    assert.throws(
+      () => definePciDevice({ id: { vendor: 0x1234, device: 2 }, state: { f: () => 1 } }),
+      (e: Error) => /^state of pci-1234:0002 cannot be saved: .*; declare plain data/.test(e.message),
+    );
   });
 });
 
@@ -171,7 +181,10 @@ describe('plain data of declared state', () => {
       s: ['', 'é€😀'],
       b: [true, false, null, undefined],
       big: [0n, -5n, 2n ** 64n + 1n],
-      m: new Map<unknown, unknown>([[1, 'one'], ['k', { deep: [1] }]]),
+      m: new Map<unknown, unknown>([
+        [1, 'one'],
+        ['k', { deep: [1] }],
+      ]),
       set: new Set([1, 'x']),
       bytes: Uint8Array.of(1, 2, 3),
       nested: { a: { b: { c: [] } } },

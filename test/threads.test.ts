@@ -10,7 +10,7 @@ import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { Client, ServeError, ServerThread, VfioUserError, serve, protocol, type Logger } from '../src/index.js';
+import { Client, ServeError, type ServerThread, VfioUserError, serve, protocol, type Logger } from '../src/index.js';
 import { addonPath, native } from '../src/transport/native.js';
 import { Worker } from 'node:worker_threads';
 import { NvmeHost } from '../samples/nvme/driver.js';
@@ -311,9 +311,19 @@ describe('poll mode and batches in one thread', () => {
     try {
       const reads = Array.from({ length: 300 }, (_, i) => ({ region: 0, offset: i % 2 ? 0x0c : 0x00, count: 4 }));
       const data = await c.regionReadBatch(reads);
-      assert.deepEqual(data.map((d) => d.readUInt32LE(0)), reads.map((r) => (r.offset === 0x0c ? 0xabc : 0)));
+      assert.deepEqual(
+        data.map((d) => d.readUInt32LE(0)),
+        reads.map((r) => (r.offset === 0x0c ? 0xabc : 0)),
+      );
       assert.deepEqual(await c.regionReadBatch([]), []);
-      await assert.rejects(c.regionReadBatch([{ region: 0, offset: 0, count: 4 }, { region: 3, offset: 0, count: 4 }, { region: 0, offset: 0x0c, count: 4 }]), VfioUserError);
+      await assert.rejects(
+        c.regionReadBatch([
+          { region: 0, offset: 0, count: 4 },
+          { region: 3, offset: 0, count: 4 },
+          { region: 0, offset: 0x0c, count: 4 },
+        ]),
+        VfioUserError,
+      );
       assert.equal(await read32(c, 0x0c), 0xabc, 'the connection goes on after a failed batch');
     } finally {
       c.close();

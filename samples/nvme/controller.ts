@@ -17,7 +17,7 @@
  * work started before it posts nothing afterwards.
  */
 import { defineRegisters } from 'muser';
-import { BackingFile } from './backing.js';
+import type { BackingFile } from './backing.js';
 import {
   activeNamespaceList,
   errorLog,

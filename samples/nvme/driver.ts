@@ -5,7 +5,7 @@
  * I/O queue pairs, and commands whose completions are reaped when their
  * vector fires.
  */
-import { Client, protocol, type GuestMemory, type Interrupt } from 'muser';
+import { type Client, protocol, type GuestMemory, type Interrupt } from 'muser';
 import {
   AdminOpcode,
   CC,

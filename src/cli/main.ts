@@ -168,7 +168,9 @@ async function serveCommand(args: string[]): Promise<void> {
   const files = modulePaths.map((p) => resolve(p));
   const twice = modulePaths.find((_, i) => files.indexOf(files[i]) !== i);
   if (twice !== undefined && !values.threads) {
-    throw new UsageError(`device module ${twice} is given twice, but one process loads a module once; serve it with --threads (each thread loads its own) or give each socket its own module`);
+    throw new UsageError(
+      `device module ${twice} is given twice, but one process loads a module once; serve it with --threads (each thread loads its own) or give each socket its own module`,
+    );
   }
   const servers: { name: string; socket: string; close(): Promise<void> }[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));

@@ -4,18 +4,7 @@
  * guest memory (memfds it maps itself, or plain memory reached by DMA
  * messages), and wires interrupts to eventfds it watches.
  */
-import {
-  Command,
-  commandName,
-  DmaFlag,
-  errnoName,
-  Errno,
-  Flag,
-  HEADER_SIZE,
-  IrqSetFlag,
-  PROTOCOL_MAJOR,
-  PROTOCOL_MINOR,
-} from '../protocol/constants.js';
+import { Command, commandName, DmaFlag, errnoName, Errno, Flag, HEADER_SIZE, IrqSetFlag, PROTOCOL_MAJOR, PROTOCOL_MINOR } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
 import { copyInto } from '../protocol/le.js';
@@ -305,15 +294,18 @@ export class Client {
   private armTimer(): void {
     const oldest = this.oldestPending();
     if (!oldest) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      const now = Date.now();
-      for (let p = this.oldestPending(); p && p.deadline <= now; p = this.oldestPending()) {
-        this.settled(this.oldest);
-        p.reject(new Error(`${commandName(p.command)} #${this.oldest}: no reply within ${this.timeout} ms`));
-      }
-      this.armTimer();
-    }, Math.max(0, oldest.deadline - Date.now()));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        const now = Date.now();
+        for (let p = this.oldestPending(); p && p.deadline <= now; p = this.oldestPending()) {
+          this.settled(this.oldest);
+          p.reject(new Error(`${commandName(p.command)} #${this.oldest}: no reply within ${this.timeout} ms`));
+        }
+        this.armTimer();
+      },
+      Math.max(0, oldest.deadline - Date.now()),
+    );
     this.timer.unref();
   }
 
@@ -371,10 +363,7 @@ export class Client {
   async regionInfo(index: number): Promise<RegionDescription> {
     let argsz = msg.REGION_INFO_SIZE;
     for (;;) {
-      const r = await this.request(
-        Command.DEVICE_GET_REGION_INFO,
-        msg.encodeRegionInfo({ argsz, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }),
-      );
+      const r = await this.request(Command.DEVICE_GET_REGION_INFO, msg.encodeRegionInfo({ argsz, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }));
       const info = msg.decodeRegionInfo(r.payload);
       if (info.argsz > argsz) {
         closeAll(r.fds);

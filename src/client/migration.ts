@@ -138,7 +138,10 @@ export async function migrate(o: MigrateOptions): Promise<MigrateReport> {
   const t0 = performance.now();
   const src = o.source.migration;
   const dst = o.destination.migration;
-  const pageSize = await src.startLogging(o.pageSize ?? 4096, o.memory.map((m) => ({ iova: m.source.iova, length: BigInt(m.source.size) })));
+  const pageSize = await src.startLogging(
+    o.pageSize ?? 4096,
+    o.memory.map((m) => ({ iova: m.source.iova, length: BigInt(m.source.size) })),
+  );
   const copyDirty = async (): Promise<number> => {
     let pages = 0;
     for (const m of o.memory) pages += copyPages(m, await src.report(m.source.iova, BigInt(m.source.size), pageSize), pageSize);

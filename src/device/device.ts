@@ -542,7 +542,11 @@ export class PciDevice<S extends object = object> {
         setLE(out, 0, count, v);
         return out;
       }
-      if (isThenable(v)) return Promise.resolve(v).then((x) => put(Buffer.alloc(count), 0, count, readValue(x, index, offset, count)), (e: unknown) => Promise.reject(authorError(e, describeAccess(index, offset, count))));
+      if (isThenable(v))
+        return Promise.resolve(v).then(
+          (x) => put(Buffer.alloc(count), 0, count, readValue(x, index, offset, count)),
+          (e: unknown) => Promise.reject(authorError(e, describeAccess(index, offset, count))),
+        );
       readValue(v, index, offset, count);
     }
     const out = Buffer.alloc(count);
@@ -607,7 +611,8 @@ function initialState<S extends object>(name: string, declared: S | undefined): 
   if (declared === undefined) return {} as S;
   if (typeof declared !== 'object' || declared === null) throw new TypeError(`state of ${name} must be an object of plain data, not ${typeof declared}`);
   const why = notPlain(declared);
-  if (why) throw new TypeError(`state of ${name} cannot be saved: ${why}; declare plain data (numbers, strings, booleans, bigints, arrays, plain objects, Maps, Sets, Uint8Arrays)`);
+  if (why)
+    throw new TypeError(`state of ${name} cannot be saved: ${why}; declare plain data (numbers, strings, booleans, bigints, arrays, plain objects, Maps, Sets, Uint8Arrays)`);
   return structuredClone(declared);
 }
 
@@ -684,9 +689,9 @@ function put<T extends Uint8Array>(out: T, at: number, size: AccessSize, value: 
 /** A read handler's result as an integer of the access size, or one sentence naming the BAR and offset. */
 function readValue(v: unknown, index: number, offset: number, size: AccessSize): number {
   if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < LIMIT[size]) return v;
-  {
-    throw new AuthorError(`the read handler of BAR${index} at offset 0x${offset.toString(16)} returned ${showValue(v)} for a ${size}-byte read, not an integer from 0 to 0x${(LIMIT[size] - 1).toString(16)}`);
-  }
+  throw new AuthorError(
+    `the read handler of BAR${index} at offset 0x${offset.toString(16)} returned ${showValue(v)} for a ${size}-byte read, not an integer from 0 to 0x${(LIMIT[size] - 1).toString(16)}`,
+  );
 }
 function showValue(v: unknown): string {
   if (typeof v === 'bigint') return `the BigInt ${v}n`;

@@ -57,7 +57,14 @@ export function describeAccess(region: number, offset: number, size: number, val
   const kind = value === undefined ? 'read' : 'write';
   let shown = '';
   if (typeof value === 'number') shown = ` (value 0x${value.toString(16)})`;
-  else if (value !== undefined) shown = value.length <= 8 ? ` (value 0x${[...value].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')})` : '';
+  else if (value !== undefined)
+    shown =
+      value.length <= 8
+        ? ` (value 0x${[...value]
+            .reverse()
+            .map((b) => b.toString(16).padStart(2, '0'))
+            .join('')})`
+        : '';
   return `${where} ${kind} of ${size} bytes at 0x${offset.toString(16)}${shown}`;
 }
 

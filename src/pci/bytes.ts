@@ -16,13 +16,7 @@ export function checkAccess(what: string, size: number, offset: number, count: n
 }
 
 /** Copies `count` bytes of `src` at `offset` into a new array, or into `into` at `intoOffset` without allocating. */
-export function copyOut(
-  src: Uint8Array,
-  offset: number,
-  count: number,
-  into: Uint8Array | undefined,
-  intoOffset: number,
-): Uint8Array {
+export function copyOut(src: Uint8Array, offset: number, count: number, into: Uint8Array | undefined, intoOffset: number): Uint8Array {
   if (into === undefined) return src.slice(offset, offset + count);
   if (!Number.isInteger(intoOffset) || intoOffset < 0 || intoOffset + count > into.length) {
     throw new RangeError(`destination of ${into.length} bytes has no room for ${count} bytes at ${intoOffset}`);

@@ -104,12 +104,7 @@ export interface VendorCapabilityDecl {
 }
 
 /** A standard capability, placed in the order given from 0x40 upwards. */
-export type CapabilityDecl =
-  | PmCapabilityDecl
-  | MsiCapabilityDecl
-  | MsixCapabilityDecl
-  | PcieCapabilityDecl
-  | VendorCapabilityDecl;
+export type CapabilityDecl = PmCapabilityDecl | MsiCapabilityDecl | MsixCapabilityDecl | PcieCapabilityDecl | VendorCapabilityDecl;
 
 /** Device Serial Number extended capability (ID 0x0003, version 1). */
 export interface DsnCapabilityDecl {
@@ -193,16 +188,9 @@ export interface MsixState {
 }
 
 /** Command bits a guest may set; the rest read as 0. */
-const COMMAND_WRITABLE =
-  Command.IO | Command.MEMORY | Command.MASTER | Command.PARITY | Command.SERR | Command.INTX_DISABLE;
+const COMMAND_WRITABLE = Command.IO | Command.MEMORY | Command.MASTER | Command.PARITY | Command.SERR | Command.INTX_DISABLE;
 /** Status bits a guest clears by writing 1. */
-const STATUS_W1C =
-  Status.MASTER_PARITY |
-  Status.SIG_TARGET_ABORT |
-  Status.REC_TARGET_ABORT |
-  Status.REC_MASTER_ABORT |
-  Status.SIG_SYSTEM_ERROR |
-  Status.DETECTED_PARITY;
+const STATUS_W1C = Status.MASTER_PARITY | Status.SIG_TARGET_ABORT | Status.REC_TARGET_ABORT | Status.REC_MASTER_ABORT | Status.SIG_SYSTEM_ERROR | Status.DETECTED_PARITY;
 const MAX_BAR_SIZE = { memory32: 2 ** 31, memory64: 2 ** 52, io: 256 } as const;
 const MIN_BAR_SIZE = { memory32: 16, memory64: 16, io: 4 } as const;
 const MIN_ROM_SIZE = 2048;
@@ -280,7 +268,10 @@ export class ConfigSpace {
     this.init('INTERRUPT_LINE', Reg.INTERRUPT_LINE, 1, 0, 0xff);
     this.init('INTERRUPT_PIN', Reg.INTERRUPT_PIN, 1, pin);
     this.placeCapabilities(capabilities);
-    this.placeExtendedCapabilities(options.extendedCapabilities ?? [], capabilities.some((c) => c.id === 'pcie'));
+    this.placeExtendedCapabilities(
+      options.extendedCapabilities ?? [],
+      capabilities.some((c) => c.id === 'pcie'),
+    );
   }
 
   /** Copy `count` bytes at `offset` into a new Uint8Array (or into `into` at `intoOffset` if given; hot path: avoid allocating then). */
@@ -435,15 +426,7 @@ export class ConfigSpace {
   }
 
   /** Declares a register: power-on value, guest-writable bits, write-1-to-clear bits, and a hook after guest writes. */
-  private init(
-    name: string,
-    at: number,
-    width: 1 | 2 | 4,
-    value: number,
-    writable = 0,
-    clearable = 0,
-    write?: (value: number, old: number) => void,
-  ): RegisterBase {
+  private init(name: string, at: number, width: 1 | 2 | 4, value: number, writable = 0, clearable = 0, write?: (value: number, old: number) => void): RegisterBase {
     return this.block.add({
       name,
       offset: at,
@@ -520,9 +503,7 @@ export class ConfigSpace {
       case 'vendor':
         if (!(decl.data instanceof Uint8Array)) throw new TypeError(`${name} vendor data must be a Uint8Array`);
         if (decl.data.length > MAX_VENDOR_DATA) {
-          throw new RangeError(
-            `${name} vendor data is ${decl.data.length} bytes; at most ${MAX_VENDOR_DATA} fit under the 8-bit length`,
-          );
+          throw new RangeError(`${name} vendor data is ${decl.data.length} bytes; at most ${MAX_VENDOR_DATA} fit under the 8-bit length`);
         }
         return Vndr.HEADER_SIZE + decl.data.length;
     }
@@ -545,9 +526,7 @@ export class ConfigSpace {
         throw new RangeError(`${name} msix ${field}Offset ${offset} is not an 8-byte aligned 32-bit offset`);
       }
       if (offset + bytes > declared.size) {
-        throw new RangeError(
-          `${name} msix ${what} (${hex(bytes)} bytes at ${hex(offset)}) does not fit in bars[${bar}] (${hex(declared.size)} bytes)`,
-        );
+        throw new RangeError(`${name} msix ${what} (${hex(bytes)} bytes at ${hex(offset)}) does not fit in bars[${bar}] (${hex(declared.size)} bytes)`);
       }
     }
     if (table.bar === pba.bar && table.offset < pba.offset + pba.bytes && pba.offset < table.offset + table.bytes) {
@@ -557,7 +536,7 @@ export class ConfigSpace {
 
   private initCapability(decl: CapabilityDecl, at: number): void {
     switch (decl.id) {
-      case 'pm':
+      case 'pm': {
         this.pmAt = at;
         this.init('PM_PMC', at + Pm.PMC, 2, Pm.CAP_VER_1_2);
         // PowerState: only D0 and D3hot exist here; a write of D1/D2 keeps the state it had.
@@ -566,11 +545,11 @@ export class ConfigSpace {
           if (state !== Pm.D0 && state !== Pm.D3HOT) ctrl.value = (v & ~Pm.CTRL_STATE_MASK) | (old & Pm.CTRL_STATE_MASK);
         });
         return;
+      }
       case 'msi': {
         const is64 = decl.address64 ?? true;
         const maskable = decl.perVectorMask ?? false;
-        const flags =
-          (Math.log2(decl.vectors) << 1) | (is64 ? Msi.FLAGS_64BIT : 0) | (maskable ? Msi.FLAGS_MASKBIT : 0);
+        const flags = (Math.log2(decl.vectors) << 1) | (is64 ? Msi.FLAGS_64BIT : 0) | (maskable ? Msi.FLAGS_MASKBIT : 0);
         // Multiple Message Enable: never more vectors than Multiple Message Capable.
         const capableLog2 = Math.log2(decl.vectors);
         const control = this.init('MSI_FLAGS', at + Msi.FLAGS, 2, flags, Msi.FLAGS_ENABLE | Msi.FLAGS_QSIZE, 0, (v, old) => {
@@ -594,7 +573,7 @@ export class ConfigSpace {
         this.init('MSIX_TABLE', at + Msix.TABLE, 4, decl.tableOffset | decl.tableBar);
         this.init('MSIX_PBA', at + Msix.PBA, 4, decl.pbaOffset | decl.pbaBar);
         return;
-      case 'pcie':
+      case 'pcie': {
         this.init('EXP_FLAGS', at + Exp.FLAGS, 2, Exp.FLAGS_VERS_2 | (Exp.TYPE_ENDPOINT << 4));
         // Max_Payload_Size_Supported 000b (128 bytes); Function Level Reset; no phantom functions or extended tags.
         this.init('EXP_DEVCAP', at + Exp.DEVCAP, 4, Exp.DEVCAP_RBER | Exp.DEVCAP_FLR);
@@ -602,17 +581,11 @@ export class ConfigSpace {
         // Max_Payload_Size stays hardwired to 128 bytes, as allowed when that is all that is supported.
         // Initiate Function Level Reset reads 0; writing 1 asks for the reset, which the caller performs.
         const devctl = this.init(
-          'EXP_DEVCTL', at + Exp.DEVCTL,
+          'EXP_DEVCTL',
+          at + Exp.DEVCTL,
           2,
           Exp.DEVCTL_RELAX_EN | Exp.DEVCTL_NOSNOOP_EN | Exp.DEVCTL_READRQ_512B,
-          Exp.DEVCTL_CERE |
-            Exp.DEVCTL_NFERE |
-            Exp.DEVCTL_FERE |
-            Exp.DEVCTL_URRE |
-            Exp.DEVCTL_RELAX_EN |
-            Exp.DEVCTL_NOSNOOP_EN |
-            Exp.DEVCTL_READRQ |
-            Exp.DEVCTL_BCR_FLR,
+          Exp.DEVCTL_CERE | Exp.DEVCTL_NFERE | Exp.DEVCTL_FERE | Exp.DEVCTL_URRE | Exp.DEVCTL_RELAX_EN | Exp.DEVCTL_NOSNOOP_EN | Exp.DEVCTL_READRQ | Exp.DEVCTL_BCR_FLR,
           0,
           (v) => {
             if (!(v & Exp.DEVCTL_BCR_FLR)) return;
@@ -620,13 +593,7 @@ export class ConfigSpace {
             this.flrRequested = true;
           },
         );
-        this.init(
-          'EXP_DEVSTA', at + Exp.DEVSTA,
-          2,
-          0,
-          0,
-          Exp.DEVSTA_CED | Exp.DEVSTA_NFED | Exp.DEVSTA_FED | Exp.DEVSTA_URD,
-        );
+        this.init('EXP_DEVSTA', at + Exp.DEVSTA, 2, 0, 0, Exp.DEVSTA_CED | Exp.DEVSTA_NFED | Exp.DEVSTA_FED | Exp.DEVSTA_URD);
         this.init('EXP_LNKCAP', at + Exp.LNKCAP, 4, Exp.LNKCAP_SLS_2_5GB | Exp.LNKCAP_MLW_X1 | Exp.LNKCAP_ASPM_OPTIONALITY);
         this.init('EXP_LNKCTL', at + Exp.LNKCTL, 2, 0, Exp.LNKCTL_ASPMC | Exp.LNKCTL_RCB | Exp.LNKCTL_CCC | Exp.LNKCTL_ES);
         this.init('EXP_LNKSTA', at + Exp.LNKSTA, 2, Exp.LNKSTA_CLS_2_5GB | Exp.LNKSTA_NLW_X1);
@@ -636,6 +603,7 @@ export class ConfigSpace {
         // Target Link Speed hardwired to 2.5 GT/s, as allowed for a 2.5 GT/s-only link.
         this.init('EXP_LNKCTL2', at + Exp.LNKCTL2, 2, Exp.LNKCTL2_TLS_2_5GT);
         return;
+      }
       case 'vendor':
         this.init('VNDR_LENGTH', at + Vndr.LENGTH, 1, Vndr.HEADER_SIZE + decl.data.length);
         this.block.fixed(at + Vndr.HEADER_SIZE, decl.data);
@@ -646,9 +614,7 @@ export class ConfigSpace {
   private placeExtendedCapabilities(decls: readonly ExtendedCapabilityDecl[], pcie: boolean): void {
     if (decls.length === 0) return;
     if (!pcie) {
-      throw new TypeError(
-        'extendedCapabilities need a pcie capability: only PCI Express functions have extended configuration space',
-      );
+      throw new TypeError('extendedCapabilities need a pcie capability: only PCI Express functions have extended configuration space');
     }
     decls.forEach((decl, i) => {
       const name = `extendedCapabilities[${i}]`;

@@ -20,10 +20,22 @@ export interface MsixEntry {
 
 /** Guest-writable bits of each byte of a table entry. */
 const ENTRY_WRITABLE = new Uint8Array([
-  0xfc, 0xff, 0xff, 0xff, // Message Address, dword aligned
-  0xff, 0xff, 0xff, 0xff, // Message Upper Address
-  0xff, 0xff, 0xff, 0xff, // Message Data
-  Msix.ENTRY_CTRL_MASKBIT, 0, 0, 0, // Vector Control
+  0xfc,
+  0xff,
+  0xff,
+  0xff, // Message Address, dword aligned
+  0xff,
+  0xff,
+  0xff,
+  0xff, // Message Upper Address
+  0xff,
+  0xff,
+  0xff,
+  0xff, // Message Data
+  Msix.ENTRY_CTRL_MASKBIT,
+  0,
+  0,
+  0, // Vector Control
 ]);
 
 /** MSI-X table + PBA emulation for `tableSize` vectors. */

@@ -20,9 +20,7 @@ export const Command = {
 } as const;
 export type CommandName = keyof typeof Command;
 
-const commandNames = new Map<number, CommandName>(
-  Object.entries(Command).map(([name, value]) => [value, name as CommandName]),
-);
+const commandNames = new Map<number, CommandName>(Object.entries(Command).map(([name, value]) => [value, name as CommandName]));
 /** The name of a command number, or `COMMAND_<n>` for one the protocol does not define. */
 export function commandName(command: number): string {
   return commandNames.get(command) ?? `COMMAND_${command}`;

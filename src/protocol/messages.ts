@@ -617,11 +617,7 @@ export function decodeDeviceFeature(payload: Uint8Array): DeviceFeature {
   const known = FeatureFlag.MASK | FeatureFlag.GET | FeatureFlag.SET | FeatureFlag.PROBE;
   check((f.flags & ~known) === 0, 'EINVAL', `DEVICE_FEATURE flags 0x${f.flags.toString(16)} has unknown bits`);
   const getAndSet = FeatureFlag.GET | FeatureFlag.SET;
-  check(
-    (f.flags & getAndSet) !== getAndSet || (f.flags & FeatureFlag.PROBE) !== 0,
-    'EINVAL',
-    'DEVICE_FEATURE GET and SET together need PROBE',
-  );
+  check((f.flags & getAndSet) !== getAndSet || (f.flags & FeatureFlag.PROBE) !== 0, 'EINVAL', 'DEVICE_FEATURE GET and SET together need PROBE');
   return f;
 }
 

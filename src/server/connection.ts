@@ -477,10 +477,7 @@ export class Connection implements DeviceHost {
   private deviceInfo(h: Header, p: Buffer): void {
     const req = msg.decodeDeviceInfo(p);
     check(req.argsz >= msg.DEVICE_INFO_SIZE, 'EINVAL', `DEVICE_GET_INFO argsz ${req.argsz} is below ${msg.DEVICE_INFO_SIZE}`);
-    this.reply(
-      h,
-      msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: DeviceFlag.RESET | DeviceFlag.PCI, numRegions: RegionIndex.COUNT, numIrqs: IrqIndex.COUNT }),
-    );
+    this.reply(h, msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: DeviceFlag.RESET | DeviceFlag.PCI, numRegions: RegionIndex.COUNT, numIrqs: IrqIndex.COUNT }));
   }
 
   private regionInfo(h: Header, p: Buffer): void {
@@ -497,9 +494,7 @@ export class Connection implements DeviceHost {
       const whole = region.mmap.areas.length === 1 && region.mmap.areas[0].offset === 0 && region.mmap.areas[0].size === region.size;
       if (!whole) {
         flags |= RegionFlag.CAPS;
-        caps = msg.encodeRegionCaps([
-          { id: RegionCap.SPARSE_MMAP, version: 1, areas: region.mmap.areas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) },
-        ]);
+        caps = msg.encodeRegionCaps([{ id: RegionCap.SPARSE_MMAP, version: 1, areas: region.mmap.areas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) }]);
       }
     }
     const argsz = msg.REGION_INFO_SIZE + caps.length;
@@ -527,7 +522,11 @@ export class Connection implements DeviceHost {
     if (req.argsz < argsz || registers.length === 0) {
       return this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions: [] }));
     }
-    check(registers.length <= this.limits!.maxMsgFds, 'E2BIG', `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`);
+    check(
+      registers.length <= this.limits!.maxMsgFds,
+      'E2BIG',
+      `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`,
+    );
     const fds = this.ioEventfds(req.index, registers);
     const subregions = registers.map((r, i) => ({
       offset: BigInt(r.offset),
@@ -552,7 +551,8 @@ export class Connection implements DeviceHost {
           if (native.eventfdRead(fd) <= 0) return;
           try {
             const done = this.device.regionWrite(index, r.offset, data);
-            if (done) done.catch((e: unknown) => this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`));
+            if (done)
+              done.catch((e: unknown) => this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`));
           } catch (e) {
             this.log.error(`${this.device.name}: doorbell at BAR${index} offset 0x${r.offset.toString(16)} failed in the device: ${explain(e)}`);
           }

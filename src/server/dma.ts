@@ -88,11 +88,7 @@ export class DmaMapTable {
       // such as /dev/zero maps without complaint and then faults with SIGBUS.
       check(st.isFile(), 'EINVAL', 'DMA_MAP descriptor is not a memory file');
       // Touching a mapping past the end of the file would kill this process with SIGBUS.
-      check(
-        m.offset + m.size <= BigInt(st.size),
-        'EINVAL',
-        `DMA_MAP range 0x${m.offset.toString(16)}+0x${m.size.toString(16)} runs past the end of its ${st.size}-byte file`,
-      );
+      check(m.offset + m.size <= BigInt(st.size), 'EINVAL', `DMA_MAP range 0x${m.offset.toString(16)}+0x${m.size.toString(16)} runs past the end of its ${st.size}-byte file`);
       check(m.size <= BigInt(Number.MAX_SAFE_INTEGER), 'EINVAL', 'DMA_MAP range is too large to map');
       mapping.bytes = mapClientMemory(fd, m);
       mappedTotal++;

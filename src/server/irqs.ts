@@ -60,7 +60,11 @@ export class IrqTable {
 
     if (s.count === 0) {
       // count 0 with DATA_NONE and TRIGGER turns the whole index off.
-      check(dataType === IrqSetFlag.DATA_NONE && action === IrqSetFlag.ACTION_TRIGGER && s.start === 0, 'EINVAL', 'DEVICE_SET_IRQS with count 0 must be DATA_NONE|ACTION_TRIGGER at start 0');
+      check(
+        dataType === IrqSetFlag.DATA_NONE && action === IrqSetFlag.ACTION_TRIGGER && s.start === 0,
+        'EINVAL',
+        'DEVICE_SET_IRQS with count 0 must be DATA_NONE|ACTION_TRIGGER at start 0',
+      );
       this.disable(s.index);
       return;
     }
@@ -90,8 +94,7 @@ export class IrqTable {
         const up = v.pending;
         this.irq(s.index, vector);
         if (s.index === IrqIndex.INTX) v.pending = up;
-      }
-      else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
+      } else if (action === IrqSetFlag.ACTION_MASK) v.masked = true;
       else {
         v.masked = false;
         // INTx as kernel VFIO does it: an unmask fires again only while the line is still asserted.

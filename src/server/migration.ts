@@ -238,11 +238,15 @@ export class Migration {
     const set = (f.flags & FeatureFlag.SET) !== 0;
     const migrationFeature = index === Feature.MIGRATION || index === Feature.MIG_DEVICE_STATE;
     const ops =
-      index === Feature.MIGRATION ? FeatureFlag.GET
-      : index === Feature.MIG_DEVICE_STATE ? FeatureFlag.GET | FeatureFlag.SET
-      : index === Feature.DMA_LOGGING_START || index === Feature.DMA_LOGGING_STOP ? FeatureFlag.SET
-      : index === Feature.DMA_LOGGING_REPORT ? FeatureFlag.GET
-      : 0;
+      index === Feature.MIGRATION
+        ? FeatureFlag.GET
+        : index === Feature.MIG_DEVICE_STATE
+          ? FeatureFlag.GET | FeatureFlag.SET
+          : index === Feature.DMA_LOGGING_START || index === Feature.DMA_LOGGING_STOP
+            ? FeatureFlag.SET
+            : index === Feature.DMA_LOGGING_REPORT
+              ? FeatureFlag.GET
+              : 0;
     if (ops === 0 || (migrationFeature && this.flags === 0)) {
       throw new ProtocolError('EOPNOTSUPP', `device feature ${index} is not supported${migrationFeature ? ' (the device cannot save its state)' : ''}`);
     }

@@ -415,7 +415,10 @@ export class Supervisor {
     const quick = !d.served && performance.now() - d.startedAt < CRASH_LOOP_WINDOW_MS;
     this.failures = planned ? 0 : quick ? this.failures + 1 : 0;
     const delay = this.failures <= 1 ? 0 : Math.min(50 * 2 ** (this.failures - 2), 5000);
-    if (!planned) this.report(`the device process ${d.proc.signalCode ? `was killed by ${d.proc.signalCode}` : `exited with status ${d.proc.exitCode}`}; restarting it${delay ? ` in ${delay} ms (it keeps dying)` : ''}`);
+    if (!planned)
+      this.report(
+        `the device process ${d.proc.signalCode ? `was killed by ${d.proc.signalCode}` : `exited with status ${d.proc.exitCode}`}; restarting it${delay ? ` in ${delay} ms (it keeps dying)` : ''}`,
+      );
     this.restartTimer = setTimeout(() => this.startDevice(planned), delay);
   }
 
@@ -483,7 +486,10 @@ export class Supervisor {
     while (taken.has(d.nextId) || d.busy.has(d.nextId)) d.nextId--;
     d.barrier = d.nextId--;
     d.channel.send(
-      encodeMessage({ id: d.barrier, command: Command.DEVICE_GET_INFO, flags: Flag.COMMAND, error: 0 }, msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 })),
+      encodeMessage(
+        { id: d.barrier, command: Command.DEVICE_GET_INFO, flags: Flag.COMMAND, error: 0 },
+        msg.encodeDeviceInfo({ argsz: msg.DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 }),
+      ),
     );
   }
 

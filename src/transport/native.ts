@@ -125,11 +125,7 @@ function load(): Native {
     return require(addonPath) as Native;
   } catch (cause) {
     const reason = cause instanceof Error ? cause.message : String(cause);
-    throw new Error(
-      `muser: the native addon is not built (could not load ${addonPath}: ${reason}). ` +
-        `Run \`npm install\` in ${packageRoot} to build it.`,
-      { cause },
-    );
+    throw new Error(`muser: the native addon is not built (could not load ${addonPath}: ${reason}). ` + `Run \`npm install\` in ${packageRoot} to build it.`, { cause });
   }
 }
 

@@ -25,7 +25,10 @@ export interface ConfigReport {
 export class InputError extends Error {}
 
 const hex = (n: number | bigint, digits = 0): string => `0x${n.toString(16).padStart(digits, '0')}`;
-const bytesHex = (b: Uint8Array): string => Buffer.from(b).toString('hex').replace(/(..)(?!$)/g, '$1 ');
+const bytesHex = (b: Uint8Array): string =>
+  Buffer.from(b)
+    .toString('hex')
+    .replace(/(..)(?!$)/g, '$1 ');
 const le = (b: Uint8Array, at: number, n: number): number => {
   let v = 0;
   for (let i = n - 1; i >= 0; i--) v = v * 256 + b[at + i];
@@ -50,7 +53,13 @@ function parseConsole(text: string): GuestDump {
     const line = raw.replace(/\r/g, '');
     let m = /MUSER-CONFIG ([0-9a-f]{6,}) ((?:[0-9a-f]{2} ?){1,16})\s*$/.exec(line);
     if (m) {
-      lines.set(parseInt(m[1], 16), m[2].trim().split(/ +/).map((x) => parseInt(x, 16)));
+      lines.set(
+        parseInt(m[1], 16),
+        m[2]
+          .trim()
+          .split(/ +/)
+          .map((x) => parseInt(x, 16)),
+      );
       continue;
     }
     m = /MUSER-CONFIG-END (\d+)/.exec(line);
@@ -185,7 +194,11 @@ export function checkConfig(device: PciDevice, consoleText: string): ConfigRepor
   const vendor = wantCaps.find((c) => c.id === 0x09);
   if (vendor) {
     const length = want[vendor.at + 2];
-    compare(`vendor capability bytes (${length} at ${hex(vendor.at, 2)})`, bytesHex(want.subarray(vendor.at, vendor.at + length)), bytesHex(got.subarray(vendor.at, vendor.at + length)));
+    compare(
+      `vendor capability bytes (${length} at ${hex(vendor.at, 2)})`,
+      bytesHex(want.subarray(vendor.at, vendor.at + length)),
+      bytesHex(got.subarray(vendor.at, vendor.at + length)),
+    );
   }
   const msi = wantCaps.find((c) => c.id === 0x05);
   if (msi) {

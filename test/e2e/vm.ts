@@ -8,7 +8,21 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -126,16 +140,23 @@ export class Guest {
     const pidFile = join(this.work, `qemu-${n}.pid`);
     const args = [
       join(scripts, 'boot.sh'),
-      '--initrd', options.initrd,
-      '--console', this.consoleLog,
-      '--trace', this.trace,
-      '--timeout', String(bootTimeout),
-      '--append', `muser.timeout=${bootTimeout - 20}${options.append ? ` ${options.append}` : ''}`,
+      '--initrd',
+      options.initrd,
+      '--console',
+      this.consoleLog,
+      '--trace',
+      this.trace,
+      '--timeout',
+      String(bootTimeout),
+      '--append',
+      `muser.timeout=${bootTimeout - 20}${options.append ? ` ${options.append}` : ''}`,
       ...(options.unshared ? ['--unshared'] : []),
       ...(options.reboot ? ['--reboot'] : []),
       '--',
-      '-qmp', `unix:${qmpSocket},server=on,wait=off`,
-      '-pidfile', pidFile,
+      '-qmp',
+      `unix:${qmpSocket},server=on,wait=off`,
+      '-pidfile',
+      pidFile,
       ...(options.devices ?? []).flatMap((d) => ['-device', vfioUserPci(d.server.socket, d.id, d.bus)]),
       ...(options.qemu ?? []),
     ];
@@ -252,8 +273,8 @@ export async function assertServerAfterQemu(s: GuestServer, connections = 1): Pr
   await waitFor(() => (s.stderr().match(/client disconnected from /g)?.length ?? 0) >= connections, 5000, 'the server to log the disconnect');
   assert.equal(s.stderr().match(/client connected to /g)?.length, connections, 'client connected lines');
   const pid = s.child.pid!;
-  await waitFor(() => fdCount(pid) === s.fdsBefore, 5000, `the server's descriptors back to ${s.fdsBefore} (now ${fdCount(pid)}: ${fdListing(pid)})`).catch(
-    (e: Error) => assert.fail(e.message),
+  await waitFor(() => fdCount(pid) === s.fdsBefore, 5000, `the server's descriptors back to ${s.fdsBefore} (now ${fdCount(pid)}: ${fdListing(pid)})`).catch((e: Error) =>
+    assert.fail(e.message),
   );
 }
 

@@ -113,7 +113,7 @@ export const device = definePciDevice({
           case 0x2c:
             regs.scratch = await later(() => value);
             break;
-          case 0x14:
+          case 0x14: {
             if ((value & 0xff) === 3) {
               device.irq(value >>> 8);
               break;
@@ -144,6 +144,7 @@ export const device = definePciDevice({
             }
             device.irq(0);
             break;
+          }
         }
       },
     },

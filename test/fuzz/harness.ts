@@ -324,7 +324,14 @@ class FdPool {
     // resizing, as QEMU's guest memory is (the server then gives the device zero-copy views); a
     // small unsealed one (checked before each access), an empty one (any map of it runs past its
     // end), one sealed page.
-    for (const [i, [size, sealed]] of ([[1 << 20, true], [64 * 1024, false], [0, false], [4096, true]] as const).entries()) {
+    for (const [i, [size, sealed]] of (
+      [
+        [1 << 20, true],
+        [64 * 1024, false],
+        [0, false],
+        [4096, true],
+      ] as const
+    ).entries()) {
       this.memfds.push(native.memfd(`${MEMFD_PREFIX}${i}`, size, sealed));
     }
     this.file = join(dir, 'dma-file');
@@ -546,7 +553,10 @@ export class Harness {
     if (peer.violation) throw peer.violation;
     if (!done) return false;
     const failed = peer.replies.slice(base).find((r) => r.header.flags & Flag.ERROR || r.header.id < 0xff00);
-    if (failed) throw new Finding(`cleaning up after the input, #${failed.header.id} ${commandName(failed.header.command)} got flags 0x${failed.header.flags.toString(16)} error ${failed.header.error}`);
+    if (failed)
+      throw new Finding(
+        `cleaning up after the input, #${failed.header.id} ${commandName(failed.header.command)} got flags 0x${failed.header.flags.toString(16)} error ${failed.header.error}`,
+      );
     return true;
   }
 
@@ -723,13 +733,7 @@ export class Harness {
 
 /** Whether a descriptor target is something an input can make the server hold. */
 function isOurs(target: string, dir: string): boolean {
-  return (
-    target.startsWith('socket:') ||
-    target === 'anon_inode:[eventfd]' ||
-    target.startsWith(`/memfd:${MEMFD_PREFIX}`) ||
-    target === '/dev/zero' ||
-    target.startsWith(dir)
-  );
+  return target.startsWith('socket:') || target === 'anon_inode:[eventfd]' || target.startsWith(`/memfd:${MEMFD_PREFIX}`) || target === '/dev/zero' || target.startsWith(dir);
 }
 
 function isReplyTo(m: Message, h: Header): boolean {
@@ -815,7 +819,9 @@ function checkReply(s: Sent, r: Message): void {
   const request = msg.decodeRegionAccess(s.payload, false);
   const reply = msg.decodeRegionAccess(r.payload, true);
   if (reply.offset !== request.offset || reply.region !== request.region || reply.count !== request.count) {
-    throw new Finding(`REGION_READ reply #${s.header.id} says region ${reply.region} 0x${reply.offset.toString(16)}+${reply.count}, the request was region ${request.region} 0x${request.offset.toString(16)}+${request.count}`);
+    throw new Finding(
+      `REGION_READ reply #${s.header.id} says region ${reply.region} 0x${reply.offset.toString(16)}+${reply.count}, the request was region ${request.region} 0x${request.offset.toString(16)}+${request.count}`,
+    );
   }
   if (s.sentinel && reply.data.readUInt32LE(0) !== SENTINEL.value) {
     throw new Finding(`the sentinel read BAR0 0x4 as 0x${reply.data.readUInt32LE(0).toString(16)}, not 0x${SENTINEL.value.toString(16)}`);

@@ -195,8 +195,20 @@ export function seeds(): Seed[] {
   qemuTrace().forEach((script, i) => out.push(script.seed(`qemu-trace-${i}`, qemu)));
 
   // Negotiation, RAW: the stream brings its own VERSION.
-  out.push(s().version(VERSIONS[0]).info().read(BAR0, 4, 4).seed('raw-version-qemu', mode({ raw: true })));
-  out.push(s().version(undefined).version(VERSIONS[2]).read(BAR0, 0, 16).seed('raw-version-twice', mode({ raw: true })));
+  out.push(
+    s()
+      .version(VERSIONS[0])
+      .info()
+      .read(BAR0, 4, 4)
+      .seed('raw-version-qemu', mode({ raw: true })),
+  );
+  out.push(
+    s()
+      .version(undefined)
+      .version(VERSIONS[2])
+      .read(BAR0, 0, 16)
+      .seed('raw-version-twice', mode({ raw: true })),
+  );
   out.push(
     s()
       .read(BAR0, 4, 4)
@@ -206,7 +218,12 @@ export function seeds(): Seed[] {
       .version('[1]')
       .seed('raw-version-errors', mode({ raw: true })),
   );
-  out.push(s().version(VERSIONS[0], { ctl: ctl({ fds: 1 }) }).info().seed('raw-version-with-fd', mode({ raw: true })));
+  out.push(
+    s()
+      .version(VERSIONS[0], { ctl: ctl({ fds: 1 }) })
+      .info()
+      .seed('raw-version-with-fd', mode({ raw: true })),
+  );
 
   // Device description.
   const describe = s().info();
@@ -219,7 +236,10 @@ export function seeds(): Seed[] {
   // Config space: header, BAR sizing, capabilities, interrupt disable.
   const config = s().read(CONFIG, 0, 64).read(CONFIG, 0x40, 192).read(CONFIG, 0x100, 16);
   for (let bar = 0; bar < 6; bar++) config.cfg(Reg.BASE_ADDRESS_0 + 4 * bar, 0xffffffff, 4).read(CONFIG, Reg.BASE_ADDRESS_0 + 4 * bar, 4);
-  config.cfg(Reg.ROM_ADDRESS, 0xfffff800, 4).read(CONFIG, Reg.ROM_ADDRESS, 4).cfg(Reg.COMMAND, PciCommand.MEMORY | PciCommand.MASTER | PciCommand.INTX_DISABLE, 2);
+  config
+    .cfg(Reg.ROM_ADDRESS, 0xfffff800, 4)
+    .read(CONFIG, Reg.ROM_ADDRESS, 4)
+    .cfg(Reg.COMMAND, PciCommand.MEMORY | PciCommand.MASTER | PciCommand.INTX_DISABLE, 2);
   config.cfg(Reg.STATUS, 0xffff, 2).read(CONFIG, Reg.STATUS, 2).read(CONFIG, 0x3c, 4).read(CONFIG, 0xffc, 4).read(CONFIG, 0xffe, 4);
   out.push(config.seed('config-space', qemu));
 
@@ -281,7 +301,13 @@ export function seeds(): Seed[] {
     const script = s().map(0x10000n, 0x2000n).dma(0x10800n, 0x1000, 1, 7).dma(0x10000n, 0x2000, 2).dma(0x1f000n, 16, 2);
     out.push(script.seed(`dma-message-${name}`, mode({ dma: policy })));
   }
-  out.push(s().map(0x10000n, 0x1000n).dma(0x10000n, 40, 1).dma(0x10000n, 40, 2).seed('dma-message-small-xfer', mode({ version: 2 })));
+  out.push(
+    s()
+      .map(0x10000n, 0x1000n)
+      .dma(0x10000n, 40, 1)
+      .dma(0x10000n, 40, 2)
+      .seed('dma-message-small-xfer', mode({ version: 2 })),
+  );
   // The input answers the device's DMA_READ itself (request #0 of the connection), after letting the server ask.
   const answerRead = msg.encodeDmaAccess({ iova: 0x10000n, count: 4, data: Buffer.from([1, 2, 3, 4]) });
   out.push(
@@ -343,7 +369,14 @@ export function seeds(): Seed[] {
       .unmap(0x900000n, 0x1000n)
       .seed('dma-map-errors', qemu),
   );
-  out.push(s().map(0n, 0x1000n).map(0x1000n, 0x1000n).map(0x2000n, 0x1000n).map(0x3000n, 0x1000n).seed('dma-map-limit', mode({ version: 3 })));
+  out.push(
+    s()
+      .map(0n, 0x1000n)
+      .map(0x1000n, 0x1000n)
+      .map(0x2000n, 0x1000n)
+      .map(0x3000n, 0x1000n)
+      .seed('dma-map-limit', mode({ version: 3 })),
+  );
 
   // Interrupts: eventfds for each index, mask/unmask, DATA_BOOL, disable; then the device raises them.
   out.push(
@@ -430,7 +463,11 @@ export function seeds(): Seed[] {
       .cmd(99)
       .seed('commands', qemu),
   );
-  out.push(s().cmd(Command.REGION_WRITE_MULTI, multi).seed('write-multi-not-negotiated', mode({ version: 1 })));
+  out.push(
+    s()
+      .cmd(Command.REGION_WRITE_MULTI, multi)
+      .seed('write-multi-not-negotiated', mode({ version: 1 })),
+  );
 
   // Malformed commands: header fields, payload sizes, ranges, descriptors where none belong, stray replies.
   out.push(
@@ -465,7 +502,12 @@ export function seeds(): Seed[] {
   const big = encodeMessage({ id: 2, command: Command.REGION_WRITE, flags: 0, error: 0 }, Buffer.alloc(16));
   big.writeUInt32LE(0x200000, 4);
   out.push(s().read(BAR0, 4, 4).raw(big).seed('framing-too-big', qemu));
-  out.push(s().read(BAR0, 4, 4).raw(encodeMessage({ id: 3, command: Command.REGION_READ, flags: 0, error: 0 }, Buffer.alloc(16)).subarray(0, 20)).seed('framing-partial', qemu));
+  out.push(
+    s()
+      .read(BAR0, 4, 4)
+      .raw(encodeMessage({ id: 3, command: Command.REGION_READ, flags: 0, error: 0 }, Buffer.alloc(16)).subarray(0, 20))
+      .seed('framing-partial', qemu),
+  );
 
   // How descriptors travel: several messages per sendmsg, separate writes, descriptors misplaced inside a message.
   out.push(
@@ -480,7 +522,9 @@ export function seeds(): Seed[] {
   );
 
   // A reset that completes later, with commands behind it.
-  out.push(s().cmd(Command.DEVICE_RESET).read(BAR0, 0, 4).reg(0x14, 2).cmd(Command.DEVICE_RESET, undefined, { flags: Flag.NO_REPLY }).read(BAR0, 0x20, 4).seed('reset-async', qemu));
+  out.push(
+    s().cmd(Command.DEVICE_RESET).read(BAR0, 0, 4).reg(0x14, 2).cmd(Command.DEVICE_RESET, undefined, { flags: Flag.NO_REPLY }).read(BAR0, 0x20, 4).seed('reset-async', qemu),
+  );
 
   // A client that reads nothing until it has sent everything: megabytes of replies pile up in the server.
   const slow = s();
@@ -488,8 +532,14 @@ export function seeds(): Seed[] {
   out.push(slow.seed('slow-reader', mode({ slowReader: true })));
 
   // Hanging up with everything in flight: a slow read and commands queued behind it, a DMA the device waits for.
-  const gone = s().map(0x10000n, 0x1000n).setIrqs(IrqIndex.MSIX, EVENTFD_TRIGGER, 0, 2, { ctl: ctl({ fds: 2 }) });
-  gone.map(0x100000n, 0x10000n, { ctl: ctl({ fds: 1, kind: FdKind.MEMFD }) }).read(BAR0, 0x20, 4).reg(0x00, 1).dma(0x10000n, 64, 2);
+  const gone = s()
+    .map(0x10000n, 0x1000n)
+    .setIrqs(IrqIndex.MSIX, EVENTFD_TRIGGER, 0, 2, { ctl: ctl({ fds: 2 }) });
+  gone
+    .map(0x100000n, 0x10000n, { ctl: ctl({ fds: 1, kind: FdKind.MEMFD }) })
+    .read(BAR0, 0x20, 4)
+    .reg(0x00, 1)
+    .dma(0x10000n, 64, 2);
   out.push(gone.seed('hang-up-in-flight', mode({ hangUp: true })));
 
   // Messages larger than an input (PAD completes the last one with zeros): a 1 MiB write, and one past the limit.
@@ -498,11 +548,25 @@ export function seeds(): Seed[] {
     h.writeUInt32LE(size, 4);
     return h;
   };
-  out.push(s().read(BAR0, 4, 4).raw(header(2, Command.REGION_WRITE, 32 + (1 << 20))).seed('big-write', mode({ pad: true })));
-  out.push(s().read(BAR0, 4, 4).raw(header(2, Command.REGION_WRITE, 48 + (1 << 20))).seed('big-write-too-big', mode({ pad: true })));
+  out.push(
+    s()
+      .read(BAR0, 4, 4)
+      .raw(header(2, Command.REGION_WRITE, 32 + (1 << 20)))
+      .seed('big-write', mode({ pad: true })),
+  );
+  out.push(
+    s()
+      .read(BAR0, 4, 4)
+      .raw(header(2, Command.REGION_WRITE, 48 + (1 << 20)))
+      .seed('big-write-too-big', mode({ pad: true })),
+  );
 
   // Minimal inputs: nothing at all, and a bare stream with no VERSION.
   out.push({ name: 'empty', data: Buffer.from([qemu]) });
-  out.push(s().read(BAR0, 4, 4).seed('raw-no-version', mode({ raw: true })));
+  out.push(
+    s()
+      .read(BAR0, 4, 4)
+      .seed('raw-no-version', mode({ raw: true })),
+  );
   return out;
 }
