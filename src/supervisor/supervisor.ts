@@ -118,6 +118,8 @@ export class Supervisor {
     this.listenFd = native.listen(o.socket, o.mode, 16);
     this.listenPoll = native.poll(this.listenFd, native.READABLE, () => this.accept());
     writeFileSync(pidFile(o.socket), `${process.pid}\n`, { mode: 0o600 });
+    // Ready before the first client: its device process starts as quickly as a restart's does.
+    this.prepareSpare();
   }
 
   // ---------------------------------------------------------------- the client
@@ -176,7 +178,6 @@ export class Supervisor {
     this.irqs.clear();
     clearTimeout(this.restartTimer);
     this.stopDevice();
-    this.dropSpare();
   }
 
   // ---------------------------------------------------------------- the device process
@@ -310,10 +311,10 @@ export class Supervisor {
     native.close(spare.ours);
   }
 
-  /** Keeps a spare ready for the next restart, after the current process went live. */
+  /** Keeps a spare ready for the next start or restart. */
   private prepareSpare(): void {
     if (this.spare && this.spare.bars !== barsKey(this.bars)) this.dropSpare();
-    if (!this.spare && this.client && !this.closing) this.spare = this.spawnSpare();
+    if (!this.spare && !this.closing) this.spare = this.spawnSpare();
   }
 
   private startDevice(upgrade: boolean): void {
