@@ -118,6 +118,8 @@ export class Supervisor {
     this.listenFd = native.listen(o.socket, o.mode, 16);
     this.listenPoll = native.poll(this.listenFd, native.READABLE, () => this.accept());
     writeFileSync(pidFile(o.socket), `${process.pid}\n`, { mode: 0o600 });
+    // Ready before the first client: its device process starts as quickly as a restart's does.
+    this.prepareSpare();
   }
 
   // ---------------------------------------------------------------- the client
@@ -177,7 +179,6 @@ export class Supervisor {
     this.irqs.clear();
     clearTimeout(this.restartTimer);
     this.stopDevice();
-    this.dropSpare();
   }
 
   // ---------------------------------------------------------------- the device process
@@ -311,10 +312,10 @@ export class Supervisor {
     native.close(spare.ours);
   }
 
-  /** Keeps a spare ready for the next restart, after the current process went live. */
+  /** Keeps a spare ready for the next start or restart. */
   private prepareSpare(): void {
     if (this.spare && this.spare.bars !== barsKey(this.bars)) this.dropSpare();
-    if (!this.spare && this.client && !this.closing) this.spare = this.spawnSpare();
+    if (!this.spare && !this.closing) this.spare = this.spawnSpare();
   }
 
   private startDevice(upgrade: boolean): void {
@@ -411,7 +412,7 @@ export class Supervisor {
     const planned = this.upgrading;
     this.upgrading = false;
     if (!planned) this.downSince = performance.now();
-    this.recover();
+    this.recover(d);
     const quick = !d.served && performance.now() - d.startedAt < CRASH_LOOP_WINDOW_MS;
     this.failures = planned ? 0 : quick ? this.failures + 1 : 0;
     const delay = this.failures <= 1 ? 0 : Math.min(50 * 2 ** (this.failures - 2), 5000);
@@ -423,7 +424,7 @@ export class Supervisor {
   }
 
   /** Sorts the commands the dead process left unanswered (see the top of this file). */
-  private recover(): void {
+  private recover(d: DeviceProcess): void {
     const saved = this.store.read();
     // The next process answers with IDs of its own: what this one answered must not be taken for theirs.
     this.store.forgetAnswered();
@@ -441,8 +442,9 @@ export class Supervisor {
       }
       keep.push(m);
     });
+    // Only a process that went live was given the commands: one that died in its replay says nothing about them.
     const first = keep.find((m) => !(m.header.flags & Flag.NO_REPLY)) ?? keep[0];
-    if (first && ++first.deaths >= 2) {
+    if (first && d.live && ++first.deaths >= 2) {
       keep.splice(keep.indexOf(first), 1);
       this.o.log.error(`command ${first.header.command} #${first.header.id} was being handled when two device processes died; answered EIO`);
       this.client?.send(encodeMessage({ id: first.header.id, command: first.header.command, flags: Flag.REPLY | Flag.ERROR, error: Errno.EIO }));
