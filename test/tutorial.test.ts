@@ -1,23 +1,33 @@
-/** The test of docs/tutorial.md: a driver, written with the Client, for the checksum engine. */
+/** The test of docs/tutorial.md: a driver for the edu sample, written with the Client. */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Client, pci } from '../src/index.js';
-import { fixture, startServer, tempDir, type ServerProcess, type TempDir } from './helpers.js';
+import { BUFFER, IRQ_DMA } from '../samples/edu/index.js';
+import { Client } from '../src/index.js';
+import { dist, startServer, tempDir, type ServerProcess, type TempDir } from './helpers.js';
 
-const u32 = (v: number): Buffer => {
+const u32 = (value: number): Buffer => {
   const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
+  b.writeUInt32LE(value >>> 0);
+  return b;
+};
+const u64 = (value: bigint): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(value);
   return b;
 };
 
-describe('the checksum engine of the tutorial', () => {
+describe('the edu device of the tutorial', () => {
   let dir: TempDir;
   let server: ServerProcess;
   let client: Client;
+  const read32 = async (offset: number): Promise<number> => (await client.regionRead(0, offset, 4)).readUInt32LE(0);
+  const write32 = (offset: number, value: number): Promise<void> => client.regionWrite(0, offset, u32(value));
+  const write64 = (offset: number, value: bigint): Promise<void> => client.regionWrite(0, offset, u64(value));
 
   before(async () => {
     dir = tempDir();
-    server = await startServer(fixture('checksum.js'), dir.socket());
+    server = await startServer(join(dist, 'samples', 'edu', 'index.js'), dir.socket());
     client = await Client.connect(dir.socket());
   });
   after(async () => {
@@ -26,26 +36,37 @@ describe('the checksum engine of the tutorial', () => {
     dir.remove();
   });
 
-  it('is what it says it is', async () => {
-    assert.equal(await client.config.read32(0), 0xc5c51de5);
-    assert.notEqual(await client.config.findCapability(pci.PciRegs.CapId.MSIX), undefined);
+  it('is what it says it is, and alive', async () => {
+    assert.equal(await client.config.read32(0), 0xed001de5, 'vendor and device ID');
+    assert.equal(await read32(0x00), 0x010000ed, 'ID');
+    await write32(0x04, 0x12345678);
+    assert.equal(await read32(0x04), 0xedcba987, 'LIVENESS reads back the inverse');
   });
 
-  it('sums a buffer in guest memory and raises its interrupt', async () => {
+  it('computes a factorial after the write', async () => {
+    await write32(0x08, 10);
+    while ((await read32(0x20)) & 1) {} // STATUS.COMPUTING
+    assert.equal(await read32(0x08), 3628800);
+  });
+
+  it('copies guest memory to its buffer and back by DMA, and signals MSI when done', async () => {
     const memory = await client.mapMemory(0x10000, 0x1000);
-    memory.bytes.set([1, 2, 3, 250], 0x100);
-    const [done] = await client.config.enableMsix();
-    const seen = done.count;
+    memory.bytes.write('hello, edu', 0x100);
+    const [done] = await client.config.enableMsi();
 
-    await client.regionWrite(0, 0x00, u32(0x10100));
-    await client.regionWrite(0, 0x04, u32(0));
-    await client.regionWrite(0, 0x08, u32(4));
-    await client.regionWrite(0, 0x0c, u32(1));
-    await done.wait(seen);
+    await write64(0x80, 0x10100n); // DMA_SRC: guest memory
+    await write64(0x88, BigInt(BUFFER)); // DMA_DST: the device's buffer
+    await write64(0x90, 10n); // DMA_COUNT
+    await write64(0x98, 0b101n); // DMA_CMD: START and IRQ, from guest memory
+    await done.wait(0);
+    assert.equal((await client.regionRead(2, 0, 10)).toString(), 'hello, edu', 'BAR2, the buffer');
+    assert.equal(await read32(0x24), IRQ_DMA, 'IRQ_STATUS');
+    await write32(0x64, IRQ_DMA); // IRQ_ACK
 
-    assert.equal((await client.regionRead(0, 0x10, 4)).readUInt32LE(0), 256);
-    assert.equal((await client.regionRead(0, 0x14, 4)).readUInt32LE(0), 1, 'DONE');
-    await client.regionWrite(0, 0x14, u32(1));
-    assert.equal((await client.regionRead(0, 0x14, 4)).readUInt32LE(0), 0, 'DONE cleared by writing 1');
+    await write64(0x80, BigInt(BUFFER));
+    await write64(0x88, 0x10800n);
+    await write64(0x98, 0b111n); // START, TO_RAM and IRQ
+    await done.wait(1);
+    assert.equal(memory.bytes.toString('utf8', 0x800, 0x80a), 'hello, edu', 'guest memory');
   });
 });
