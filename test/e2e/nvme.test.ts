@@ -9,19 +9,7 @@ import { dirname, join } from 'node:path';
 import { describe } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { dist, waitFor } from '../helpers.js';
-import {
-  assertBar,
-  assertServerAfterQemu,
-  assertServerEnds,
-  guestTest,
-  modules,
-  nvmeDisk,
-  pauseSummary,
-  restartDevice,
-  restartPauses,
-  type Guest,
-  type NvmeDisk,
-} from './vm.js';
+import { assertBar, assertServerAfterQemu, assertServerEnds, guestTest, modules, nvmeDisk, pauseSummary, restartDevice, restartPauses, type Guest, type NvmeDisk } from './vm.js';
 
 const MIB = 1 << 20;
 
@@ -111,7 +99,7 @@ describe('real VM: the NVMe controller', () => {
     assert.ok(rounds >= 4, `${g.check('verify')}: at least a round per slot`);
     assert.equal(g.check('kernel-errors'), '0', 'no timeout, reset or I/O error in the guest kernel log');
     for (let slot = 0; slot < 4; slot++) {
-      const last = rounds - ((rounds - slot) % 4 + 4) % 4;
+      const last = rounds - ((((rounds - slot) % 4) + 4) % 4);
       assert.deepEqual(disk.read((48 + slot) * MIB, MIB), last % 2 ? disk.a : disk.b, `round ${last}'s pattern at ${48 + slot} MiB`);
     }
     assertNvmeIo(g, disk);
