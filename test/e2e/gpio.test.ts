@@ -1,6 +1,7 @@
 /**
- * Real VM: Linux's gpio-pci-idio-16 driver on the GPIO sample, and the card
- * unplugged and plugged again while the guest runs.
+ * Real VM: Linux's gpio-pci-idio-16 driver on the GPIO sample, the card
+ * unplugged and plugged again while the guest runs, and its `--restartable`
+ * device process restarted between reads.
  */
 import assert from 'node:assert/strict';
 import { describe } from 'node:test';

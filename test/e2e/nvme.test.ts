@@ -1,7 +1,8 @@
 /**
  * Real VM: Linux's nvme driver on the NVMe sample, over a 64 MiB backing file:
  * block I/O with shared and with unshared guest memory, with INTx only,
- * across a function reset, a reboot, QEMU killed and replaced, and a hot-add.
+ * across a function reset, a reboot, QEMU killed and replaced, a hot-add, and
+ * a `--restartable` device process killed and upgraded during I/O.
  */
 import assert from 'node:assert/strict';
 import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
@@ -72,43 +73,6 @@ function tellGuest(disk: NvmeDisk, word: string): void {
 }
 
 describe('real VM: the NVMe controller', () => {
-  guestTest('nvme-restartable: write-and-verify rounds while the device process is killed 5 times and upgraded live 3 times', async (g, t) => {
-    const disk = nvmeDisk(g);
-    const copy = nvmeCopy(g);
-    const server = await g.serve(copy.index, { env: disk.env, args: ['--restartable'] });
-    const qemu = g.boot({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], append: 'muser.nvme_mode=verify' });
-    await qemu.waitForCheck('verifying');
-    let upgrades = 0;
-    for (const how of ['kill', 'kill', 'upgrade', 'kill', 'upgrade', 'kill', 'kill', 'upgrade'] as const) {
-      await new Promise((r) => setTimeout(r, 400));
-      if (how === 'upgrade') copy.setFirmware(`0.2.${++upgrades}`);
-      await restartDevice(server, how);
-      if (how === 'upgrade') {
-        // The guest resets its controller and reads the new module's revision from Identify.
-        tellGuest(disk, `MUSER-RESET-${upgrades}`);
-        await qemu.waitForCheck(`firmware ${upgrades}`, 60_000);
-        assert.equal(g.check(`firmware ${upgrades}`), `0.2.${upgrades}`, `the firmware revision after upgrade ${upgrades}`);
-      }
-    }
-    await new Promise((r) => setTimeout(r, 400));
-    tellGuest(disk, 'MUSER-STOP');
-    assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
-    assert.match(g.check('disk'), / firmware=0\.1\.0$/, 'the first module revision at boot');
-    const rounds = Number(/^rounds=(\d+) failures=0$/.exec(g.check('verify'))?.[1]);
-    assert.deepEqual(g.checks('verify-fail'), [], 'every round verifies');
-    assert.ok(rounds >= 4, `${g.check('verify')}: at least a round per slot`);
-    assert.equal(g.check('kernel-errors'), '0', 'no timeout, reset or I/O error in the guest kernel log');
-    for (let slot = 0; slot < 4; slot++) {
-      const last = rounds - ((((rounds - slot) % 4) + 4) % 4);
-      assert.deepEqual(disk.read((48 + slot) * MIB, MIB), last % 2 ? disk.a : disk.b, `round ${last}'s pattern at ${48 + slot} MiB`);
-    }
-    assertNvmeIo(g, disk);
-    const pauses = restartPauses(server);
-    assert.equal(pauses.length, 8, 'a pause logged per restart');
-    t.diagnostic(`${rounds} verified rounds; ${pauseSummary(pauses)}`);
-    await assertServerEnds(server, 0x1de5);
-  });
-
   guestTest('nvme: block I/O through shared guest memory, MSI-X, the device on a thread of its own in poll mode', async (g, t) => {
     const disk = nvmeDisk(g);
     const server = await g.serve(modules.nvme, { env: disk.env, args: ['--threads', '--poll-us', '50'] });
@@ -217,6 +181,43 @@ describe('real VM: the NVMe controller', () => {
     assert.equal(server.stderr().match(/privately/g)?.length, 1, 'said once');
     qemu.kill();
     await qemu.exited;
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-restartable: write-and-verify rounds while the device process is killed 5 times and upgraded live 3 times', async (g, t) => {
+    const disk = nvmeDisk(g);
+    const copy = nvmeCopy(g);
+    const server = await g.serve(copy.index, { env: disk.env, args: ['--restartable'] });
+    const qemu = g.boot({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], append: 'muser.nvme_mode=verify' });
+    await qemu.waitForCheck('verifying');
+    let upgrades = 0;
+    for (const how of ['kill', 'kill', 'upgrade', 'kill', 'upgrade', 'kill', 'kill', 'upgrade'] as const) {
+      await new Promise((r) => setTimeout(r, 400));
+      if (how === 'upgrade') copy.setFirmware(`0.2.${++upgrades}`);
+      await restartDevice(server, how);
+      if (how === 'upgrade') {
+        // The guest resets its controller and reads the new module's revision from Identify.
+        tellGuest(disk, `MUSER-RESET-${upgrades}`);
+        await qemu.waitForCheck(`firmware ${upgrades}`, 60_000);
+        assert.equal(g.check(`firmware ${upgrades}`), `0.2.${upgrades}`, `the firmware revision after upgrade ${upgrades}`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 400));
+    tellGuest(disk, 'MUSER-STOP');
+    assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
+    assert.match(g.check('disk'), / firmware=0\.1\.0$/, 'the first module revision at boot');
+    const rounds = Number(/^rounds=(\d+) failures=0$/.exec(g.check('verify'))?.[1]);
+    assert.deepEqual(g.checks('verify-fail'), [], 'every round verifies');
+    assert.ok(rounds >= 4, `${g.check('verify')}: at least a round per slot`);
+    assert.equal(g.check('kernel-errors'), '0', 'no timeout, reset or I/O error in the guest kernel log');
+    for (let slot = 0; slot < 4; slot++) {
+      const last = rounds - ((((rounds - slot) % 4) + 4) % 4);
+      assert.deepEqual(disk.read((48 + slot) * MIB, MIB), last % 2 ? disk.a : disk.b, `round ${last}'s pattern at ${48 + slot} MiB`);
+    }
+    assertNvmeIo(g, disk);
+    const pauses = restartPauses(server);
+    assert.equal(pauses.length, 8, 'a pause logged per restart');
+    t.diagnostic(`${rounds} verified rounds; ${pauseSummary(pauses)}`);
     await assertServerEnds(server, 0x1de5);
   });
 });
