@@ -30,6 +30,9 @@
 #                           to go (unplugged), MUSER-CHECK plug-me, wait for it to
 #                           come back, and read IIN0 through the driver again:
 #                           MUSER-CHECK replug-iin0 <6 values>
+#   muser.gpio_pause=SECONDS after each of the 12 reads of IIN0, MUSER-CHECK
+#                           iin0-read <n> <value> (n = 1..12) and a pause of this
+#                           long, in which the host may restart the device
 #   muser.gpio_id=VVVV:DDDD use another vendor:device, and bind pci-idio-16 to
 #                           it through the driver's new_id (to try this script
 #                           on an emulated device whose BAR2 is plain memory)
@@ -115,6 +118,7 @@ read_value() {
 # ------------------------------------------------------------- input IIN0 --
 export_line 16 IIN0
 check "iin0-line ${line##*/} direction=$(direction "$line")"
+pause=$(cmdline_get muser.gpio_pause 0)
 values=
 i=0
 while [ "$i" -lt 12 ]; do
@@ -122,6 +126,10 @@ while [ "$i" -lt 12 ]; do
   [ -n "$value" ] || value=error
   values="$values $value"
   i=$((i + 1))
+  if [ "$pause" != 0 ]; then
+    check "iin0-read $i $value"
+    sleep "$pause"
+  fi
 done
 check "iin0$values"
 case $values in *error*) fail "reading IIN0" ;; esac

@@ -43,6 +43,16 @@
 #                 loop      MUSER-CHECK looping, then I/O until the host kills QEMU
 #                 reboot    on the first boot write a marker at 60 MiB and reboot;
 #                           on the second (marker found: MUSER-CHECK rebooted) go on
+#                 verify    MUSER-CHECK verifying, then rounds until the host says
+#                           stop: round n writes pattern A (n odd) or B (n even)
+#                           at 48 + n % 4 MiB with O_DIRECT and reads it back
+#                           (MUSER-CHECK verify-fail <n> <what> for each failure),
+#                           then reads the host's word in the block at 60 MiB:
+#                           "MUSER-RESET-<k>" (new k) resets the controller through
+#                           sysfs and reports MUSER-CHECK firmware <k> <revision>,
+#                           "MUSER-STOP" ends the rounds: MUSER-CHECK verify
+#                           rounds=<n> failures=<count>, and MUSER-CHECK
+#                           kernel-errors <count> (timeouts, resets, I/O errors)
 #   muser.nvme_id=VVVV:DDDD the controller to look for (default 1de5:4e56), e.g.
 #                           1b36:0010 to try this script on QEMU's own -device nvme
 
@@ -144,6 +154,45 @@ if [ "$mode" = loop ]; then
     dd if=/pattern-b.bin of="$blk" bs=65536 seek=$((48 * 16)) oflag=direct 2>/dev/null
     dd if="$blk" of=/dev/null bs=65536 skip=$((8 * 16)) count=16 iflag=direct 2>/dev/null
   done
+fi
+if [ "$mode" = verify ]; then
+  check "verifying"
+  round=0 failures=0 seen=
+  while :; do
+    round=$((round + 1))
+    pattern=/pattern-b.bin
+    [ $((round % 2)) -eq 1 ] && pattern=/pattern-a.bin
+    at=$((48 + round % 4))
+    if ! dd if=$pattern of="$blk" bs=65536 seek=$((at * 16)) oflag=direct 2>/tmp/dd.err; then
+      check "verify-fail $round write at $at MiB: $(tail -n 1 /tmp/dd.err)"
+      failures=$((failures + 1))
+    elif ! same "$blk" "$MIB" $((at * MIB)) $pattern 0; then
+      check "verify-fail $round differs at $at MiB"
+      failures=$((failures + 1))
+    fi
+    dd if="$blk" of=/tmp/word bs=512 skip=$((60 * 2048)) count=1 iflag=direct 2>/dev/null || fail "reading the host's word at 60 MiB"
+    word=$(head -c 32 /tmp/word | tr -d '\000')
+    case $word in
+      MUSER-STOP) break ;;
+      MUSER-RESET-*)
+        if [ "$word" != "$seen" ]; then
+          seen=$word
+          echo 1 >"$ctrl/reset_controller" || fail "resetting the controller through $ctrl/reset_controller"
+          tries=100
+          while [ "$(cat "$ctrl/state")" != live ] && [ "$tries" -gt 0 ]; do
+            sleep 0.1
+            tries=$((tries - 1))
+          done
+          [ "$(cat "$ctrl/state")" = live ] || fail "the controller is $(cat "$ctrl/state") 10 s after its reset"
+          check "firmware ${word#MUSER-RESET-} $(trim "$ctrl/firmware_rev")"
+        fi
+        ;;
+    esac
+  done
+  check "verify rounds=$round failures=$failures"
+  errors=$(dmesg | grep -i -E 'nvme.*(timeout|reset controller|controller is down|abort|error)|I/O error' || true)
+  check "kernel-errors $(printf '%s' "$errors" | grep -c .)"
+  printf '%s\n' "$errors" | grep . | sed 's/^/MUSER-LOG /'
 fi
 if [ "$mode" = reboot ]; then
   dd if="$blk" of=/tmp/marker bs=512 skip=$((60 * 2048)) count=1 iflag=direct 2>/dev/null

@@ -1,10 +1,11 @@
 /**
- * Real VM: Linux's gpio-pci-idio-16 driver on the GPIO sample, and the card
- * unplugged and plugged again while the guest runs.
+ * Real VM: Linux's gpio-pci-idio-16 driver on the GPIO sample, the card
+ * unplugged and plugged again while the guest runs, and its `--restartable`
+ * device process restarted between reads.
  */
 import assert from 'node:assert/strict';
 import { describe } from 'node:test';
-import { assertBar, assertServerEnds, guestTest, modules } from './vm.js';
+import { assertBar, assertServerEnds, guestTest, modules, pauseSummary, restartDevice, restartPauses } from './vm.js';
 
 describe('real VM: the GPIO card', () => {
   guestTest('gpio: the driver reads an input and drives an output', async (g) => {
@@ -16,6 +17,30 @@ describe('real VM: the GPIO card', () => {
     assert.equal(g.check('iin0'), '0 0 0 1 1 1 0 0 0 1 1 1', 'IIN0 read 12 times');
     assert.equal(g.check('out0'), '1 0', 'OUT0 written 1 then 0');
     g.assertDone();
+    await assertServerEnds(server, 0x494f);
+  });
+
+  guestTest('gpio-restartable: IIN0 read across restarts of the device process goes on where it was', async (g, t) => {
+    const server = await g.serve(modules.gpio, { args: ['--restartable'] });
+    const qemu = g.boot({ initrd: await g.initramfs('gpio'), devices: [{ server }], append: 'muser.gpio_pause=0.5' });
+    // In the pause after these reads: mid-run of zeros, mid-run of ones, and at a run's end.
+    const events = new Map([
+      [2, 'kill'],
+      [4, 'upgrade'],
+      [6, 'kill'],
+      [10, 'kill'],
+    ] as const);
+    for (const [read, how] of events) {
+      await qemu.waitForCheck(`iin0-read ${read}`);
+      await restartDevice(server, how);
+    }
+    assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
+    assert.equal(g.check('iin0'), '0 0 0 1 1 1 0 0 0 1 1 1', 'IIN0 read 12 times, the count carried across the restarts');
+    assert.equal(g.check('out0'), '1 0', 'OUT0 written 1 then 0');
+    g.assertDone();
+    const pauses = restartPauses(server);
+    assert.equal(pauses.length, events.size, 'a pause logged per restart');
+    t.diagnostic(pauseSummary(pauses));
     await assertServerEnds(server, 0x494f);
   });
 

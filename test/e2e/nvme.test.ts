@@ -1,12 +1,16 @@
 /**
  * Real VM: Linux's nvme driver on the NVMe sample, over a 64 MiB backing file:
  * block I/O with shared and with unshared guest memory, with INTx only,
- * across a function reset, a reboot, QEMU killed and replaced, and a hot-add.
+ * across a function reset, a reboot, QEMU killed and replaced, a hot-add, and
+ * a `--restartable` device process killed and upgraded during I/O.
  */
 import assert from 'node:assert/strict';
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { describe } from 'node:test';
-import { waitFor } from '../helpers.js';
-import { assertBar, assertServerAfterQemu, assertServerEnds, guestTest, modules, nvmeDisk, type Guest, type NvmeDisk } from './vm.js';
+import { pathToFileURL } from 'node:url';
+import { dist, waitFor } from '../helpers.js';
+import { assertBar, assertServerAfterQemu, assertServerEnds, guestTest, modules, nvmeDisk, pauseSummary, restartDevice, restartPauses, type Guest, type NvmeDisk } from './vm.js';
 
 const MIB = 1 << 20;
 
@@ -30,6 +34,42 @@ function shutdownFigures(stdout: string): { completions: number; interrupts: num
   const m = /^nvme: shutdown complete: .*\((\d+) commands, (\d+) completions, (\d+) interrupts\)/m.exec(stdout);
   assert.ok(m, `the server printed "nvme: shutdown complete" with its figures:\n${stdout}`);
   return { completions: Number(m[2]), interrupts: Number(m[3]) };
+}
+
+/**
+ * A copy of the NVMe sample in the work folder whose firmware revision can be
+ * rewritten, so that an upgrade loads a module the guest can tell apart.
+ */
+function nvmeCopy(g: Guest): { index: string; setFirmware(revision: string): void } {
+  const from = dirname(modules.nvme);
+  const to = join(g.work, 'nvme-module');
+  mkdirSync(to);
+  const muser = pathToFileURL(join(dist, 'src', 'index.js')).href;
+  for (const f of readdirSync(from).filter((f) => f.endsWith('.js'))) {
+    writeFileSync(join(to, f), readFileSync(join(from, f), 'utf8').replaceAll("from 'muser'", `from '${muser}'`));
+  }
+  const nvme = join(to, 'nvme.js');
+  return {
+    index: join(to, 'index.js'),
+    setFirmware: (revision) => {
+      const text = readFileSync(nvme, 'utf8');
+      const next = text.replace(/firmware: '[^']*'/, `firmware: '${revision}'`);
+      assert.notEqual(next, text, `the firmware revision in ${nvme} was rewritten`);
+      writeFileSync(nvme, next);
+    },
+  };
+}
+
+/** Writes the word the verify guest reads at 60 MiB into the backing file. */
+function tellGuest(disk: NvmeDisk, word: string): void {
+  const block = Buffer.alloc(512);
+  block.write(word);
+  const fd = openSync(disk.file, 'r+');
+  try {
+    writeSync(fd, block, 0, block.length, 60 * MIB);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 describe('real VM: the NVMe controller', () => {
@@ -141,6 +181,43 @@ describe('real VM: the NVMe controller', () => {
     assert.equal(server.stderr().match(/privately/g)?.length, 1, 'said once');
     qemu.kill();
     await qemu.exited;
+    await assertServerEnds(server, 0x1de5);
+  });
+
+  guestTest('nvme-restartable: write-and-verify rounds while the device process is killed 5 times and upgraded live 3 times', async (g, t) => {
+    const disk = nvmeDisk(g);
+    const copy = nvmeCopy(g);
+    const server = await g.serve(copy.index, { env: disk.env, args: ['--restartable'] });
+    const qemu = g.boot({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], append: 'muser.nvme_mode=verify' });
+    await qemu.waitForCheck('verifying');
+    let upgrades = 0;
+    for (const how of ['kill', 'kill', 'upgrade', 'kill', 'upgrade', 'kill', 'kill', 'upgrade'] as const) {
+      await new Promise((r) => setTimeout(r, 400));
+      if (how === 'upgrade') copy.setFirmware(`0.2.${++upgrades}`);
+      await restartDevice(server, how);
+      if (how === 'upgrade') {
+        // The guest resets its controller and reads the new module's revision from Identify.
+        tellGuest(disk, `MUSER-RESET-${upgrades}`);
+        await qemu.waitForCheck(`firmware ${upgrades}`, 60_000);
+        assert.equal(g.check(`firmware ${upgrades}`), `0.2.${upgrades}`, `the firmware revision after upgrade ${upgrades}`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 400));
+    tellGuest(disk, 'MUSER-STOP');
+    assert.equal(await qemu.exited, 0, 'QEMU exit status after the power-off');
+    assert.match(g.check('disk'), / firmware=0\.1\.0$/, 'the first module revision at boot');
+    const rounds = Number(/^rounds=(\d+) failures=0$/.exec(g.check('verify'))?.[1]);
+    assert.deepEqual(g.checks('verify-fail'), [], 'every round verifies');
+    assert.ok(rounds >= 4, `${g.check('verify')}: at least a round per slot`);
+    assert.equal(g.check('kernel-errors'), '0', 'no timeout, reset or I/O error in the guest kernel log');
+    for (let slot = 0; slot < 4; slot++) {
+      const last = rounds - ((((rounds - slot) % 4) + 4) % 4);
+      assert.deepEqual(disk.read((48 + slot) * MIB, MIB), last % 2 ? disk.a : disk.b, `round ${last}'s pattern at ${48 + slot} MiB`);
+    }
+    assertNvmeIo(g, disk);
+    const pauses = restartPauses(server);
+    assert.equal(pauses.length, 8, 'a pause logged per restart');
+    t.diagnostic(`${rounds} verified rounds; ${pauseSummary(pauses)}`);
     await assertServerEnds(server, 0x1de5);
   });
 });

@@ -301,6 +301,52 @@ export async function assertServerEnds(s: GuestServer, vendor: number, connectio
   await assertStops(s);
 }
 
+// ---------------------------------------------------------------- --restartable servers
+
+/** The pid of a `--restartable` server's live device process (its child titled "muser: device process"), or undefined between two. */
+export function devicePid(s: GuestServer): number | undefined {
+  const supervisor = s.child.pid!;
+  let children: string[];
+  try {
+    children = readFileSync(`/proc/${supervisor}/task/${supervisor}/children`, 'utf8').trim().split(/\s+/);
+  } catch {
+    return undefined;
+  }
+  for (const c of children) {
+    try {
+      if (readFileSync(`/proc/${c}/cmdline`, 'utf8').startsWith('muser: device process')) return Number(c);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+/** The pause of each restart so far, in ms, from the supervisor's "serves again after a pause of .. ms" lines. */
+export function restartPauses(s: GuestServer): number[] {
+  return [...s.stderr().matchAll(/serves again after a pause of ([\d.]+) ms/g)].map((m) => Number(m[1]));
+}
+
+/** SIGKILLs the device process (or with `upgrade`, sends the supervisor SIGHUP) and waits until it serves again. */
+export async function restartDevice(s: GuestServer, how: 'kill' | 'upgrade'): Promise<void> {
+  const before = restartPauses(s).length;
+  if (how === 'upgrade') process.kill(s.child.pid!, 'SIGHUP');
+  else {
+    let pid: number | undefined;
+    await waitFor(() => (pid = devicePid(s)) !== undefined, 10_000, 'a live device process');
+    process.kill(pid!, 'SIGKILL');
+  }
+  await waitFor(() => restartPauses(s).length > before, 30_000, `the device to serve again after the ${how}`);
+}
+
+/** Median and worst of a list of pauses, for a diagnostic line. */
+export function pauseSummary(pauses: number[]): string {
+  const sorted = [...pauses].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  return `${pauses.length} restarts, pause median ${median.toFixed(1)} ms, worst ${sorted[sorted.length - 1].toFixed(1)} ms (${pauses.map((p) => p.toFixed(0)).join(', ')})`;
+}
+
 // ---------------------------------------------------------------- NVMe
 
 /** The NVMe guest's disk: a 64 MiB sparse backing file with pattern A at 8 MiB; A and B go into the initramfs. */
