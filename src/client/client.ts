@@ -138,8 +138,8 @@ const QEMU_CAPABILITIES: Capabilities = {
 
 export class Client {
   readonly channel: Channel;
-  /** What the server granted. */
-  limits!: Negotiated;
+  /** What VERSION agreed (set once connect() resolves). */
+  negotiated!: Negotiated;
   /** The server's VERSION reply capabilities. */
   serverCapabilities: Capabilities = {};
   private nextId = 0;
@@ -194,7 +194,7 @@ export class Client {
     try {
       if (v.major !== PROTOCOL_MAJOR || v.minor > PROTOCOL_MINOR) throw new Error(`server speaks vfio-user ${v.major}.${v.minor}, not ${PROTOCOL_MAJOR}.${PROTOCOL_MINOR}`);
       this.serverCapabilities = parseCapabilities(v.json);
-      this.limits = negotiated(this.serverCapabilities);
+      this.negotiated = negotiated(this.serverCapabilities);
       const twin = this.serverCapabilities.twinSocket;
       if (caps.twinSocket?.supported && twin?.supported) {
         // The spec: a server that enables the mode without a valid descriptor is inconsistent, and the client must hang up.

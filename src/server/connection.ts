@@ -39,6 +39,7 @@ import { IrqTable } from './irqs.js';
 import { configIdentity, migratable, Migration } from './migration.js';
 import type { Logger } from './log.js';
 
+/** What a server enforces on its clients: set by serve()'s options and muser serve's flags. */
 export interface Limits {
   /** Largest data count in one region or DMA message we accept (capped by what the client says). */
   maxDataXferSize: number;
@@ -116,7 +117,8 @@ export class Connection implements DeviceHost {
   readonly dma: DmaMapTable;
   readonly irqs: IrqTable;
   readonly migration: Migration;
-  private limits: Negotiated | undefined;
+  /** What VERSION agreed; undefined until it is done. */
+  negotiated: Negotiated | undefined;
   private queue: Queued[] = [];
   private queuedBytes = 0;
   private busy = false;
@@ -149,12 +151,12 @@ export class Connection implements DeviceHost {
   constructor(
     fd: number,
     private readonly device: PciDevice,
-    private readonly options: Limits,
+    private readonly limits: Limits,
     private readonly log: Logger,
     onClosed: () => void,
   ) {
     this.onClosed = onClosed;
-    this.dma = new DmaMapTable(options.maxDmaMaps, PAGE_SIZE);
+    this.dma = new DmaMapTable(limits.maxDmaMaps, PAGE_SIZE);
     const c = device.irqCounts;
     this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
     this.migration = new Migration(migratable(device), {
@@ -175,11 +177,6 @@ export class Connection implements DeviceHost {
       { maxMessageSize: PRE_NEGOTIATION_MAX, maxPendingOutput: MAX_PENDING_OUTPUT },
     );
     device.attach(this);
-  }
-
-  /** Negotiated limits, once VERSION is done. */
-  get negotiated(): Negotiated | undefined {
-    return this.limits;
   }
 
   close(): void {
@@ -203,9 +200,9 @@ export class Connection implements DeviceHost {
     if (isReply(header.flags)) return this.onReply(header, rx.subarray(at + HEADER_SIZE, at + header.size), fds);
     if (this.busy || this.queue.length > 0) {
       const payloadLength = header.size - HEADER_SIZE;
-      if (this.queue.length >= this.options.maxQueuedCommands || this.queuedBytes + payloadLength > MAX_QUEUED_BYTES) {
+      if (this.queue.length >= this.limits.maxQueuedCommands || this.queuedBytes + payloadLength > MAX_QUEUED_BYTES) {
         closeAll(fds);
-        const what = this.queue.length >= this.options.maxQueuedCommands ? `${this.options.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
+        const what = this.queue.length >= this.limits.maxQueuedCommands ? `${this.limits.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
         this.log.warn(`client has more than ${what} waiting; closing the connection`);
         return this.channel.close();
       }
@@ -225,7 +222,7 @@ export class Connection implements DeviceHost {
     const held = this.current;
     const running: Running = { header: held, what: describe(held, rx.subarray(at + HEADER_SIZE, at + header.size)) };
     this.running = running;
-    const ms = this.options.handlerTimeoutMs;
+    const ms = this.limits.handlerTimeoutMs;
     if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
     this.unsettled++;
     void pending.then(() => {
@@ -242,7 +239,7 @@ export class Connection implements DeviceHost {
   /** A handler took too long: answer for it, and let the commands behind it go on. */
   private timedOut(running: Running): void {
     if (this.running !== running || this.channel.closed) return;
-    const ms = this.options.handlerTimeoutMs;
+    const ms = this.limits.handlerTimeoutMs;
     this.log.error(`${this.device.name}: ${running.what} did not finish within ${ms} ms; answered ETIMEDOUT, and whatever it does later is ignored`);
     this.replyError(running.header, Errno.ETIMEDOUT);
     this.abandoned.add(running.header);
@@ -274,7 +271,7 @@ export class Connection implements DeviceHost {
       if (fds.length > 0 && h.command !== Command.DMA_MAP && h.command !== Command.DEVICE_SET_IRQS) {
         throw new ProtocolError('EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
       }
-      if (this.limits === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
+      if (this.negotiated === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
       const result = this.command(h, rx, at, fds);
       if (result) {
         const held = this.current!;
@@ -357,7 +354,7 @@ export class Connection implements DeviceHost {
   // ---------------------------------------------------------------- commands
 
   private version(h: Header, p: Buffer): void {
-    check(this.limits === undefined, 'EINVAL', 'VERSION was already negotiated');
+    check(this.negotiated === undefined, 'EINVAL', 'VERSION was already negotiated');
     const v = msg.decodeVersion(p);
     check(v.major === PROTOCOL_MAJOR, 'EINVAL', `protocol major version ${v.major} is not supported (only ${PROTOCOL_MAJOR})`);
     const theirs = capabilitiesOf(v.json);
@@ -365,8 +362,8 @@ export class Connection implements DeviceHost {
     const ours: Capabilities = {};
     // The reply names only capabilities the client proposed (the spec wants a subset).
     if (theirs.maxMsgFds !== undefined) ours.maxMsgFds = MAX_MSG_FDS;
-    if (theirs.maxDataXferSize !== undefined) ours.maxDataXferSize = Math.min(this.options.maxDataXferSize, theirs.maxDataXferSize);
-    if (theirs.maxDmaMaps !== undefined) ours.maxDmaMaps = Math.min(this.options.maxDmaMaps, theirs.maxDmaMaps);
+    if (theirs.maxDataXferSize !== undefined) ours.maxDataXferSize = Math.min(this.limits.maxDataXferSize, theirs.maxDataXferSize);
+    if (theirs.maxDmaMaps !== undefined) ours.maxDmaMaps = Math.min(this.limits.maxDmaMaps, theirs.maxDmaMaps);
     if (theirs.pgsizes !== undefined) {
       check((theirs.pgsizes & PAGE_SIZE) !== 0, 'EINVAL', `the client's page sizes 0x${theirs.pgsizes.toString(16)} do not include 4 KiB`);
       ours.pgsizes = PAGE_SIZE;
@@ -378,14 +375,14 @@ export class Connection implements DeviceHost {
       fds.push(this.openTwin());
       ours.twinSocket = { supported: true, fdIndex: 0 };
     }
-    this.limits = {
+    this.negotiated = {
       maxMsgFds: peer.maxMsgFds,
-      maxDataXferSize: Math.min(this.options.maxDataXferSize, peer.maxDataXferSize),
-      maxDmaMaps: Math.min(this.options.maxDmaMaps, peer.maxDmaMaps),
+      maxDataXferSize: Math.min(this.limits.maxDataXferSize, peer.maxDataXferSize),
+      maxDmaMaps: Math.min(this.limits.maxDmaMaps, peer.maxDmaMaps),
       pgsizes: PAGE_SIZE,
       writeMultiple: theirs.writeMultiple === true,
     };
-    this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.limits.maxDataXferSize);
+    this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.negotiated.maxDataXferSize);
     if (this.twin) this.twin.maxMessageSize = this.channel.maxMessageSize;
     this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }), fds);
   }
@@ -523,9 +520,9 @@ export class Connection implements DeviceHost {
       return this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions: [] }));
     }
     check(
-      registers.length <= this.limits!.maxMsgFds,
+      registers.length <= this.negotiated!.maxMsgFds,
       'E2BIG',
-      `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`,
+      `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.negotiated!.maxMsgFds}`,
     );
     const fds = this.ioEventfds(req.index, registers);
     const subregions = registers.map((r, i) => ({
@@ -603,13 +600,13 @@ export class Connection implements DeviceHost {
     const m = msg.decodeMigData(p, false);
     this.migration.requireMigratable();
     check(m.argsz >= msg.MIG_DATA_SIZE, 'EINVAL', `MIG_DATA_READ argsz ${m.argsz} is below ${msg.MIG_DATA_SIZE}`);
-    const data = this.migration.read(Math.min(m.size, m.argsz - msg.MIG_DATA_SIZE, this.limits!.maxDataXferSize));
+    const data = this.migration.read(Math.min(m.size, m.argsz - msg.MIG_DATA_SIZE, this.negotiated!.maxDataXferSize));
     this.reply(h, msg.encodeMigData({ argsz: msg.MIG_DATA_SIZE + data.length, size: data.length, data }));
   }
 
   private migDataWrite(h: Header, p: Buffer): void {
     const m = msg.decodeMigData(p, true);
-    check(m.size <= this.limits!.maxDataXferSize, 'E2BIG', `MIG_DATA_WRITE of ${m.size} bytes is above max_data_xfer_size ${this.limits!.maxDataXferSize}`);
+    check(m.size <= this.negotiated!.maxDataXferSize, 'E2BIG', `MIG_DATA_WRITE of ${m.size} bytes is above max_data_xfer_size ${this.negotiated!.maxDataXferSize}`);
     this.migration.write(m.data);
     this.reply(h);
   }
@@ -623,7 +620,7 @@ export class Connection implements DeviceHost {
 
   private checkAccess(index: number, offset: number, count: number, write: boolean): void {
     const region = this.region(index);
-    const max = this.limits!.maxDataXferSize;
+    const max = this.negotiated!.maxDataXferSize;
     if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${index} cannot be ${write ? 'written' : 'read'}`);
     if (count > max) throw new ProtocolError('E2BIG', `region access of ${count} bytes is above max_data_xfer_size ${max}`);
     if (offset + count > region.size) {
@@ -679,7 +676,7 @@ export class Connection implements DeviceHost {
   }
 
   private regionWriteMulti(h: Header, p: Buffer): Promise<void> | void {
-    check(this.limits!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
+    check(this.negotiated!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
     const writes = msg.decodeRegionWriteMulti(p);
     for (const w of writes) this.checkAccess(w.region, w.offset, w.count, true);
     let i = 0;
@@ -786,7 +783,7 @@ export class Connection implements DeviceHost {
         out.set(piece.bytes, at);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
+          const n = Math.min(piece.length - done, this.negotiated!.maxDataXferSize, DMA_MESSAGE_DATA);
           const addr = piece.iova + BigInt(done);
           const reply = msg.decodeDmaAccess(await this.request(Command.DMA_READ, msg.encodeDmaAccess({ iova: addr, count: n, data: Buffer.alloc(0) })), true);
           if (reply.count !== n) throw new DmaError(`client returned ${reply.count} bytes for a ${n}-byte DMA read`);
@@ -811,7 +808,7 @@ export class Connection implements DeviceHost {
         this.migration.dirty?.mark(piece.iova, piece.length);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
+          const n = Math.min(piece.length - done, this.negotiated!.maxDataXferSize, DMA_MESSAGE_DATA);
           const chunk = Buffer.from(part.subarray(done, done + n));
           await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
           this.migration.dirty?.mark(piece.iova + BigInt(done), n);
