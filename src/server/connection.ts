@@ -31,6 +31,7 @@ import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
+import { Pending } from '../transport/pending.js';
 import { native, type PollHandle } from '../transport/native.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
 import type { PciDevice } from '../device/device.js';
@@ -99,6 +100,7 @@ interface Queued {
   fds: number[];
 }
 
+/** A DMA_READ or DMA_WRITE we sent, waiting for the client's reply. */
 interface Outstanding {
   resolve(payload: Buffer): void;
   reject(error: Error): void;
@@ -132,8 +134,7 @@ export class Connection implements DeviceHost {
   /** Commands answered ETIMEDOUT: whatever their handlers send later is dropped. Weak: a handler that never finishes is collected. */
   private readonly abandoned = new WeakSet<Header>();
   private anyAbandoned = false;
-  private nextId = 0;
-  private readonly outstanding = new Map<number, Outstanding>();
+  private readonly outstanding = new Pending<Outstanding>({ timeoutMs: 0 });
   private onClosed: (() => void) | undefined;
   /** Eventfds handed out by DEVICE_GET_REGION_IO_FDS, per region, with their watches. */
   private readonly ioFds = new Map<number, { fd: number; poll: PollHandle }[]>();
@@ -720,22 +721,21 @@ export class Connection implements DeviceHost {
 
   private onReply(h: Header, payload: Buffer, fds: number[]): void {
     closeAll(fds);
-    const waiter = this.outstanding.get(h.id);
+    const waiter = this.outstanding.take(h.id);
     if (!waiter) {
       this.log.warn(`client sent a reply #${h.id} to no request of ours; ignored`);
       return;
     }
-    this.outstanding.delete(h.id);
     if (h.flags & Flag.ERROR) waiter.reject(new DmaError(`client refused ${commandName(h.command)}: errno ${h.error}`));
     else waiter.resolve(Buffer.from(payload));
   }
 
   private request(command: number, payload: Buffer): Promise<Buffer> {
     if (this.channel.closed) return Promise.reject(new DmaError('the client disconnected'));
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
+    const id = this.outstanding.takeId();
+    if (this.outstanding.has(id)) return Promise.reject(new DmaError(`${commandName(command)}: 65536 requests are already waiting for the client's replies`));
     return new Promise((resolve, reject) => {
-      this.outstanding.set(id, { resolve, reject });
+      this.outstanding.add(id, { resolve, reject });
       (this.twin ?? this.channel).send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
     });
   }
@@ -828,8 +828,7 @@ export class Connection implements DeviceHost {
     this.queuedBytes = 0;
     clearTimeout(this.running?.timer);
     this.running = undefined;
-    for (const w of this.outstanding.values()) w.reject(new DmaError('the client disconnected'));
-    this.outstanding.clear();
+    this.outstanding.rejectAll(new DmaError('the client disconnected'));
     this.dma.unmapAll();
     this.irqs.releaseAll();
     this.twin?.close();
