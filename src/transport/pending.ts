@@ -93,9 +93,10 @@ export class Pending<W extends Waiter> {
 
   /** The oldest request still waiting, with `oldest` moved up to it. */
   private oldestWaiter(): W | undefined {
-    const waiters = this.waiters;
-    if (waiters === undefined) return undefined;
-    while (this.oldest !== this.next && waiters[this.oldest] === undefined) this.oldest = (this.oldest + 1) & 0xffff;
+    if (this.count === 0) return undefined;
+    // Counted, not bounded by `next`: with all 65536 IDs in use the oldest is at `next` itself.
+    const waiters = this.waiters!;
+    while (waiters[this.oldest] === undefined) this.oldest = (this.oldest + 1) & 0xffff;
     return waiters[this.oldest];
   }
 
