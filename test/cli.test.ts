@@ -140,8 +140,8 @@ describe('muser serve', () => {
     const server = await startServer(gpio, socket, ['--max-dma-maps', '1', '--max-data-xfer-size', '4096']);
     const c = await Client.connect(socket);
     try {
-      assert.equal(c.limits.maxDataXferSize, 4096);
-      assert.equal(c.limits.maxDmaMaps, 1);
+      assert.equal(c.negotiated.maxDataXferSize, 4096);
+      assert.equal(c.negotiated.maxDmaMaps, 1);
       await c.mapMemory(0x100000, 0x1000);
       await assert.rejects(c.mapMemory(0x200000, 0x1000), (e: unknown) => e instanceof VfioUserError && e.errno === protocol.Errno.ENOSPC);
     } finally {

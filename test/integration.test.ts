@@ -125,7 +125,7 @@ describe('client and server in separate processes', () => {
   it('answers bad requests with the right errno', async () => {
     const c = await Client.connect(socket, { capabilities: { maxMsgFds: 16, maxDataXferSize: 4096 } });
     try {
-      assert.equal(c.limits.maxDataXferSize, 4096);
+      assert.equal(c.negotiated.maxDataXferSize, 4096);
       await expectErrno(c.request(99), Errno.ENOSYS);
       await expectErrno(c.request(Command.REGION_READ, Buffer.alloc(8)), Errno.EINVAL); // truncated
       await expectErrno(c.regionRead(20, 0, 4), Errno.EINVAL); // no such region

@@ -29,7 +29,7 @@ export async function clientConfig(client: Client): Promise<Uint8Array> {
   const info = await client.regionInfo(RegionIndex.CONFIG);
   const size = Number(info.size);
   const out = new Uint8Array(size);
-  const chunk = Math.min(size, client.limits.maxDataXferSize);
+  const chunk = Math.min(size, client.negotiated.maxDataXferSize);
   for (let at = 0; at < size; at += chunk) out.set(await client.regionRead(RegionIndex.CONFIG, at, Math.min(chunk, size - at)), at);
   return out;
 }

@@ -11,6 +11,7 @@ import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
+import { Pending } from '../transport/pending.js';
 import { native, sharedMemory, type SharedMemory } from '../transport/native.js';
 import { ClientConfig } from './config.js';
 import { DeviceMigration } from './migration.js';
@@ -100,13 +101,11 @@ export class Interrupt {
 /** Reads what a request wants from its reply at rx[at..at+header.size), while it is still in the receive buffer. */
 type Parse<T> = (header: Header, rx: Buffer, at: number, fds: number[]) => T;
 
-interface Pending {
+interface Expected {
   command: number;
   resolve(value: unknown): void;
   reject(error: Error): void;
   parse: Parse<unknown>;
-  /** Date.now() after which the request fails; 0 for never. */
-  deadline: number;
   /** Requests sent together (regionReadBatch) share one entry, which resolves once all are in. */
   batch?: { first: number; left: number; results: unknown[] };
 }
@@ -138,31 +137,32 @@ const QEMU_CAPABILITIES: Capabilities = {
 
 export class Client {
   readonly channel: Channel;
-  /** What the server granted. */
-  limits!: Negotiated;
+  /** What VERSION agreed (set once connect() resolves). */
+  negotiated!: Negotiated;
   /** The server's VERSION reply capabilities. */
   serverCapabilities: Capabilities = {};
-  private nextId = 0;
-  /** Requests awaiting a reply, by message ID; IDs are handed out in order, so `oldest` walks forward. */
-  private readonly pending: (Pending | undefined)[] = new Array(0x10000);
-  private oldest = 0;
-  /** Requests waiting; while there are any, the socket keeps the process alive (an idle client does not). */
-  private waiting = 0;
+  /** Requests awaiting a reply; while there are any, the socket keeps the process alive (an idle client does not). */
+  private readonly pending: Pending<Expected>;
   private readonly memory: GuestMemory[] = [];
   /** Twin-socket mode: the channel the server's requests come on. */
   private twin: Channel | undefined;
   /** Largest DMA_READ or DMA_WRITE the server sent (bytes of guest memory), for tests. */
   largestDma = 0;
   private readonly interrupts: Interrupt[] = [];
-  private readonly timeout: number;
-  private timer: NodeJS.Timeout | undefined;
   private flushQueued = false;
   private closeError: Error | undefined;
   /** Live migration of the device: its state machine, data stream and DMA logging. */
   readonly migration = new DeviceMigration(this);
 
   private constructor(fd: number, timeout: number, pollUs: number) {
-    this.timeout = timeout;
+    this.pending = new Pending<Expected>({
+      timeoutMs: timeout,
+      expired: (p, id) => new Error(`${commandName(p.command)} #${id}: no reply within ${timeout} ms`),
+      busy: () => this.channel.ref(),
+      idle: () => {
+        if (!this.channel.closed) this.channel.unref();
+      },
+    });
     this.channel = new Channel(
       fd,
       {
@@ -194,7 +194,7 @@ export class Client {
     try {
       if (v.major !== PROTOCOL_MAJOR || v.minor > PROTOCOL_MINOR) throw new Error(`server speaks vfio-user ${v.major}.${v.minor}, not ${PROTOCOL_MAJOR}.${PROTOCOL_MINOR}`);
       this.serverCapabilities = parseCapabilities(v.json);
-      this.limits = negotiated(this.serverCapabilities);
+      this.negotiated = negotiated(this.serverCapabilities);
       const twin = this.serverCapabilities.twinSocket;
       if (caps.twinSocket?.supported && twin?.supported) {
         // The spec: a server that enables the mode without a valid descriptor is inconsistent, and the client must hang up.
@@ -242,7 +242,7 @@ export class Client {
     parse: Parse<T>,
   ): Promise<T> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
-    const id = this.takeId();
+    const id = this.pending.takeId();
     const promise = this.expect(id, command, parse);
     this.send(command, id, flags, payloadLength, write, fds);
     return promise;
@@ -250,19 +250,10 @@ export class Client {
 
   /** Registers the wait for the reply to request `id`. */
   private expect<T>(id: number, command: number, parse: Parse<T>): Promise<T> {
-    if (this.pending[id]) return Promise.reject(new Error(`${commandName(command)}: 65536 requests are already waiting for replies`));
-    const promise = new Promise<T>((resolve, reject) => {
-      this.pending[id] = { command, resolve: resolve as (v: unknown) => void, reject, parse, deadline: this.timeout > 0 ? Date.now() + this.timeout : 0 };
+    if (this.pending.has(id)) return Promise.reject(new Error(`${commandName(command)}: 65536 requests are already waiting for replies`));
+    return new Promise<T>((resolve, reject) => {
+      this.pending.add(id, { command, resolve: resolve as (v: unknown) => void, reject, parse });
     });
-    if (this.waiting++ === 0) this.channel.ref();
-    if (this.timeout > 0 && !this.timer) this.armTimer();
-    return promise;
-  }
-
-  private takeId(): number {
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
-    return id;
   }
 
   /** Queues one message; everything sent in one tick leaves in one sendmsg. */
@@ -290,44 +281,13 @@ export class Client {
     this.channel.uncork();
   };
 
-  /** One timer for all requests: it fires at the oldest deadline and fails what is overdue. */
-  private armTimer(): void {
-    const oldest = this.oldestPending();
-    if (!oldest) return;
-    this.timer = setTimeout(
-      () => {
-        this.timer = undefined;
-        const now = Date.now();
-        for (let p = this.oldestPending(); p && p.deadline <= now; p = this.oldestPending()) {
-          this.settled(this.oldest);
-          p.reject(new Error(`${commandName(p.command)} #${this.oldest}: no reply within ${this.timeout} ms`));
-        }
-        this.armTimer();
-      },
-      Math.max(0, oldest.deadline - Date.now()),
-    );
-    this.timer.unref();
-  }
-
-  private settled(id: number): void {
-    this.pending[id] = undefined;
-    if (--this.waiting === 0 && !this.channel.closed) this.channel.unref();
-  }
-
-  /** The oldest request still waiting, with `oldest` moved up to it. */
-  private oldestPending(): Pending | undefined {
-    while (this.oldest !== this.nextId && this.pending[this.oldest] === undefined) this.oldest = (this.oldest + 1) & 0xffff;
-    return this.pending[this.oldest];
-  }
-
   private onMessage(h: Header, rx: Buffer, at: number, fds: number[]): void {
     if (!isReply(h.flags)) return this.serve(h, rx.subarray(at + HEADER_SIZE, at + h.size), fds);
-    const entry = this.pending[h.id];
+    const entry = this.pending.take(h.id);
     if (!entry) {
       closeAll(fds);
       return;
     }
-    this.settled(h.id);
     if (h.flags & Flag.ERROR) {
       closeAll(fds);
       return entry.reject(new VfioUserError(h.command, h.error));
@@ -345,11 +305,7 @@ export class Client {
 
   private onClosed(error?: Error): void {
     this.closeError = new Error(`the server closed the connection${error ? `: ${error.message}` : ''}`);
-    for (let p = this.oldestPending(); p; p = this.oldestPending()) {
-      this.settled(this.oldest);
-      p.reject(this.closeError);
-    }
-    if (this.timer) clearTimeout(this.timer);
+    this.pending.rejectAll(this.closeError);
   }
 
   // ---------------------------------------------------------------- device, regions, interrupts
@@ -397,7 +353,7 @@ export class Client {
   /** Reads `count` bytes of a region: the trapped access path, encoded in place, one copy of the reply data. */
   regionRead(region: number, offset: number, count: number): Promise<Buffer> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
-    const id = this.takeId();
+    const id = this.pending.takeId();
     const promise = this.expect(id, Command.REGION_READ, readReplyData);
     this.sendRead(id, region, offset, count);
     return promise;
@@ -412,19 +368,17 @@ export class Client {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
     if (reads.length === 0) return Promise.resolve([]);
     if (reads.length > 0x8000) return Promise.reject(new RangeError(`a batch of ${reads.length} reads is above the 32768 a 16-bit message ID space leaves room for`));
-    const first = this.nextId;
+    const first = this.pending.nextId;
     for (let i = 0; i < reads.length; i++) {
-      if (this.pending[(first + i) & 0xffff]) return Promise.reject(new Error(`REGION_READ: too many requests are already waiting for replies to send ${reads.length} more`));
+      if (this.pending.has((first + i) & 0xffff)) return Promise.reject(new Error(`REGION_READ: too many requests are already waiting for replies to send ${reads.length} more`));
     }
-    const promise = this.expect(first, Command.REGION_READ, readReplyData) as Promise<unknown> as Promise<Buffer[]>;
-    const entry = this.pending[first]!;
-    entry.batch = { first, left: reads.length, results: new Array<Buffer>(reads.length) };
+    const promise = new Promise<Buffer[]>((resolve, reject) => {
+      const batch = { first, left: reads.length, results: new Array<Buffer>(reads.length) };
+      const entry: Expected = { command: Command.REGION_READ, resolve: resolve as (v: unknown) => void, reject, parse: readReplyData, batch };
+      for (let i = 0; i < reads.length; i++) this.pending.add((first + i) & 0xffff, entry);
+    });
     for (let i = 0; i < reads.length; i++) {
-      const id = this.takeId();
-      if (i > 0) {
-        this.pending[id] = entry;
-        this.waiting++;
-      }
+      const id = this.pending.takeId();
       const r = reads[i];
       this.sendRead(id, r.region, r.offset, r.count);
     }
@@ -443,7 +397,7 @@ export class Client {
   /** Writes a region; `posted` sends it with NO_REPLY, as QEMU does for BAR writes. */
   regionWrite(region: number, offset: number, data: Uint8Array, options: { posted?: boolean } = {}): Promise<void> {
     if (this.channel.closed) return Promise.reject(this.closeError ?? new Error('the connection is closed'));
-    const id = this.takeId();
+    const id = this.pending.takeId();
     const promise = options.posted ? Promise.resolve() : this.expect(id, Command.REGION_WRITE, ignoreReply);
     const size = HEADER_SIZE + msg.REGION_ACCESS_SIZE + data.length;
     const at = this.begin(size);

@@ -90,7 +90,7 @@ export class DeviceMigration {
 
   /** Migration data per message: what the server's max_data_xfer_size allows. */
   private chunk(): number {
-    return this.client.limits.maxDataXferSize;
+    return this.client.negotiated.maxDataXferSize;
   }
 }
 

@@ -31,6 +31,7 @@ import { copyInto } from '../protocol/le.js';
 import * as msg from '../protocol/messages.js';
 import { formatCapabilities, negotiated, parseCapabilities, type Capabilities, type Negotiated } from '../protocol/capabilities.js';
 import { Channel, closeAll } from '../transport/channel.js';
+import { Pending } from '../transport/pending.js';
 import { native, type PollHandle } from '../transport/native.js';
 import { DmaError, type DeviceHost } from '../device/types.js';
 import type { PciDevice } from '../device/device.js';
@@ -39,6 +40,7 @@ import { IrqTable } from './irqs.js';
 import { configIdentity, migratable, Migration } from './migration.js';
 import type { Logger } from './log.js';
 
+/** What a server enforces on its clients: set by serve()'s options and muser serve's flags. */
 export interface Limits {
   /** Largest data count in one region or DMA message we accept (capped by what the client says). */
   maxDataXferSize: number;
@@ -98,6 +100,7 @@ interface Queued {
   fds: number[];
 }
 
+/** A DMA_READ or DMA_WRITE we sent, waiting for the client's reply. */
 interface Outstanding {
   resolve(payload: Buffer): void;
   reject(error: Error): void;
@@ -116,7 +119,8 @@ export class Connection implements DeviceHost {
   readonly dma: DmaMapTable;
   readonly irqs: IrqTable;
   readonly migration: Migration;
-  private limits: Negotiated | undefined;
+  /** What VERSION agreed; undefined until it is done. */
+  negotiated: Negotiated | undefined;
   private queue: Queued[] = [];
   private queuedBytes = 0;
   private busy = false;
@@ -130,8 +134,7 @@ export class Connection implements DeviceHost {
   /** Commands answered ETIMEDOUT: whatever their handlers send later is dropped. Weak: a handler that never finishes is collected. */
   private readonly abandoned = new WeakSet<Header>();
   private anyAbandoned = false;
-  private nextId = 0;
-  private readonly outstanding = new Map<number, Outstanding>();
+  private readonly outstanding = new Pending<Outstanding>({ timeoutMs: 0 });
   private onClosed: (() => void) | undefined;
   /** Eventfds handed out by DEVICE_GET_REGION_IO_FDS, per region, with their watches. */
   private readonly ioFds = new Map<number, { fd: number; poll: PollHandle }[]>();
@@ -149,12 +152,12 @@ export class Connection implements DeviceHost {
   constructor(
     fd: number,
     private readonly device: PciDevice,
-    private readonly options: Limits,
+    private readonly limits: Limits,
     private readonly log: Logger,
     onClosed: () => void,
   ) {
     this.onClosed = onClosed;
-    this.dma = new DmaMapTable(options.maxDmaMaps, PAGE_SIZE);
+    this.dma = new DmaMapTable(limits.maxDmaMaps, PAGE_SIZE);
     const c = device.irqCounts;
     this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
     this.migration = new Migration(migratable(device), {
@@ -175,11 +178,6 @@ export class Connection implements DeviceHost {
       { maxMessageSize: PRE_NEGOTIATION_MAX, maxPendingOutput: MAX_PENDING_OUTPUT },
     );
     device.attach(this);
-  }
-
-  /** Negotiated limits, once VERSION is done. */
-  get negotiated(): Negotiated | undefined {
-    return this.limits;
   }
 
   close(): void {
@@ -203,9 +201,9 @@ export class Connection implements DeviceHost {
     if (isReply(header.flags)) return this.onReply(header, rx.subarray(at + HEADER_SIZE, at + header.size), fds);
     if (this.busy || this.queue.length > 0) {
       const payloadLength = header.size - HEADER_SIZE;
-      if (this.queue.length >= this.options.maxQueuedCommands || this.queuedBytes + payloadLength > MAX_QUEUED_BYTES) {
+      if (this.queue.length >= this.limits.maxQueuedCommands || this.queuedBytes + payloadLength > MAX_QUEUED_BYTES) {
         closeAll(fds);
-        const what = this.queue.length >= this.options.maxQueuedCommands ? `${this.options.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
+        const what = this.queue.length >= this.limits.maxQueuedCommands ? `${this.limits.maxQueuedCommands} commands` : `${MAX_QUEUED_BYTES >> 20} MiB of commands`;
         this.log.warn(`client has more than ${what} waiting; closing the connection`);
         return this.channel.close();
       }
@@ -225,7 +223,7 @@ export class Connection implements DeviceHost {
     const held = this.current;
     const running: Running = { header: held, what: describe(held, rx.subarray(at + HEADER_SIZE, at + header.size)) };
     this.running = running;
-    const ms = this.options.handlerTimeoutMs;
+    const ms = this.limits.handlerTimeoutMs;
     if (ms > 0) running.timer = setTimeout(() => this.timedOut(running), ms);
     this.unsettled++;
     void pending.then(() => {
@@ -242,7 +240,7 @@ export class Connection implements DeviceHost {
   /** A handler took too long: answer for it, and let the commands behind it go on. */
   private timedOut(running: Running): void {
     if (this.running !== running || this.channel.closed) return;
-    const ms = this.options.handlerTimeoutMs;
+    const ms = this.limits.handlerTimeoutMs;
     this.log.error(`${this.device.name}: ${running.what} did not finish within ${ms} ms; answered ETIMEDOUT, and whatever it does later is ignored`);
     this.replyError(running.header, Errno.ETIMEDOUT);
     this.abandoned.add(running.header);
@@ -274,7 +272,7 @@ export class Connection implements DeviceHost {
       if (fds.length > 0 && h.command !== Command.DMA_MAP && h.command !== Command.DEVICE_SET_IRQS) {
         throw new ProtocolError('EINVAL', `${commandName(h.command)} takes no descriptors, got ${fds.length}`);
       }
-      if (this.limits === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
+      if (this.negotiated === undefined && h.command !== Command.VERSION) throw new ProtocolError('EINVAL', `${commandName(h.command)} before VERSION`);
       const result = this.command(h, rx, at, fds);
       if (result) {
         const held = this.current!;
@@ -357,7 +355,7 @@ export class Connection implements DeviceHost {
   // ---------------------------------------------------------------- commands
 
   private version(h: Header, p: Buffer): void {
-    check(this.limits === undefined, 'EINVAL', 'VERSION was already negotiated');
+    check(this.negotiated === undefined, 'EINVAL', 'VERSION was already negotiated');
     const v = msg.decodeVersion(p);
     check(v.major === PROTOCOL_MAJOR, 'EINVAL', `protocol major version ${v.major} is not supported (only ${PROTOCOL_MAJOR})`);
     const theirs = capabilitiesOf(v.json);
@@ -365,8 +363,8 @@ export class Connection implements DeviceHost {
     const ours: Capabilities = {};
     // The reply names only capabilities the client proposed (the spec wants a subset).
     if (theirs.maxMsgFds !== undefined) ours.maxMsgFds = MAX_MSG_FDS;
-    if (theirs.maxDataXferSize !== undefined) ours.maxDataXferSize = Math.min(this.options.maxDataXferSize, theirs.maxDataXferSize);
-    if (theirs.maxDmaMaps !== undefined) ours.maxDmaMaps = Math.min(this.options.maxDmaMaps, theirs.maxDmaMaps);
+    if (theirs.maxDataXferSize !== undefined) ours.maxDataXferSize = Math.min(this.limits.maxDataXferSize, theirs.maxDataXferSize);
+    if (theirs.maxDmaMaps !== undefined) ours.maxDmaMaps = Math.min(this.limits.maxDmaMaps, theirs.maxDmaMaps);
     if (theirs.pgsizes !== undefined) {
       check((theirs.pgsizes & PAGE_SIZE) !== 0, 'EINVAL', `the client's page sizes 0x${theirs.pgsizes.toString(16)} do not include 4 KiB`);
       ours.pgsizes = PAGE_SIZE;
@@ -378,14 +376,14 @@ export class Connection implements DeviceHost {
       fds.push(this.openTwin());
       ours.twinSocket = { supported: true, fdIndex: 0 };
     }
-    this.limits = {
+    this.negotiated = {
       maxMsgFds: peer.maxMsgFds,
-      maxDataXferSize: Math.min(this.options.maxDataXferSize, peer.maxDataXferSize),
-      maxDmaMaps: Math.min(this.options.maxDmaMaps, peer.maxDmaMaps),
+      maxDataXferSize: Math.min(this.limits.maxDataXferSize, peer.maxDataXferSize),
+      maxDmaMaps: Math.min(this.limits.maxDmaMaps, peer.maxDmaMaps),
       pgsizes: PAGE_SIZE,
       writeMultiple: theirs.writeMultiple === true,
     };
-    this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.limits.maxDataXferSize);
+    this.channel.maxMessageSize = Math.max(PRE_NEGOTIATION_MAX, HEADER_SIZE + msg.REGION_ACCESS_SIZE + this.negotiated.maxDataXferSize);
     if (this.twin) this.twin.maxMessageSize = this.channel.maxMessageSize;
     this.reply(h, msg.encodeVersion({ major: PROTOCOL_MAJOR, minor: Math.min(v.minor, PROTOCOL_MINOR), json: formatCapabilities(ours) }), fds);
   }
@@ -523,9 +521,9 @@ export class Connection implements DeviceHost {
       return this.reply(h, msg.encodeRegionIoFds({ argsz, flags: 0, index: req.index, count: registers.length, subregions: [] }));
     }
     check(
-      registers.length <= this.limits!.maxMsgFds,
+      registers.length <= this.negotiated!.maxMsgFds,
       'E2BIG',
-      `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.limits!.maxMsgFds}`,
+      `region ${req.index} has ${registers.length} ioeventfds, more than the client's max_msg_fds ${this.negotiated!.maxMsgFds}`,
     );
     const fds = this.ioEventfds(req.index, registers);
     const subregions = registers.map((r, i) => ({
@@ -603,13 +601,13 @@ export class Connection implements DeviceHost {
     const m = msg.decodeMigData(p, false);
     this.migration.requireMigratable();
     check(m.argsz >= msg.MIG_DATA_SIZE, 'EINVAL', `MIG_DATA_READ argsz ${m.argsz} is below ${msg.MIG_DATA_SIZE}`);
-    const data = this.migration.read(Math.min(m.size, m.argsz - msg.MIG_DATA_SIZE, this.limits!.maxDataXferSize));
+    const data = this.migration.read(Math.min(m.size, m.argsz - msg.MIG_DATA_SIZE, this.negotiated!.maxDataXferSize));
     this.reply(h, msg.encodeMigData({ argsz: msg.MIG_DATA_SIZE + data.length, size: data.length, data }));
   }
 
   private migDataWrite(h: Header, p: Buffer): void {
     const m = msg.decodeMigData(p, true);
-    check(m.size <= this.limits!.maxDataXferSize, 'E2BIG', `MIG_DATA_WRITE of ${m.size} bytes is above max_data_xfer_size ${this.limits!.maxDataXferSize}`);
+    check(m.size <= this.negotiated!.maxDataXferSize, 'E2BIG', `MIG_DATA_WRITE of ${m.size} bytes is above max_data_xfer_size ${this.negotiated!.maxDataXferSize}`);
     this.migration.write(m.data);
     this.reply(h);
   }
@@ -623,7 +621,7 @@ export class Connection implements DeviceHost {
 
   private checkAccess(index: number, offset: number, count: number, write: boolean): void {
     const region = this.region(index);
-    const max = this.limits!.maxDataXferSize;
+    const max = this.negotiated!.maxDataXferSize;
     if (!(write ? region.writable : region.readable)) throw new ProtocolError('EINVAL', `region ${index} cannot be ${write ? 'written' : 'read'}`);
     if (count > max) throw new ProtocolError('E2BIG', `region access of ${count} bytes is above max_data_xfer_size ${max}`);
     if (offset + count > region.size) {
@@ -679,7 +677,7 @@ export class Connection implements DeviceHost {
   }
 
   private regionWriteMulti(h: Header, p: Buffer): Promise<void> | void {
-    check(this.limits!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
+    check(this.negotiated!.writeMultiple, 'EINVAL', 'REGION_WRITE_MULTI was not negotiated (write_multiple)');
     const writes = msg.decodeRegionWriteMulti(p);
     for (const w of writes) this.checkAccess(w.region, w.offset, w.count, true);
     let i = 0;
@@ -723,22 +721,21 @@ export class Connection implements DeviceHost {
 
   private onReply(h: Header, payload: Buffer, fds: number[]): void {
     closeAll(fds);
-    const waiter = this.outstanding.get(h.id);
+    const waiter = this.outstanding.take(h.id);
     if (!waiter) {
       this.log.warn(`client sent a reply #${h.id} to no request of ours; ignored`);
       return;
     }
-    this.outstanding.delete(h.id);
     if (h.flags & Flag.ERROR) waiter.reject(new DmaError(`client refused ${commandName(h.command)}: errno ${h.error}`));
     else waiter.resolve(Buffer.from(payload));
   }
 
   private request(command: number, payload: Buffer): Promise<Buffer> {
     if (this.channel.closed) return Promise.reject(new DmaError('the client disconnected'));
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
+    const id = this.outstanding.takeId();
+    if (this.outstanding.has(id)) return Promise.reject(new DmaError(`${commandName(command)}: 65536 requests are already waiting for the client's replies`));
     return new Promise((resolve, reject) => {
-      this.outstanding.set(id, { resolve, reject });
+      this.outstanding.add(id, { resolve, reject });
       (this.twin ?? this.channel).send(encodeMessage({ id, command, flags: Flag.COMMAND, error: 0 }, payload));
     });
   }
@@ -786,7 +783,7 @@ export class Connection implements DeviceHost {
         out.set(piece.bytes, at);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
+          const n = Math.min(piece.length - done, this.negotiated!.maxDataXferSize, DMA_MESSAGE_DATA);
           const addr = piece.iova + BigInt(done);
           const reply = msg.decodeDmaAccess(await this.request(Command.DMA_READ, msg.encodeDmaAccess({ iova: addr, count: n, data: Buffer.alloc(0) })), true);
           if (reply.count !== n) throw new DmaError(`client returned ${reply.count} bytes for a ${n}-byte DMA read`);
@@ -811,7 +808,7 @@ export class Connection implements DeviceHost {
         this.migration.dirty?.mark(piece.iova, piece.length);
       } else {
         for (let done = 0; done < piece.length; ) {
-          const n = Math.min(piece.length - done, this.limits!.maxDataXferSize, DMA_MESSAGE_DATA);
+          const n = Math.min(piece.length - done, this.negotiated!.maxDataXferSize, DMA_MESSAGE_DATA);
           const chunk = Buffer.from(part.subarray(done, done + n));
           await this.request(Command.DMA_WRITE, msg.encodeDmaAccess({ iova: piece.iova + BigInt(done), count: n, data: chunk }));
           this.migration.dirty?.mark(piece.iova + BigInt(done), n);
@@ -831,8 +828,7 @@ export class Connection implements DeviceHost {
     this.queuedBytes = 0;
     clearTimeout(this.running?.timer);
     this.running = undefined;
-    for (const w of this.outstanding.values()) w.reject(new DmaError('the client disconnected'));
-    this.outstanding.clear();
+    this.outstanding.rejectAll(new DmaError('the client disconnected'));
     this.dma.unmapAll();
     this.irqs.releaseAll();
     this.twin?.close();

@@ -35,7 +35,7 @@ export interface TraceEvent extends Partial<TraceAccess> {
   posted?: true;
   /** Descriptors that came with the command. */
   fds?: number;
-  /** VERSION: the limits both sides agreed on. */
+  /** VERSION: what both sides agreed. */
   negotiated?: { maxMsgFds: number; maxDataXferSize: number; maxDmaMaps: number; pgsizes: number; writeMultiple: boolean };
   /** DMA_MAP and DMA_UNMAP: the range (iova, size and offset in hex). */
   dma?: { iova: string; size: string; offset?: string; flags: number; all?: true };
