@@ -177,6 +177,14 @@ const RESERVED_NAMES = new Set(['value', 'decode', 'name', 'offset', 'width', 'r
  * The register engine for one address space (a BAR, or config space): the
  * image, per-byte access masks, and which register owns each byte.
  */
+/** Read-only zeros of each size, shared by the blocks whose masks have no bit set. */
+const zeros = new Map<number, Uint8Array>();
+function zeroBytes(size: number): Uint8Array {
+  let z = zeros.get(size);
+  if (!z) zeros.set(size, (z = new Uint8Array(size)));
+  return z;
+}
+
 export class RegisterBlock {
   /** Bytes covered: up to the end of the last register (or the size given). */
   readonly size: number;
@@ -186,9 +194,10 @@ export class RegisterBlock {
   private readonly powerOn: Uint8Array;
   private readonly rw: Uint8Array;
   private readonly w1c: Uint8Array;
-  private readonly w1s: Uint8Array;
-  private readonly wo: Uint8Array;
-  private readonly rc: Uint8Array;
+  // Most blocks have no write-1-to-set, write-only or read-clear bit: those masks share one zero array until a register needs its own.
+  private w1s: Uint8Array;
+  private wo: Uint8Array;
+  private rc: Uint8Array;
   /** Per byte: index + 1 of the register that holds it, 0 for none. */
   private readonly owner: Uint16Array;
   private readonly scratch = new Uint8Array(8);
@@ -204,9 +213,7 @@ export class RegisterBlock {
     this.powerOn = new Uint8Array(size);
     this.rw = new Uint8Array(size);
     this.w1c = new Uint8Array(size);
-    this.w1s = new Uint8Array(size);
-    this.wo = new Uint8Array(size);
-    this.rc = new Uint8Array(size);
+    this.w1s = this.wo = this.rc = zeroBytes(size);
     this.owner = new Uint16Array(size);
   }
 
@@ -227,12 +234,17 @@ export class RegisterBlock {
     put(this.powerOn, def.reset);
     put(this.rw, def.masks.rw);
     put(this.w1c, def.masks.w1c);
-    put(this.w1s, def.masks.w1s);
-    put(this.wo, def.masks.wo);
-    put(this.rc, def.masks.rc);
+    if (def.masks.w1s) put((this.w1s = this.own(this.w1s)), def.masks.w1s);
+    if (def.masks.wo) put((this.wo = this.own(this.wo)), def.masks.wo);
+    if (def.masks.rc) put((this.rc = this.own(this.rc)), def.masks.rc);
     this.owner.fill(this.registers.length, offset, offset + width);
     if (reg.special) this.plainReads = false;
     return reg;
+  }
+
+  /** A mask of this block's own, instead of the shared zeros. */
+  private own(mask: Uint8Array): Uint8Array {
+    return mask === zeroBytes(this.size) ? new Uint8Array(this.size) : mask;
   }
 
   /** Sets bytes without guest write rules, and makes them the power-on value too (read-only data such as a vendor capability's body). */
