@@ -31,7 +31,8 @@ const FLAGS = [
 
 export async function openPage(url: string, binary = process.env.CHROMIUM ?? 'chromium'): Promise<Browser> {
   const profile = mkdtempSync(join(tmpdir(), 'muser-chromium-'));
-  const child = spawn(binary, [...FLAGS, `--user-data-dir=${profile}`, url], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // A process group of its own, so that its helper processes go with it.
+  const child = spawn(binary, [...FLAGS, `--user-data-dir=${profile}`, url], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
   let socket: Socket | undefined;
   const cleanup = async (): Promise<void> => {
     socket?.destroy();
@@ -40,7 +41,12 @@ export async function openPage(url: string, binary = process.env.CHROMIUM ?? 'ch
       child.kill('SIGTERM');
       await exited;
     }
-    // Chromium's helper processes may still be writing the profile for a moment after the browser exits.
+    // Chromium's helper processes may still be writing the profile after the browser exits: end them all first.
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // the group is gone already
+    }
     rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   };
   try {
