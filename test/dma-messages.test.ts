@@ -6,15 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { after, before, describe, it } from 'node:test';
-import { Client, definePciDevice, serve, type Server } from '../src/index.js';
+import { describe, it } from 'node:test';
+import { Client, definePciDevice, serve } from '../src/index.js';
 import { DMA_MESSAGE_DATA } from '../src/server/connection.js';
 import { native } from '../src/transport/native.js';
 import { Command, Flag } from '../src/protocol/constants.js';
 import { decodeHeader, encodeMessage } from '../src/protocol/header.js';
 import * as msg from '../src/protocol/messages.js';
 import { rawMessage, RawConnection } from './fixtures/raw.js';
-import { tempDir, waitFor, type TempDir } from './helpers.js';
+import { serveInSuite, tempDir, waitFor } from './helpers.js';
 
 const KIB = 1024;
 const GUEST = 0x100000;
@@ -47,19 +47,10 @@ const device = definePciDevice({
 });
 
 describe('DMA by message', () => {
-  let dir: TempDir;
-  let server: Server;
-  before(async () => {
-    dir = tempDir();
-    server = await serve(device, { socket: dir.socket(), log: 'silent' });
-  });
-  after(async () => {
-    await server.close();
-    dir.remove();
-  });
+  const socket = serveInSuite(device);
 
   it('read, write, gather and scatter move the right bytes in pieces of at most DMA_MESSAGE_DATA', async () => {
-    const c = await Client.connect(dir.socket());
+    const c = await Client.connect(socket);
     try {
       const mem = await c.mapMemory(GUEST, SIZE, { shared: false });
       const op = (n: number): Promise<void> => c.regionWrite(0, 0, Buffer.from([n, 0, 0, 0]));
@@ -85,7 +76,7 @@ describe('DMA by message', () => {
   });
 
   it('twin-socket mode: DMA requests and their replies go on a socket of their own', async () => {
-    const c = await Client.connect(dir.socket(), { capabilities: { maxMsgFds: 16, maxDataXferSize: 1 << 20, twinSocket: { supported: true } } });
+    const c = await Client.connect(socket, { capabilities: { maxMsgFds: 16, maxDataXferSize: 1 << 20, twinSocket: { supported: true } } });
     try {
       assert.equal(c.twinSocket, true);
       assert.deepEqual(c.serverCapabilities.twinSocket, { supported: true, fdIndex: 0 });
@@ -101,7 +92,7 @@ describe('DMA by message', () => {
   });
 
   it('twin-socket mode on the wire: the DMA_WRITE arrives on the second socket, nothing on the first until it is answered', async () => {
-    const raw = new RawConnection(dir.socket());
+    const raw = new RawConnection(socket);
     let twin = -1;
     try {
       const v = await raw.version('{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true}}}');

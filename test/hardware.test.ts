@@ -5,9 +5,9 @@
  * No_Soft_Reset telling the truth about D3hot.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { Client, definePciDevice, protocol, serve, type Server } from '../src/index.js';
-import { tempDir, type TempDir } from './helpers.js';
+import { describe, it } from 'node:test';
+import { Client, definePciDevice, protocol } from '../src/index.js';
+import { serveInSuite } from './helpers.js';
 
 const { IrqIndex } = protocol;
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -41,19 +41,10 @@ const device = definePciDevice({
 const le32 = (v: number): Buffer => Buffer.from(new Uint32Array([v]).buffer);
 
 describe('hardware behaviour a VMM relies on', () => {
-  let dir: TempDir;
-  let server: Server;
-  before(async () => {
-    dir = tempDir();
-    server = await serve(device, { socket: dir.socket(), log: 'silent' });
-  });
-  after(async () => {
-    await server.close();
-    dir.remove();
-  });
+  const socket = serveInSuite(device);
 
   it('INTx: an unmask signals again only while the line is still up', async () => {
-    const c = await Client.connect(dir.socket());
+    const c = await Client.connect(socket);
     try {
       const intx = await c.irq(IrqIndex.INTX);
       await c.regionWrite(0, 0, le32(1)); // raise: delivered, and masked until the unmask
@@ -89,7 +80,7 @@ describe('hardware behaviour a VMM relies on', () => {
   }
 
   it('Function Level Reset: advertised in DevCap, Initiate FLR in DevCtl resets the device, and the bit reads 0', async () => {
-    const c = await Client.connect(dir.socket());
+    const c = await Client.connect(socket);
     try {
       const exp = await capability(c, 0x10);
       assert.equal((await c.config.read(exp + 4, 4)) & 0x10000000, 0x10000000, 'DevCap: Function Level Reset Capability');
@@ -110,7 +101,7 @@ describe('hardware behaviour a VMM relies on', () => {
   });
 
   it('Power Management: No_Soft_Reset is set, and D3hot to D0 keeps the state', async () => {
-    const c = await Client.connect(dir.socket());
+    const c = await Client.connect(socket);
     try {
       const pm = await capability(c, 0x01);
       await c.config.write(0x04, 0x0006, 2);

@@ -3,7 +3,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { serve, type PciDevice, type Server } from '../src/index.js';
 
 /** dist/ (tests run from dist/test). */
 export const dist = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -44,6 +46,20 @@ export interface TempDir {
 export function tempDir(): TempDir {
   const path = mkdtempSync(join(tmpdir(), 'muser-test-'));
   return { path, socket: (name = 'dev.sock') => join(path, name), remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Serves `device` in this process for the suite that calls it (started before its tests, closed after); returns its socket. */
+export function serveInSuite(device: PciDevice): string {
+  const dir = tempDir();
+  let server: Server | undefined;
+  before(async () => {
+    server = await serve(device, { socket: dir.socket(), log: 'silent' });
+  });
+  after(async () => {
+    await server?.close();
+    dir.remove();
+  });
+  return dir.socket();
 }
 
 export interface ServerProcess {
