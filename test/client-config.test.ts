@@ -2,14 +2,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, pci } from '../src/index.js';
-import { fixture, startServer, tempDir, type ServerProcess, type TempDir } from './helpers.js';
+import { fixture, startServer, tempDir, type ServerProcess, type TempDir, le32 } from './helpers.js';
 
 const { CapId, ExtCapId, Msi, Msix } = pci.PciRegs;
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
 
 describe('Client config helpers', () => {
   let dir: TempDir;

@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { Client, protocol } from '../src/index.js';
-import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32 } from './helpers.js';
 
 const { IrqIndex } = protocol;
 const BAR0 = 0;
@@ -18,12 +18,6 @@ const ITERATIONS = 100;
 const MOMENTS = ['half-message', 'dma-map', 'irq-setup'];
 /** Children started ahead of their turn, so that Node's start-up overlaps the loop. */
 const WARM = 4;
-
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
 
 /**
  * The server's mappings, from /proc/<pid>/maps. Anonymous ones come and go

@@ -3,14 +3,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, protocol, serve, type Server } from '../src/index.js';
 import { BUFFER, edu, IRQ_DMA, IRQ_FACTORIAL } from '../samples/edu/index.js';
-import { tempDir, waitFor, type TempDir } from './helpers.js';
+import { tempDir, waitFor, type TempDir, le32 } from './helpers.js';
 
 const { IrqIndex, RegionIndex } = protocol;
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
 const le64 = (v: bigint): Buffer => {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(v);

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Client, definePciDevice, protocol } from '../src/index.js';
-import { serveInSuite } from './helpers.js';
+import { serveInSuite, le32 } from './helpers.js';
 
 const { IrqIndex } = protocol;
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -38,7 +38,6 @@ const device = definePciDevice({
     latch = 0;
   },
 });
-const le32 = (v: number): Buffer => Buffer.from(new Uint32Array([v]).buffer);
 
 describe('hardware behaviour a VMM relies on', () => {
   const socket = serveInSuite(device);

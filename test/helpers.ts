@@ -5,7 +5,24 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { serve, type PciDevice, type Server } from '../src/index.js';
+import assert from 'node:assert/strict';
+import { serve, VfioUserError, type PciDevice, type Server } from '../src/index.js';
+
+/** A 32-bit little-endian register value, as a region write carries it. */
+export const le32 = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v >>> 0);
+  return b;
+};
+
+/** Asserts that `promise` fails with an error reply carrying `errno`. */
+export async function expectErrno(promise: Promise<unknown>, errno: number): Promise<void> {
+  await assert.rejects(promise, (e: unknown) => {
+    assert.ok(e instanceof VfioUserError, `expected an error reply, got ${String(e)}`);
+    assert.equal(e.errno, errno, `errno ${e.errno}, expected ${errno}`);
+    return true;
+  });
+}
 
 /** dist/ (tests run from dist/test). */
 export const dist = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -14,17 +14,12 @@ import * as msg from '../src/protocol/messages.js';
 import { defaultLimits } from '../src/server/connection.js';
 import { native } from '../src/transport/native.js';
 import { rawMessage, RawConnection, type HeaderFields } from './fixtures/raw.js';
-import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount } from './helpers.js';
+import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount, le32 } from './helpers.js';
 
 const BAR0 = 0;
 const BAR2 = 2;
 const CONFIG = 7;
 const ERROR_REPLY = Flag.REPLY | Flag.ERROR; // 0x21
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
 
 /** Malformed messages sent by this file (counted, never printed). */
 let malformed = 0;

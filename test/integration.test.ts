@@ -4,25 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Client, VfioUserError, protocol } from '../src/index.js';
+import { Client, protocol } from '../src/index.js';
 import { native } from '../src/transport/native.js';
-import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount } from './helpers.js';
+import { fdCount, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, settledFdCount, le32, expectErrno } from './helpers.js';
 
 const { Command, Errno, IrqIndex, RegionFlag, DeviceFlag, IrqSetFlag } = protocol;
 const BAR0 = 0;
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
-
-async function expectErrno(promise: Promise<unknown>, errno: number): Promise<void> {
-  await assert.rejects(promise, (e: unknown) => {
-    assert.ok(e instanceof VfioUserError, `expected an error reply, got ${String(e)}`);
-    assert.equal(e.errno, errno, `errno ${e.errno}, expected ${errno}`);
-    return true;
-  });
-}
 
 describe('client and server in separate processes', () => {
   let dir: TempDir;

@@ -8,10 +8,11 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Client, VfioUserError, migrate, protocol, type GuestMemory } from '../src/index.js';
+import { Client, migrate, protocol, type GuestMemory } from '../src/index.js';
 import { MigState, MigrationFlag, Feature, RecordKind, encodeRecords, encodeIdentity } from '../src/protocol/migration.js';
 import { migrationPath } from '../src/server/migration.js';
-import { dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, expectErrno } from './helpers.js';
+import { REG, OP, w32, r32, command, completed, setRing } from './store-driver.js';
 import { NvmeHost } from '../samples/nvme/driver.js';
 
 const { Command, Errno, FeatureFlag, IrqIndex, IrqSetFlag } = protocol;
@@ -19,47 +20,7 @@ const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P,
 const STATES = [STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P];
 const ALL = MigrationFlag.STOP_COPY | MigrationFlag.P2P | MigrationFlag.PRE_COPY;
 
-const REG = { addrLo: 0x00, addrHi: 0x04, length: 0x08, slot: 0x0c, doorbell: 0x10, completed: 0x14, ringLo: 0x18, ringHi: 0x1c };
-const OP = { store: 1, load: 2, loadViews: 3, loadScatter: 4 };
 const PAGE = 4096;
-
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
-const w32 = (c: Client, offset: number, v: number): Promise<void> => c.regionWrite(0, offset, le32(v));
-const r32 = async (c: Client, offset: number): Promise<number> => (await c.regionRead(0, offset, 4)).readUInt32LE(0);
-
-async function expectErrno(promise: Promise<unknown>, errno: number): Promise<void> {
-  await assert.rejects(promise, (e: unknown) => {
-    assert.ok(e instanceof VfioUserError, `expected an error reply, got ${String(e)}`);
-    assert.equal(e.errno, errno, `errno ${e.errno}, expected ${errno}`);
-    return true;
-  });
-}
-
-/** Queues one command on the store device. */
-async function command(c: Client, op: number, addr: bigint, length: number, slot: number): Promise<void> {
-  await w32(c, REG.addrLo, Number(addr & 0xffffffffn));
-  await w32(c, REG.addrHi, Number(addr >> 32n));
-  await w32(c, REG.length, length);
-  await w32(c, REG.slot, slot);
-  await w32(c, REG.doorbell, op);
-}
-
-async function completed(c: Client, n: number): Promise<void> {
-  const end = Date.now() + 5000;
-  while ((await r32(c, REG.completed)) < n) {
-    if (Date.now() > end) throw new Error(`the device did not complete ${n} commands within 5 s`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
-
-async function setRing(c: Client, iova: bigint): Promise<void> {
-  await w32(c, REG.ringLo, Number(iova & 0xffffffffn));
-  await w32(c, REG.ringHi, Number(iova >> 32n));
-}
 
 const pagesOf = (bitmap: Buffer): number[] => [...Array(bitmap.length * 8).keys()].filter((i) => bitmap[i >> 3] & (1 << (i & 7)));
 
@@ -216,7 +177,7 @@ describe('live migration against muser serve', () => {
       await completed(c, 1);
       await intx.wait(0);
       // INTx is a level: the driver acknowledges it at the device before it unmasks.
-      await w32(c, 0x30, 1);
+      await w32(c, REG.ack, 1);
       await c.unmask(IrqIndex.INTX);
       const seen = intx.count;
       await c.migration.setState(STOP);

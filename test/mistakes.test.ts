@@ -7,13 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError } from '../src/index.js';
-import { fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
-
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
+import { fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32 } from './helpers.js';
 
 describe('author mistakes', () => {
   let dir: TempDir;

@@ -10,10 +10,9 @@ import { Command, Errno, Flag, IrqIndex, IrqSetFlag } from '../src/protocol/cons
 import * as msg from '../src/protocol/messages.js';
 import { native } from '../src/transport/native.js';
 import { RawConnection } from './fixtures/raw.js';
-import { fixture, startServer, tempDir, type ServerProcess, type TempDir } from './helpers.js';
+import { fixture, startServer, tempDir, type ServerProcess, type TempDir, le32 } from './helpers.js';
 
 const BAR0 = 0;
-const le32 = (v: number): Buffer => Buffer.from(new Uint32Array([v]).buffer);
 
 describe("a peer's expectations, where the protocol allows them", () => {
   let dir: TempDir;

@@ -9,19 +9,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, protocol } from '../src/index.js';
-import { cli, fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { cli, fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32 } from './helpers.js';
+import { REG, w32, r32, command, completed } from './store-driver.js';
 
 const { Errno, IrqIndex, RegionIndex } = protocol;
-const REG = { addrLo: 0x00, addrHi: 0x04, length: 0x08, slot: 0x0c, doorbell: 0x10, completed: 0x14, ringLo: 0x18, ringHi: 0x1c };
 const PAGE = 4096;
-
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
-const w32 = (c: Client, offset: number, v: number): Promise<void> => c.regionWrite(0, offset, le32(v));
-const r32 = async (c: Client, offset: number): Promise<number> => (await c.regionRead(0, offset, 4)).readUInt32LE(0);
 
 /** The supervisor's children with the title `muser: <what>` (the device process, or the spare waiting to replace it). */
 function childPid(supervisor: number, what: 'device' | 'spare device'): number | undefined {
@@ -40,22 +32,6 @@ async function newDevicePid(supervisor: number, old: number | undefined): Promis
   let pid: number | undefined;
   await waitFor(() => (pid = devicePid(supervisor)) !== undefined && pid !== old, 10_000, 'a new device process');
   return pid!;
-}
-
-async function command(c: Client, op: number, addr: bigint, length: number, slot: number): Promise<void> {
-  await w32(c, REG.addrLo, Number(addr & 0xffffffffn));
-  await w32(c, REG.addrHi, Number(addr >> 32n));
-  await w32(c, REG.length, length);
-  await w32(c, REG.slot, slot);
-  await w32(c, REG.doorbell, op);
-}
-
-async function completed(c: Client, n: number): Promise<void> {
-  const end = Date.now() + 10_000;
-  while ((await r32(c, REG.completed)) < n) {
-    if (Date.now() > end) throw new Error(`the device did not complete ${n} commands`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
 }
 
 describe('muser serve --restartable', () => {

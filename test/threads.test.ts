@@ -15,17 +15,12 @@ import { addonPath, native } from '../src/transport/native.js';
 import { Worker } from 'node:worker_threads';
 import { NvmeHost } from '../samples/nvme/driver.js';
 import { LBA, PAGE } from '../samples/nvme/spec.js';
-import { cli, dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir } from './helpers.js';
+import { cli, dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32 } from './helpers.js';
 
 const { IrqIndex } = protocol;
 const device = fixture('thread-device.js');
 const deviceB = fixture('thread-device-b.js');
 const gpio = join(dist, 'samples', 'gpio-pci-idio-16', 'index.js');
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
 const read32 = async (c: Client, offset: number): Promise<number> => (await c.regionRead(0, offset, 4)).readUInt32LE(0);
 
 function captureLog(): Logger & { lines: string[] } {
