@@ -1,6 +1,6 @@
 /** Shared by the tests: temporary sockets, server processes, descriptor counts. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before } from 'node:test';
@@ -77,6 +77,23 @@ export function serveInSuite(device: PciDevice): string {
     dir.remove();
   });
   return dir.socket();
+}
+
+/** A `--restartable` supervisor's child titled `muser: <what> process` (the device process, or the spare), if there is one now. */
+export function supervisorChild(supervisor: number, what: 'device' | 'spare device'): number | undefined {
+  let children: number[];
+  try {
+    children = readFileSync(`/proc/${supervisor}/task/${supervisor}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return undefined;
+  }
+  return children.find((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(`muser: ${what} process`);
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
 }
 
 export interface ServerProcess {

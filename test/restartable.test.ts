@@ -5,28 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, VfioUserError, protocol } from '../src/index.js';
-import { cli, fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32 } from './helpers.js';
+import { cli, fixture, settledFdCount, startServer, tempDir, waitFor, type ServerProcess, type TempDir, le32, supervisorChild } from './helpers.js';
 import { REG, w32, r32, command, completed } from './store-driver.js';
 
 const { Errno, IrqIndex, RegionIndex } = protocol;
 const PAGE = 4096;
 
-/** The supervisor's children with the title `muser: <what>` (the device process, or the spare waiting to replace it). */
-function childPid(supervisor: number, what: 'device' | 'spare device'): number | undefined {
-  const children = readFileSync(`/proc/${supervisor}/task/${supervisor}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  return children.find((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(`muser: ${what} process`);
-    } catch {
-      return false;
-    }
-  });
-}
-const devicePid = (supervisor: number): number | undefined => childPid(supervisor, 'device');
+const devicePid = (supervisor: number): number | undefined => supervisorChild(supervisor, 'device');
 
 async function newDevicePid(supervisor: number, old: number | undefined): Promise<number> {
   let pid: number | undefined;
@@ -195,12 +184,12 @@ describe('muser serve --restartable', () => {
       await c.irq(IrqIndex.INTX);
       await c.regionInfo(RegionIndex.BAR0);
       await w32(c, 0x2c, 0);
-      await waitFor(() => childPid(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
+      await waitFor(() => supervisorChild(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
       const baseline = await settledFdCount(pid);
       const pauses: number[] = [];
       for (let i = 1; i <= 100; i++) {
         // As after any restart once things settle, a spare process is ready to take over.
-        await waitFor(() => childPid(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
+        await waitFor(() => supervisorChild(pid, 'spare device') !== undefined, 10_000, 'a spare device process');
         const before = devicePid(pid);
         const t = performance.now();
         process.kill(before!, 'SIGKILL');

@@ -28,7 +28,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import { Client } from '../../src/index.js';
-import { dist, fdCount, settledFdCount, startServer, waitFor, type ServerProcess } from '../helpers.js';
+import { dist, fdCount, settledFdCount, startServer, supervisorChild, waitFor, type ServerProcess } from '../helpers.js';
 
 const root = join(dist, '..');
 const scripts = join(root, 'scripts', 'e2e');
@@ -305,21 +305,7 @@ export async function assertServerEnds(s: GuestServer, vendor: number, connectio
 
 /** The pid of a `--restartable` server's live device process (its child titled "muser: device process"), or undefined between two. */
 export function devicePid(s: GuestServer): number | undefined {
-  const supervisor = s.child.pid!;
-  let children: string[];
-  try {
-    children = readFileSync(`/proc/${supervisor}/task/${supervisor}/children`, 'utf8').trim().split(/\s+/);
-  } catch {
-    return undefined;
-  }
-  for (const c of children) {
-    try {
-      if (readFileSync(`/proc/${c}/cmdline`, 'utf8').startsWith('muser: device process')) return Number(c);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return undefined;
+  return supervisorChild(s.child.pid!, 'device');
 }
 
 /** The pause of each restart so far, in ms, from the supervisor's "serves again after a pause of .. ms" lines. */
