@@ -2,24 +2,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, pci } from '../src/index.js';
-import { fixture, startServer, tempDir, type ServerProcess, type TempDir, le32 } from './helpers.js';
+import { fixture, le32, startServerInSuite } from './helpers.js';
 
 const { CapId, ExtCapId, Msi, Msix } = pci.PciRegs;
 
 describe('Client config helpers', () => {
-  let dir: TempDir;
-  let server: ServerProcess;
+  const socket = startServerInSuite(fixture('test-device.js'));
   let c: Client;
   before(async () => {
-    dir = tempDir();
-    server = await startServer(fixture('test-device.js'), dir.socket());
-    c = await Client.connect(dir.socket());
+    c = await Client.connect(socket);
   });
-  after(async () => {
-    c.close();
-    await server.stop();
-    dir.remove();
-  });
+  after(() => c.close());
 
   it('reads and writes 32-bit registers', async () => {
     assert.equal(await c.config.read32(0), 0x7e571de5);

@@ -96,6 +96,20 @@ export function supervisorChild(supervisor: number, what: 'device' | 'spare devi
   });
 }
 
+/** Starts `muser serve <module>` in its own process for the suite that calls it (before its tests, stopped after); returns its socket. */
+export function startServerInSuite(module: string): string {
+  const dir = tempDir();
+  let server: ServerProcess | undefined;
+  before(async () => {
+    server = await startServer(module, dir.socket());
+  });
+  after(async () => {
+    await server?.stop();
+    dir.remove();
+  });
+  return dir.socket();
+}
+
 export interface ServerProcess {
   child: ChildProcess;
   /** Everything the server wrote to stderr so far. */

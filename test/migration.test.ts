@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { Client, migrate, protocol, type GuestMemory } from '../src/index.js';
 import { MigState, MigrationFlag, Feature, RecordKind, encodeRecords, encodeIdentity } from '../src/protocol/migration.js';
 import { migrationPath } from '../src/server/migration.js';
-import { dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, expectErrno } from './helpers.js';
+import { dist, fixture, startServer, tempDir, waitFor, type ServerProcess, type TempDir, expectErrno, startServerInSuite } from './helpers.js';
 import { REG, OP, w32, r32, command, completed, setRing } from './store-driver.js';
 import { NvmeHost } from '../samples/nvme/driver.js';
 
@@ -25,19 +25,7 @@ const PAGE = 4096;
 const pagesOf = (bitmap: Buffer): number[] => [...Array(bitmap.length * 8).keys()].filter((i) => bitmap[i >> 3] & (1 << (i & 7)));
 
 describe('live migration against muser serve', () => {
-  let dir: TempDir;
-  let server: ServerProcess;
-  let socket: string;
-
-  before(async () => {
-    dir = tempDir();
-    socket = dir.socket();
-    server = await startServer(fixture('store-device.js'), socket);
-  });
-  after(async () => {
-    await server.stop();
-    dir.remove();
-  });
+  const socket = startServerInSuite(fixture('store-device.js'));
 
   async function session<T>(run: (c: Client) => Promise<T>): Promise<T> {
     const c = await Client.connect(socket);

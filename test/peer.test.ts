@@ -4,29 +4,18 @@
  * to argsz or with argsz too small, blocking eventfds, zero-byte accesses.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { Client } from '../src/index.js';
 import { Command, Errno, Flag, IrqIndex, IrqSetFlag } from '../src/protocol/constants.js';
 import * as msg from '../src/protocol/messages.js';
 import { native } from '../src/transport/native.js';
 import { RawConnection } from './fixtures/raw.js';
-import { fixture, startServer, tempDir, type ServerProcess, type TempDir, le32 } from './helpers.js';
+import { fixture, le32, startServerInSuite } from './helpers.js';
 
 const BAR0 = 0;
 
 describe("a peer's expectations, where the protocol allows them", () => {
-  let dir: TempDir;
-  let server: ServerProcess;
-  let socket: string;
-  before(async () => {
-    dir = tempDir();
-    socket = dir.socket();
-    server = await startServer(fixture('test-device.js'), socket);
-  });
-  after(async () => {
-    await server.stop();
-    dir.remove();
-  });
+  const socket = startServerInSuite(fixture('test-device.js'));
 
   async function raw(json?: string): Promise<{ c: RawConnection; reply: msg.Version }> {
     const c = new RawConnection(socket);
