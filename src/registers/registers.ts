@@ -156,12 +156,12 @@ export class RegisterBase<V extends number | bigint = number | bigint> {
   }
 
   private field(f: FieldInfo, value: number | bigint): number {
-    if (typeof value === 'number' && f.shift + f.width <= 32) return ((value >>> f.shift) & (2 ** f.width - 1)) >>> 0;
+    if (typeof value === 'number' && f.shift + f.width <= 32) return ((value >>> f.shift) & (POW2[f.width] - 1)) >>> 0;
     return Number((BigInt(value) >> BigInt(f.shift)) & ((1n << BigInt(f.width)) - 1n));
   }
 
   private setField(f: FieldInfo, v: number): void {
-    if (!Number.isInteger(v) || v < 0 || v >= 2 ** f.width) {
+    if (!Number.isInteger(v) || v < 0 || v >= POW2[f.width]) {
       throw new RangeError(`${this.name}.${f.name} is ${f.width} bits wide; ${String(v)} does not fit`);
     }
     const mask = ((1n << BigInt(f.width)) - 1n) << BigInt(f.shift);
@@ -171,6 +171,8 @@ export class RegisterBase<V extends number | bigint = number | bigint> {
 }
 
 const ALL_BITS: Record<Width, bigint> = { 1: 0xffn, 2: 0xffffn, 4: 0xffff_ffffn, 8: 0xffff_ffff_ffff_ffffn };
+/** 2 ** n for n = 0..64: `**` with a variable exponent calls pow(), which shows up on the hot path. */
+const POW2 = Array.from({ length: 65 }, (_, n) => 2 ** n);
 const RESERVED_NAMES = new Set(['value', 'decode', 'name', 'offset', 'width', 'reset', 'fields', 'sizes', 'readHook', 'writeHook', 'special', 'block']);
 
 /**
@@ -285,8 +287,7 @@ export class RegisterBlock {
 
   /** Device side: stores a value into the image (no masks, no hooks). */
   store(offset: number, width: Width, value: number | bigint): void {
-    if (typeof value === 'number' && width !== 8) setLE(this.image, offset, width, value);
-    else storeLE(this.image, offset, width, BigInt(value));
+    storeValue(this.image, offset, width, value);
   }
 
   /**
@@ -325,7 +326,7 @@ export class RegisterBlock {
     let base = 0;
     if (reg.readHook) {
       const v = checkValue(reg.readHook(reg.value), reg.width, `the read hook of ${reg.name}`);
-      storeLE(this.scratch, 0, reg.width, BigInt(v));
+      storeValue(this.scratch, 0, reg.width, v);
       src = this.scratch;
       base = reg.offset;
     }
@@ -477,9 +478,15 @@ function compile(what: string, name: string, d: RegisterDecl): RegisterDef {
   };
 }
 
+/** Stores a register value little-endian; numbers below 8 bytes wide skip the BigInt conversion (hot: every hooked read). */
+function storeValue(into: Uint8Array, offset: number, width: Width, value: number | bigint): void {
+  if (typeof value === 'number' && width !== 8) setLE(into, offset, width, value);
+  else storeLE(into, offset, width, BigInt(value));
+}
+
 /** `value` as an unsigned integer of `width` bytes (number, or bigint for 8), or one sentence about `what` returned it. */
 export function checkValue(value: unknown, width: number, what: string): number | bigint {
-  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 2 ** (8 * width) && (width < 8 || value <= Number.MAX_SAFE_INTEGER)) return value;
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < POW2[8 * width] && (width < 8 || value <= Number.MAX_SAFE_INTEGER)) return value;
   if (typeof value === 'bigint' && value >= 0n && value <= ALL_BITS[width as Width]) return width === 8 ? value : Number(value);
   throw new TypeError(`${what} is ${show(value)}, which is not an unsigned ${8 * width}-bit integer`);
 }
