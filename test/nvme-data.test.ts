@@ -28,6 +28,26 @@ function pattern(length: number, seed: number): Buffer {
   return b;
 }
 
+/**
+ * Holds every thread of the pool with a read of an empty FIFO, so that work
+ * queued behind them waits until release().
+ */
+function holdThreadPool(fifo: string): { release(): Promise<void> } {
+  execFileSync('mkfifo', [fifo]);
+  const fd = openSync(fifo, 'r+');
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const held = Array.from({ length: threads }, () => new Promise((resolve) => read(fd, Buffer.alloc(1), 0, 1, null, resolve)));
+  let released: Promise<void> | undefined;
+  return {
+    release: () =>
+      (released ??= (async () => {
+        writeSync(fd, Buffer.alloc(threads));
+        await Promise.all(held);
+        closeSync(fd);
+      })()),
+  };
+}
+
 describe('NVMe data path: zero-copy, by message, and through the thread pool', () => {
   const dir = tempDir();
   const warnings: string[] = [];
@@ -185,38 +205,58 @@ describe('NVMe data path: zero-copy, by message, and through the thread pool', (
   });
 
   it('fails a read whose guest memory is unmapped while it is on the thread pool, and keeps serving', async () => {
-    const fifo = join(dir.path, 'hold');
-    execFileSync('mkfifo', [fifo]);
-    const hold = openSync(fifo, 'r+');
-    const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-    let held: Promise<unknown>[] = [];
-    try {
-      await session(pooled, async (host, client) => {
-        const buf = host.alloc(PAGE);
-        pattern(PAGE, 60).copy(buf.bytes);
-        assert.equal((await host.write(1, 0, 8, buf.iova)).status, SUCCESS);
-        // Every thread of the pool reads an empty FIFO, so that the controller's read waits behind them.
-        held = Array.from({ length: threads }, () => new Promise((resolve) => read(hold, Buffer.alloc(1), 0, 1, null, resolve)));
+    await session(pooled, async (host, client) => {
+      const buf = host.alloc(PAGE);
+      pattern(PAGE, 60).copy(buf.bytes);
+      assert.equal((await host.write(1, 0, 8, buf.iova)).status, SUCCESS);
+      const pool = holdThreadPool(join(dir.path, 'hold-unmap'));
+      try {
         const data: GuestMemory = await client.mapMemory(0x40000000n, 1024 * 1024);
         const inFlight = pooled.backing.stats.inFlight;
         const reading = host.read(1, 0, 8, data.iova);
         await waitFor(() => pooled.backing.stats.inFlight > inFlight, 2000, 'the read to reach the thread pool');
         await client.unmapMemory(data);
-        writeSync(hold, Buffer.alloc(threads));
-        await Promise.all(held);
+        await pool.release();
         assert.equal((await reading).status, DATA_TRANSFER_ERROR);
+      } finally {
+        await pool.release();
+      }
+      assert.ok(
+        warnings.some((w) => /0x40000000/.test(w)),
+        'the DMA error was reported',
+      );
+      buf.bytes.fill(0);
+      assert.equal((await host.read(1, 0, 8, buf.iova)).status, SUCCESS, 'still serving');
+      assert.deepEqual(buf.bytes, pattern(PAGE, 60));
+    });
+  });
+
+  it('drops a read on the thread pool at a controller reset: nothing reaches guest memory afterwards', async () => {
+    await session(pooled, async (host) => {
+      const buf = host.alloc(PAGE);
+      pattern(PAGE, 70).copy(buf.bytes);
+      assert.equal((await host.write(1, 16, 8, buf.iova)).status, SUCCESS);
+      buf.bytes.fill(0xee);
+      const pool = holdThreadPool(join(dir.path, 'hold-reset'));
+      try {
+        const reading = host.read(1, 16, 8, buf.iova);
+        await waitFor(() => pooled.backing.stats.inFlight > 0, 2000, 'the read to reach the thread pool');
+        await host.disable();
+        await assert.rejects(reading, /controller reset/);
+        await pool.release();
+        await waitFor(() => pooled.backing.stats.inFlight === 0, 2000, 'the thread pool to finish');
+        await new Promise((r) => setImmediate(r));
         assert.ok(
-          warnings.some((w) => /0x40000000/.test(w)),
-          'the DMA error was reported',
+          buf.bytes.every((b) => b === 0xee),
+          'the buffer is as the host left it',
         );
-        buf.bytes.fill(0);
-        assert.equal((await host.read(1, 0, 8, buf.iova)).status, SUCCESS, 'still serving');
-        assert.deepEqual(buf.bytes, pattern(PAGE, 60));
-      });
-    } finally {
-      if (held.length > 0) writeSync(hold, Buffer.alloc(threads));
-      await Promise.all(held);
-      closeSync(hold);
-    }
+      } finally {
+        await pool.release();
+      }
+      await host.enable();
+      await host.createQueuePair(1, 8);
+      assert.equal((await host.read(1, 16, 8, buf.iova)).status, SUCCESS, 'usable again after the reset');
+      assert.deepEqual(buf.bytes, pattern(PAGE, 70));
+    });
   });
 });
