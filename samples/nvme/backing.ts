@@ -30,6 +30,14 @@ export interface BackingIoOptions {
   alwaysAsync?: boolean;
   /** Reads and writes on the thread pool at once; more wait their turn, in order. Default 32. */
   maxInFlight?: number;
+  /**
+   * Where the file system has no non-blocking buffered write (RWF_NOWAIT
+   * answered EOPNOTSUPP, as on ext4): write on this thread, straight from
+   * guest memory (true, the default: the page cache takes a write at once
+   * nearly always, and a trip through the thread pool costs more than it
+   * saves), or copy and write on the thread pool (false).
+   */
+  blockingWrites?: boolean;
 }
 
 export class BackingFile {
@@ -40,9 +48,10 @@ export class BackingFile {
   readonly stats = { immediate: 0, asynchronous: 0, inFlight: 0, peakInFlight: 0, peakWaiting: 0 };
   private readonly alwaysAsync: boolean;
   private readonly maxInFlight: number;
+  private readonly blockingWrites: boolean;
   /** Work waiting for a thread-pool slot, in order. */
   private readonly waiting: (() => void)[] = [];
-  /** Cleared when the file system says it cannot write without blocking (EOPNOTSUPP): no point asking again. */
+  /** Cleared when the file system says it cannot write without blocking (EOPNOTSUPP): no point in asking again. */
   private nowaitWrites = true;
 
   private constructor(
@@ -55,6 +64,7 @@ export class BackingFile {
     this.fd = fd;
     this.alwaysAsync = io.alwaysAsync ?? false;
     this.maxInFlight = io.maxInFlight ?? 32;
+    this.blockingWrites = io.blockingWrites ?? true;
     if (!Number.isInteger(this.maxInFlight) || this.maxInFlight < 1) throw new RangeError(`maxInFlight must be a positive integer, not ${this.maxInFlight}`);
   }
 
@@ -109,19 +119,24 @@ export class BackingFile {
     throw errnoError(n, 'read', this.path);
   }
 
-  /** Writes `data` (in order) at byte `position` as far as possible without waiting. Returns the bytes written; write() writes the rest. */
+  /**
+   * Writes `data` (in order) at byte `position` as far as possible without
+   * waiting (or, see blockingWrites, as a plain write where the file system
+   * cannot tell). Returns the bytes written; write() writes the rest.
+   */
   writeNow(data: readonly Uint8Array[], position: number): number {
-    if (this.alwaysAsync || !this.nowaitWrites) return 0;
-    const n = pwritev(this.fd, data, position, { nowait: true });
+    if (this.alwaysAsync || (!this.nowaitWrites && !this.blockingWrites)) return 0;
+    let n = pwritev(this.fd, data, position, { nowait: this.nowaitWrites });
+    if (n === -EOPNOTSUPP && this.nowaitWrites) {
+      this.nowaitWrites = false;
+      if (!this.blockingWrites) return 0;
+      n = pwritev(this.fd, data, position);
+    }
     if (n >= 0) {
       if (n > 0) this.stats.immediate++;
       return n;
     }
     if (n === -EAGAIN) return 0;
-    if (n === -EOPNOTSUPP) {
-      this.nowaitWrites = false;
-      return 0;
-    }
     throw errnoError(n, 'write', this.path);
   }
 
