@@ -51,7 +51,8 @@ export class BackingFile {
   private readonly blockingWrites: boolean;
   /** Work waiting for a thread-pool slot, in order. */
   private readonly waiting: (() => void)[] = [];
-  /** Cleared when the file system says it cannot write without blocking (EOPNOTSUPP): no point in asking again. */
+  /** Cleared when the file system says it cannot read or write without blocking (EOPNOTSUPP): no point in asking again. */
+  private nowaitReads = true;
   private nowaitWrites = true;
 
   private constructor(
@@ -109,13 +110,18 @@ export class BackingFile {
    * part, or 0; read() reads the rest.
    */
   readNow(into: readonly Uint8Array[], position: number): number {
-    if (this.alwaysAsync) return 0;
+    if (this.alwaysAsync || !this.nowaitReads) return 0;
     const n = preadv(this.fd, into, position, { nowait: true });
     if (n >= 0) {
       if (n > 0) this.stats.immediate++;
       return n;
     }
     if (n === -EAGAIN) return 0;
+    if (n === -EOPNOTSUPP) {
+      // No non-blocking reads here (an old kernel, some network file systems): every read goes to the thread pool.
+      this.nowaitReads = false;
+      return 0;
+    }
     throw errnoError(n, 'read', this.path);
   }
 
