@@ -1,2 +1,3 @@
 export * from './types.js';
 export * from './device.js';
+export { preadv, pwritev, type PositionalIoOptions } from './file-io.js';
