@@ -213,7 +213,7 @@ export class PciDevice<S extends object = object> {
    * what it saw last and calls `changed(offset, value)` for each that differs
    * (offset from the start of `memory`). It spins while changes or messages
    * keep coming and backs off when they stop (see WatchOptions; an idle
-   * watch costs a wake-up and one compare per millisecond). A watch of guest
+   * watch costs a wake-up and one compare per `backoffUs`). A watch of guest
    * memory stops by itself when the client unmaps it or leaves. Watch small
    * ranges (doorbells), not whole buffers. Returns the function that stops it.
    */
@@ -691,7 +691,9 @@ function barMemory(name: string, index: number, spec: BarSpec, doorbells?: { off
   const areas = spec.memory === true ? [{ offset: 0, size }] : [...(spec.memory?.areas ?? [])];
   if (doorbells && !inside(areas, doorbells.offset, doorbells.length)) {
     if (areas.some((a) => a.offset < doorbells.offset + doorbells.length && a.offset + a.size > doorbells.offset)) {
-      throw new RangeError(`BAR${index} of ${name}: doorbells at 0x${doorbells.offset.toString(16)} lie partly in a mappable area of memory; make them one area's part or apart`);
+      throw new RangeError(
+        `BAR${index} of ${name}: doorbells at 0x${doorbells.offset.toString(16)} overlap a mappable area of memory without lying inside it; put them inside one area or outside all`,
+      );
     }
     areas.push({ offset: doorbells.offset, size: doorbells.length });
   }

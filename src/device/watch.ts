@@ -17,8 +17,8 @@ export interface PollTiming {
   /**
    * The longest delay between two looks once backed off, in microseconds:
    * default 1000 (from 1 to 10000000). Each look wakes the thread: at the
-   * default an idle watch costs about 700 wake-ups a second, a few percent of
-   * a core on a busy virtual machine. A device that hears of new work by
+   * default an idle watch costs up to a thousand wake-ups a second, a few
+   * percent of a core on a virtual machine. A device that hears of new work by
    * message anyway (a trapped doorbell after `idle()`) can back off further.
    */
   backoffUs?: number;
@@ -54,7 +54,7 @@ export interface WatchEvents {
   changed(offset: number, value: number): void;
   busy?(): void;
   idle?(): void;
-  /** `fn` threw while telling `what`. */
+  /** The device's callback `what` threw `e`. */
   failed(e: unknown, what: string): void;
 }
 
