@@ -422,7 +422,18 @@ export class PciDevice<S extends object = object> {
     this.msixTableInUse = (flags & 1) !== 0;
     this.intxPending = (flags & 2) !== 0;
     if (state.author !== undefined) Object.assign(this.state, state.author);
+    // Doorbell values restored into the memory were rung before the state was saved.
+    for (const bar of this.bars) bar?.doorbells?.watch?.resync();
     this.spec.restored?.();
+  }
+
+  /**
+   * Before the device stops (live migration): rings written into shared
+   * doorbells that the poller has not reported yet reach `write` now, so the
+   * state saved next holds their outcome.
+   */
+  quiesce(): void {
+    for (const bar of this.bars) bar?.doorbells?.watch?.flush();
   }
 
   private stateParts(): StateParts {
