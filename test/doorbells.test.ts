@@ -186,11 +186,16 @@ describe('doorbells', () => {
       assert.match(logged[0], /bells: the watch of 4096 bytes of guest memory, changed\(0x100, 0xd\): Error: the watcher went wrong/);
       mem.bytes.writeUInt32LE(14, 0x100);
       await waitFor(() => seen.length === 2, 2000, 'the watch goes on');
+      mem.bytes.writeUInt32LE(20, 0x104);
+      bells.quiesce();
+      assert.deepEqual(seen, [13, 14, 20], 'quiesce() reports what the poller has not yet seen');
       // The server unmaps its view of the memory; the client's own stays, and what it writes now is not seen.
       await c.dmaUnmap(mem.iova, BigInt(mem.size));
       mem.bytes.writeUInt32LE(15, 0x100);
       await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(seen, [13, 14]);
+      assert.deepEqual(seen, [13, 14, 20]);
+      bells.quiesce();
+      assert.deepEqual(seen, [13, 14, 20], 'nor does quiesce(), once the memory is unmapped');
       stop();
       assert.equal((await c.regionRead(0, 0, 4)).length, 4, 'still serving');
     } finally {

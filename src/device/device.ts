@@ -87,6 +87,8 @@ export class PciDevice<S extends object = object> {
   readonly state: S;
   private readonly initialState: S;
   private host?: DeviceHost;
+  /** Running watches (watch() and shared doorbells), flushed by quiesce(). */
+  private readonly watches = new Set<WordWatch>();
   /** Reused result buffers for trapped reads of up to 4 bytes, indexed by size. */
   private readonly scratch: Buffer[] = [0, 1, 2, 3, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
@@ -243,7 +245,13 @@ export class PciDevice<S extends object = object> {
         throw new TypeError(`watch() takes BAR shared memory ({ bar, offset, length }) or guest memory from device.dma.views(), not other memory`, { cause: e });
       throw e;
     }
-    return watch.stop;
+    // Watches of guest memory the client has unmapped since have stopped by themselves.
+    for (const w of this.watches) if (!w.watching) this.watches.delete(w);
+    this.watches.add(watch);
+    return () => {
+      watch.stop();
+      this.watches.delete(watch);
+    };
   }
 
   /** Logs a mistake in the author's code that no access is waiting on, and goes on. */
@@ -370,7 +378,15 @@ export class PciDevice<S extends object = object> {
     const had = this.host !== undefined;
     this.host = host;
     if (host && !had) this.bars.forEach((bar, i) => bar?.doorbells && this.pollDoorbells(i as BarIndex, bar, bar.doorbells));
-    if (!host && had) for (const bar of this.bars) bar?.doorbells?.watch?.stop();
+    if (!host && had) {
+      for (const bar of this.bars) {
+        const watch = bar?.doorbells?.watch;
+        if (watch) {
+          watch.stop();
+          this.watches.delete(watch);
+        }
+      }
+    }
     if (host && !had) this.spec.connected?.();
     if (!host && had) this.spec.disconnected?.();
   }
@@ -390,6 +406,7 @@ export class PciDevice<S extends object = object> {
     };
     const words = bar.memory!.bytes.subarray(doorbells.offset, doorbells.offset + doorbells.length);
     doorbells.watch = watchWords(words, { changed: ring, failed: (e) => this.mistake(e, `the doorbells of BAR${index}`) }, doorbells.timing);
+    this.watches.add(doorbells.watch);
   }
 
   /** Power-on state: config space, MSI-X table, then the author's reset. */
@@ -428,12 +445,12 @@ export class PciDevice<S extends object = object> {
   }
 
   /**
-   * Before the device stops (live migration): rings written into shared
-   * doorbells that the poller has not reported yet reach `write` now, so the
-   * state saved next holds their outcome.
+   * Before the device stops (live migration): changes to watched memory the
+   * poller has not reported yet (rings of shared doorbells, writes a watch()
+   * would see) are reported now, so the state saved next holds their outcome.
    */
   quiesce(): void {
-    for (const bar of this.bars) bar?.doorbells?.watch?.flush();
+    for (const watch of this.watches) watch.flush();
   }
 
   private stateParts(): StateParts {

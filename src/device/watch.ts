@@ -68,6 +68,8 @@ export interface WordWatch {
   resync(): void;
   /** Looks now, reporting what changed since the poller last looked (before the device stops). */
   flush(): void;
+  /** Whether it still watches: not stopped, and its memory still mapped. */
+  readonly watching: boolean;
 }
 
 /**
@@ -100,6 +102,9 @@ export function watchWords(bytes: Uint8Array, events: WatchEvents, timing: Requi
     report(n);
   });
   return {
+    get watching() {
+      return !stopped && live.length > 0;
+    },
     stop: () => {
       stopped = true;
       native.unwatch(id);
