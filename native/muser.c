@@ -1,7 +1,9 @@
 /*
  * muser native addon: the few Linux system calls the vfio-user transport
  * needs and Node does not expose (SCM_RIGHTS, memfd, eventfd, mmap), plus
- * readiness polling of raw descriptors on the Node event loop (uv_poll).
+ * readiness polling of raw descriptors on the Node event loop (uv_poll), and
+ * in the same poller, watches of words in mapped memory that a client
+ * writes without a message (doorbells).
  *
  * Conventions: every function is synchronous and runs on the JS thread.
  * Hot-path calls (accept, recvmsg, sendmsg, eventfdRead/Write) report
