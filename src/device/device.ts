@@ -48,8 +48,11 @@ interface Bar {
 
 /** Memory `device.watch()` can watch: a range of a BAR's shared memory. */
 export interface BarRange {
+  /** A BAR declared with `memory` or shared `doorbells`. */
   bar: BarIndex;
+  /** Where the range starts in the BAR; a multiple of 4. */
   offset: number;
+  /** Bytes; a multiple of 4, at least 4. */
   length: number;
 }
 
