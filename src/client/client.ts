@@ -50,6 +50,14 @@ export interface RegionDescription extends msg.RegionInfo {
   fd?: number;
 }
 
+/** A region's mappable areas, mapped into this process as a VMM maps them for its guest. */
+export interface MappedRegion {
+  /** Each area: where it starts in the region, and its bytes (writes go straight to the device's memory). */
+  areas: { offset: number; bytes: Buffer }[];
+  /** Unmaps every area; the bytes are empty afterwards. */
+  close(): void;
+}
+
 export interface ConnectOptions {
   /** Capabilities to propose; defaults are what QEMU proposes. */
   capabilities?: Capabilities;
@@ -328,6 +336,27 @@ export class Client {
       }
       return { ...info, capabilities: msg.decodeRegionCaps(info), fd: r.fds[0] };
     }
+  }
+
+  /** Maps what the server lets the client map of a region: all of it, or its sparse-mmap areas. Rejects when it offers nothing. */
+  async mapRegion(index: number): Promise<MappedRegion> {
+    const info = await this.regionInfo(index);
+    if (info.fd === undefined) throw new Error(`region ${index} offers nothing to map`);
+    const mapped: MappedRegion['areas'] = [];
+    const close = (): void => {
+      for (const a of mapped) native.munmap(a.bytes.buffer as ArrayBuffer);
+    };
+    try {
+      const sparse = info.capabilities.find((c) => c.id === 1);
+      const areas = sparse?.areas ?? [{ offset: 0n, size: info.size }];
+      for (const a of areas) mapped.push({ offset: Number(a.offset), bytes: Buffer.from(native.mmap(info.fd, Number(info.offset + a.offset), Number(a.size), true)) });
+    } catch (e) {
+      close();
+      throw e;
+    } finally {
+      native.close(info.fd);
+    }
+    return { areas: mapped, close };
   }
 
   /** The region's sub-regions that take eventfds (ioeventfds) instead of writes, and the eventfds, which the caller then owns. */
