@@ -459,8 +459,11 @@ export class NvmeController {
     }
     if (epoch === this.epoch && this.regs.CC.SHN !== 0) {
       this.regs.CSTS.SHST = CSTS.SHST_COMPLETE;
-      const { commands, completions, interrupts } = this.stats;
-      this.info(`shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts)`);
+      const { commands, completions, interrupts, doorbells } = this.stats;
+      const shadow = this.state.doorbellBuffer ? ', shadow doorbells in use' : '';
+      this.info(
+        `shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts); ${doorbells} BAR0 doorbells${shadow}`,
+      );
     }
   }
 
