@@ -568,7 +568,7 @@ export class NvmeController {
     const { epoch } = this;
     const pages = this.state.doorbellBuffer;
     setTimeout(() => {
-      if (epoch === this.epoch && this.state.doorbellBuffer === pages) this.reachShadowSoon(Math.min(2 * delay, 1000));
+      if (epoch === this.epoch && this.state.doorbellBuffer === pages && !this.backing.closed) this.reachShadowSoon(Math.min(2 * delay, 1000));
     }, delay).unref();
   }
 
@@ -956,16 +956,14 @@ export class NvmeController {
     if (shadow === 0n || eventIdx === 0n || shadow & page || eventIdx & page || shadow === eventIdx) return done(genericError(Generic.INVALID_FIELD));
     this.stopShadow();
     this.state.doorbellBuffer = { shadow, eventIdx };
-    const views = [this.host.view(shadow, PAGE), this.host.view(eventIdx, PAGE)];
-    if (!views[0] || !views[1]) {
+    if (!this.reachShadow()) {
       this.state.doorbellBuffer = null;
       this.info('Doorbell Buffer Config refused: its pages are not in shared guest memory; doorbells stay in BAR0');
       return done(genericError(Generic.INVALID_FIELD));
     }
-    const words = new Uint32Array(views[0].buffer, views[0].byteOffset, PAGE / 4);
-    for (const sq of this.sqs) if (sq && sq.id > 0) words[2 * sq.id] = sq.tail;
-    for (const cq of this.cqs) if (cq && cq.id > 0) words[2 * cq.id + 1] = cq.head;
-    this.reachShadow();
+    const { doorbells } = this.shadow!;
+    for (const sq of this.sqs) if (sq && sq.id > 0) doorbells[2 * sq.id] = sq.tail;
+    for (const cq of this.cqs) if (cq && cq.id > 0) doorbells[2 * cq.id + 1] = cq.head;
     for (let index = 2; index < 2 * (this.ioQueues + 1); index++) this.setEventIdx(index);
     return done(OK);
   }
