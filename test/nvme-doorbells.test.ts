@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setImmediate as turn } from 'node:timers/promises';
-import { Client, serve, type Server } from '../src/index.js';
+import { Client, migrate, protocol, serve, type GuestMemory, type Server } from '../src/index.js';
 import { createNvme, optionsFromEnvironment, NvmeConfigError, type Nvme } from '../samples/nvme/nvme.js';
 import { NvmeHost, type HostOptions, type HostQueue } from '../samples/nvme/driver.js';
 import { AdminOpcode, Feature, PAGE, status } from '../samples/nvme/spec.js';
@@ -280,6 +280,42 @@ describe('NVMe doorbells and interrupts', () => {
       );
     } finally {
       other.close();
+    }
+  });
+
+  it('moves a controller with shadow doorbells to another server: the destination watches the same pages', async () => {
+    const twin = createNvme({ file: join(dir.path, 'disk.img'), ioQueues: 2 });
+    const twinServer = await serve(twin.device, { socket: dir.socket('twin.sock'), log: 'silent' });
+    const b = await Client.connect(dir.socket('twin.sock'));
+    try {
+      await session(
+        async (host, a) => {
+          await host.start({ ioQueues: 2 });
+          await host.createQueuePair(1, 16);
+          await io(host, 1, 4);
+          const mem = (host as unknown as { mem: GuestMemory }).mem;
+          await b.dmaMap({ flags: 3, offset: 0n, iova: mem.iova, size: BigInt(mem.size) }, mem.fd);
+          const { IrqIndex, IrqSetFlag } = protocol;
+          for (let v = 0; host.interrupt(v); v++) {
+            await b.setIrqs({ flags: IrqSetFlag.DATA_EVENTFD | IrqSetFlag.ACTION_TRIGGER, index: IrqIndex.MSIX, start: v, count: 1, data: Buffer.alloc(0) }, [
+              host.interrupt(v)!.fd,
+            ]);
+          }
+          await migrate({ source: a, destination: b, memory: [{ source: mem, destination: mem }] });
+          (host as unknown as { client: Client }).client = b;
+          assert.deepEqual(twin.controller.state.doorbellBuffer, nvme.controller.state.doorbellBuffer);
+          const before = { ...host.doorbells };
+          const rung = twin.controller.stats.doorbells;
+          await io(host, 1, 8);
+          assert.ok(host.doorbells.shadowOnly - before.shadowOnly >= 14, 'the host still writes shadow doorbells');
+          assert.equal(twin.controller.stats.doorbells - rung, host.doorbells.bar0 - before.bar0, 'and rings the destination');
+        },
+        { shadowDoorbells: true },
+      );
+    } finally {
+      b.close();
+      await twinServer.close();
+      twin.close();
     }
   });
 
