@@ -855,6 +855,7 @@ typedef struct watch {
   uint64_t spin_ns;     /* keep spinning this long after the last change */
   uint64_t quiet_since; /* spinning: the last change, or the start of the spin */
   uint64_t delay_ns;    /* backed off: the delay before the next look */
+  uint64_t max_delay_ns; /* what the delay grows to */
   uint64_t due_ns;      /* backed off: when to look next */
   bool spinning;
   bool stopped; /* released; freed when no walk of the list is under way */
@@ -988,11 +989,11 @@ static uint64_t now_ns(void) {
 #define WATCH_IDLE 0
 #define WATCH_BUSY (-1)
 /* A backed-off watch first looks again after BACKOFF_MIN_NS, then after
- * twice as long each time it finds nothing, up to BACKOFF_MAX_NS: an idle
- * watch costs one wake-up and one compare per millisecond. (The kernel's
- * timer slack, 50 µs for ordinary threads, comes on top of each delay.) */
+ * twice as long each time it finds nothing, up to its maximum (1 ms unless
+ * the watch says otherwise): an idle watch costs one wake-up and one compare
+ * per maximum delay. (The kernel's timer slack, 50 µs for ordinary threads,
+ * comes on top of each delay.) */
 #define BACKOFF_MIN_NS 20000u
-#define BACKOFF_MAX_NS 1000000u
 
 static void watch_release(watch *w) {
   if (w->stopped) return;
@@ -1108,17 +1109,17 @@ static bool watch_look(addon_state *s, watch *w, uint64_t now) {
   if (n > 0) return watch_report(s, w, n);
   if (!w->spinning) {
     w->delay_ns *= 2;
-    if (w->delay_ns > BACKOFF_MAX_NS) w->delay_ns = BACKOFF_MAX_NS;
+    if (w->delay_ns > w->max_delay_ns) w->delay_ns = w->max_delay_ns;
     w->due_ns = now + w->delay_ns;
     return true;
   }
-  if (now - w->quiet_since < w->spin_ns) return true;
+  if (now < w->quiet_since || now - w->quiet_since < w->spin_ns) return true;
   w->spinning = false;
   if (!watch_call(s, w, WATCH_IDLE)) return false;
   if (w->stopped) return true;
   n = watch_compare(w);
   if (n > 0) return watch_report(s, w, n);
-  w->delay_ns = BACKOFF_MIN_NS;
+  w->delay_ns = BACKOFF_MIN_NS < w->max_delay_ns ? BACKOFF_MIN_NS : w->max_delay_ns;
   w->due_ns = now_ns() + w->delay_ns;
   return true;
 }
@@ -1180,8 +1181,8 @@ static nfds_t spin_fds(addon_state *s, struct pollfd *fds, poll_handle **owner) 
  * a spinning handle, or when a message arrives within one full budget of
  * the last spin's end (traffic is dense again).
  *
- * Watches: a spinning watch is compared on every round, and keeps the spin
- * going (with the handles polled too, so messages are not held up) until it
+ * Watches: a spinning watch is compared on every round (a backed-off one
+ * when it is due), and keeps the spin going (with the handles polled too, so messages are not held up) until it
  * has been quiet for its own budget; see watch_look().
  *
  * Either way the loop gets a turn at least every SPIN_SLICE_NS once the
@@ -1210,7 +1211,7 @@ static void spin(addon_state *s, uint64_t max_ns) {
          (now - start < SPIN_SLICE_NS || calls == s->calls)) {
     bool watching = false;
     for (watch *w = s->watches; w != NULL; w = w->next) {
-      if (w->stopped || !w->spinning) continue;
+      if (w->stopped || (!w->spinning && w->due_ns > now)) continue;
       if (!watch_look(s, w, now)) goto out;
       watching = watching || (!w->stopped && w->spinning);
     }
@@ -1525,10 +1526,11 @@ static bool arg_words(napi_env env, napi_value v, const char *name,
   return true;
 }
 
-/* watch(live, seen, changes, spinUs, cb) -> id (see src/transport/native.ts) */
+/* watch(live, seen, changes, spinUs, backoffUs, cb) -> id (see
+ * src/transport/native.ts) */
 static napi_value js_watch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   void *data;
   NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
   addon_state *s = data;
@@ -1555,14 +1557,19 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
     throw_type(env, "live must be a view of memory mapped by mmap()");
     return NULL;
   }
-  uint32_t spin_us;
+  uint32_t spin_us, backoff_us;
   if (napi_get_value_uint32(env, argv[3], &spin_us) != napi_ok ||
       spin_us > 1000000) {
     throw_range(env, "spinUs takes microseconds from 0 to 1000000");
     return NULL;
   }
+  if (napi_get_value_uint32(env, argv[4], &backoff_us) != napi_ok ||
+      backoff_us < 1 || backoff_us > 10000000) {
+    throw_range(env, "backoffUs takes microseconds from 1 to 10000000");
+    return NULL;
+  }
   napi_valuetype t;
-  NAPI_OR_THROW(env, napi_typeof(env, argv[4], &t));
+  NAPI_OR_THROW(env, napi_typeof(env, argv[5], &t));
   if (t != napi_function) {
     throw_type(env, "cb must be a function");
     return NULL;
@@ -1588,7 +1595,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   bool ok = napi_create_reference(env, argv[0], 1, &w->arrays[0]) == napi_ok &&
             napi_create_reference(env, argv[1], 1, &w->arrays[1]) == napi_ok &&
             napi_create_reference(env, argv[2], 1, &w->arrays[2]) == napi_ok &&
-            napi_create_reference(env, argv[4], 1, &w->cb_ref) == napi_ok &&
+            napi_create_reference(env, argv[5], 1, &w->cb_ref) == napi_ok &&
             napi_create_object(env, &resource) == napi_ok &&
             napi_create_reference(env, resource, 1, &w->resource_ref) ==
                 napi_ok &&
@@ -1609,9 +1616,10 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   w->count = (uint32_t)count;
   w->map = p;
   w->spin_ns = (uint64_t)spin_us * 1000u;
+  w->max_delay_ns = (uint64_t)backoff_us * 1000u;
   for (uint32_t i = 0; i < w->count; i++) seen[i] = w->live[i];
   /* It starts backed off, looking again soon. */
-  w->delay_ns = BACKOFF_MIN_NS;
+  w->delay_ns = BACKOFF_MIN_NS < w->max_delay_ns ? BACKOFF_MIN_NS : w->max_delay_ns;
   w->due_ns = now_ns() + w->delay_ns;
   do
     w->id = ++s->last_watch_id;

@@ -201,6 +201,11 @@ describe('doorbells', () => {
     assert.throws(bar({ registers: defineRegisters({ BELL: { offset: 0x1000 } }), doorbells: { offset: 0x1000, length: 0x1000 } }), /overlap declared registers/);
     assert.throws(bar({ type: 'io', size: 256, doorbells: { offset: 0, length: 0x1000 } }), /need a memory BAR/);
     assert.throws(bar({ write: undefined, doorbells: { offset: 0, length: 0x1000 } }), /need a write handler/);
+    assert.throws(
+      bar({ doorbells: { offset: 0, length: 0x1000, backoffUs: 0 } }),
+      /doorbells at 0x0\+0x1000: backoffUs 0 is not a whole number of microseconds from 1 to 10000000/,
+    );
+    assert.throws(() => bells.watch({ bar: 0, offset: 0x1000, length: 4 }, () => undefined, { spinUs: -1 }), /watch of BAR0 at 0x1000\+4: spinUs -1 is not/);
     assert.throws(() => bells.watch({ bar: 0, offset: 0x1000, length: 6 }, () => undefined), /4-byte aligned/);
     assert.throws(() => bells.watch(new Uint8Array(16), () => undefined), /BAR shared memory .* or guest memory from device.dma.views\(\)/);
   });

@@ -15,7 +15,7 @@ import { AuthorError, authorError, describeAccess } from './mistakes.js';
 import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
-import { DEFAULT_SPIN_US, watchWords, type WatchOptions, type WordWatch } from './watch.js';
+import { pollTiming, watchWords, type PollTiming, type WatchOptions, type WordWatch } from './watch.js';
 
 const PAGE = 4096;
 
@@ -43,7 +43,7 @@ interface Bar {
   /** Declared registers; offsets they do not cover go to the handlers. */
   block?: RegisterBlock;
   /** Shared doorbells (BarSpec.doorbells), polled while a client is attached. */
-  doorbells?: { offset: number; length: number; spinUs: number; watch?: WordWatch };
+  doorbells?: { offset: number; length: number; timing: Required<PollTiming>; watch?: WordWatch };
 }
 
 /** Memory `device.watch()` can watch: a range of a BAR's shared memory. */
@@ -158,7 +158,7 @@ export class PciDevice<S extends object = object> {
 
   /** BarSpec.doorbells of BAR `index`, or one sentence saying what is wrong with it. */
   private checkDoorbells(index: number, spec: BarSpec, block: RegisterBlock | undefined): NonNullable<Bar['doorbells']> {
-    const { offset, length, spinUs = DEFAULT_SPIN_US } = spec.doorbells!;
+    const { offset, length } = spec.doorbells!;
     const where = `BAR${index} of ${this.name}: doorbells at 0x${offset.toString(16)}+0x${length.toString(16)}`;
     const fail = (why: string): never => {
       throw new RangeError(`${where} ${why}`);
@@ -171,8 +171,7 @@ export class PciDevice<S extends object = object> {
     if (msix?.bar === index && this.msixTable && msix.tableOffset < offset + length && msix.pbaOffset + this.msixTable.pbaBytes > offset)
       fail('overlap the MSI-X table; give irqs.msix another BAR or offset');
     if (!spec.write) fail('need a write handler to hear the rings; add write(offset, value, size) to the BAR');
-    if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 1_000_000) fail(`spinUs ${spinUs} is not a whole number of microseconds from 0 to 1000000`);
-    return { offset, length, spinUs };
+    return { offset, length, timing: pollTiming(spec.doorbells!, where) };
   }
 
   private layout(): RegionLayout[] {
@@ -234,12 +233,11 @@ export class PciDevice<S extends object = object> {
       }
       bytes = whole.subarray(offset, offset + length);
     }
-    const { busy, idle, spinUs = DEFAULT_SPIN_US } = options;
-    if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 1_000_000)
-      throw new RangeError(`watch of ${what}: spinUs ${spinUs} is not a whole number of microseconds from 0 to 1000000`);
+    const { busy, idle } = options;
+    const timing = pollTiming(options, `watch of ${what}`);
     let watch: WordWatch;
     try {
-      watch = watchWords(bytes, { changed, busy, idle, failed: (e, call) => this.mistake(e, `the watch of ${what}, ${call}`) }, spinUs);
+      watch = watchWords(bytes, { changed, busy, idle, failed: (e, call) => this.mistake(e, `the watch of ${what}, ${call}`) }, timing);
     } catch (e) {
       if (e instanceof TypeError)
         throw new TypeError(`watch() takes BAR shared memory ({ bar, offset, length }) or guest memory from device.dma.views(), not other memory`, { cause: e });
@@ -391,7 +389,7 @@ export class PciDevice<S extends object = object> {
       }
     };
     const words = bar.memory!.bytes.subarray(doorbells.offset, doorbells.offset + doorbells.length);
-    doorbells.watch = watchWords(words, { changed: ring, failed: (e) => this.mistake(e, `the doorbells of BAR${index}`) }, doorbells.spinUs);
+    doorbells.watch = watchWords(words, { changed: ring, failed: (e) => this.mistake(e, `the doorbells of BAR${index}`) }, doorbells.timing);
   }
 
   /** Power-on state: config space, MSI-X table, then the author's reset. */

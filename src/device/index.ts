@@ -1,3 +1,3 @@
 export * from './types.js';
 export * from './device.js';
-export type { WatchOptions } from './watch.js';
+export type { PollTiming, WatchOptions } from './watch.js';

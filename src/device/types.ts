@@ -1,5 +1,6 @@
 import type { CapabilityDecl, ExtendedCapabilityDecl } from '../pci/index.js';
 import type { Registers } from '../registers/registers.js';
+import type { PollTiming } from './watch.js';
 
 /** An access width a handler sees: trapped accesses wider than 4 bytes are split, low address first. */
 export type AccessSize = 1 | 2 | 4;
@@ -35,12 +36,12 @@ export interface BarSpec {
    * `write(offset, value, 4)`, once per change noticed (a word written twice
    * between two looks is seen once, with its last value). A trapped write
    * there (a client that does not map the BAR, or `shared: false`) reaches
-   * `write` at once, as anywhere else. Needs `write`; `spinUs` is how long
-   * the poller keeps spinning after a change (default 50, see WatchOptions).
-   * Polled writes are not awaited one after another: a `write` returning a
-   * Promise should queue its own work.
+   * `write` at once, as anywhere else. Needs `write`; `spinUs` and
+   * `backoffUs` tune the poller (see PollTiming). Polled writes are not
+   * awaited one after another: a `write` returning a Promise should queue
+   * its own work.
    */
-  doorbells?: { offset: number; length: number; shared?: boolean; spinUs?: number };
+  doorbells?: { offset: number; length: number; shared?: boolean } & PollTiming;
   /**
    * Doorbell-style registers a client may ring through an eventfd instead of
    * a message (DEVICE_GET_REGION_IO_FDS; a VMM hands the eventfd to KVM as an

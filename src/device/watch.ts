@@ -6,11 +6,35 @@
  */
 import { native, WATCH_BUSY, WATCH_IDLE } from '../transport/native.js';
 
-/** Microseconds a watch keeps spinning after its last change (or a message) before it backs off. */
-export const DEFAULT_SPIN_US = 50;
+/** How long the poller spins, and how far it backs off (`device.watch()` options, `BarSpec.doorbells`). */
+export interface PollTiming {
+  /**
+   * Microseconds to keep spinning after the last change (or message) before
+   * backing off: default 50, at most 1000000; 0 backs off at once. A
+   * spinning watch keeps one core busy.
+   */
+  spinUs?: number;
+  /**
+   * The longest delay between two looks once backed off, in microseconds:
+   * default 1000 (from 1 to 10000000). Each look wakes the thread: at the
+   * default an idle watch costs about 700 wake-ups a second, a few percent of
+   * a core on a busy virtual machine. A device that hears of new work by
+   * message anyway (a trapped doorbell after `idle()`) can back off further.
+   */
+  backoffUs?: number;
+}
+
+/** PollTiming with its defaults, or one sentence (starting with `where`) saying what is wrong. */
+export function pollTiming(timing: PollTiming, where: string): Required<PollTiming> {
+  const { spinUs = 50, backoffUs = 1000 } = timing;
+  if (!Number.isInteger(spinUs) || spinUs < 0 || spinUs > 1_000_000) throw new RangeError(`${where}: spinUs ${spinUs} is not a whole number of microseconds from 0 to 1000000`);
+  if (!Number.isInteger(backoffUs) || backoffUs < 1 || backoffUs > 10_000_000)
+    throw new RangeError(`${where}: backoffUs ${backoffUs} is not a whole number of microseconds from 1 to 10000000`);
+  return { spinUs, backoffUs };
+}
 
 /** How `device.watch()` polls, and what it tells the device about it. */
-export interface WatchOptions {
+export interface WatchOptions extends PollTiming {
   /**
    * The poller starts looking continuously (spinning): after a change while
    * backed off, or when a message arrives for any device of this thread.
@@ -18,16 +42,11 @@ export interface WatchOptions {
   busy?(): void;
   /**
    * The poller stops spinning: from now on it looks after a back-off delay
-   * (20 µs, doubling up to 1 ms) or when a message arrives. It looks once
+   * (20 µs, doubling up to `backoffUs`) or when a message arrives. It looks once
    * more right after `idle()` returns, so a write that raced with it is seen.
+   * A watch starts backed off, as if `idle()` had been called.
    */
   idle?(): void;
-  /**
-   * Microseconds to keep spinning after the last change before backing off
-   * (default 50, at most 1000000; 0 backs off at once). A spinning watch
-   * keeps one core busy.
-   */
-  spinUs?: number;
 }
 
 /** What the poller reports for one watch; each call's failure is the caller's to tell. */
@@ -52,7 +71,7 @@ export interface WordWatch {
  * addon (BAR shared memory, or a guest memory view): unmapping it stops the
  * watch, so the poller never reads memory that is gone.
  */
-export function watchWords(bytes: Uint8Array, events: WatchEvents, spinUs = DEFAULT_SPIN_US): WordWatch {
+export function watchWords(bytes: Uint8Array, events: WatchEvents, timing: Required<PollTiming>): WordWatch {
   const count = bytes.length / 4;
   const live = new Uint32Array(bytes.buffer, bytes.byteOffset, count);
   const seen = new Uint32Array(count);
@@ -65,7 +84,7 @@ export function watchWords(bytes: Uint8Array, events: WatchEvents, spinUs = DEFA
     }
   };
   let stopped = false;
-  const id = native.watch(live, seen, changes, spinUs, (n) => {
+  const id = native.watch(live, seen, changes, timing.spinUs, timing.backoffUs, (n) => {
     if (n === WATCH_BUSY) return events.busy && call(events.busy, 'busy()');
     if (n === WATCH_IDLE) return events.idle && call(events.idle, 'idle()');
     for (let i = 0; i < n && !stopped; i++) {

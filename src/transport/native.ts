@@ -117,12 +117,13 @@ export interface Native {
    * `live`. `cb(n)`: n >= 1 words changed, their indexes in changes[0..n),
    * their new values in `seen`; WATCH_BUSY: the poller looks continuously
    * from now on; WATCH_IDLE: it stopped, and looks again after a back-off
-   * delay (20 µs doubling to 1 ms) or when a message arrives on any poll
-   * handle (then WATCH_BUSY), and once right after the callback. A spinning
-   * watch goes idle after `spinUs` without a change. A new watch starts
-   * backed off. munmap() of the memory stops it. Returns its id. Throws.
+   * delay (20 µs doubling to `backoffUs`, 1 to 10000000) or when a message
+   * arrives on any poll handle (then WATCH_BUSY), and once right after the
+   * callback. A spinning watch goes idle after `spinUs` (0 to 1000000)
+   * without a change. A new watch starts backed off. munmap() of the memory
+   * stops it. Returns its id. Throws.
    */
-  watch(live: Uint32Array, seen: Uint32Array, changes: Uint32Array, spinUs: number, cb: (n: number) => void): number;
+  watch(live: Uint32Array, seen: Uint32Array, changes: Uint32Array, spinUs: number, backoffUs: number, cb: (n: number) => void): number;
   /** Stops a watch; false if it had stopped already (its memory was unmapped). */
   unwatch(id: number): boolean;
   readonly READABLE: 1;
