@@ -100,7 +100,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
           return undefined; // outside the DMA maps
         }
       },
-      watch: (memory, changed, watching) => device.watch(memory, changed, watching),
+      // Backed off, the shadow doorbells need few looks: their event indexes then make the host ring BAR0 for new work.
+      watch: (memory, changed, watching) => device.watch(memory, changed, { ...watching, backoffUs: 10_000 }),
     },
     {
       backing,
