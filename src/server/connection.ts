@@ -496,13 +496,14 @@ export class Connection implements DeviceHost {
       }
     }
     const argsz = msg.REGION_INFO_SIZE + caps.length;
-    // Like VFIO: too small a buffer gets the fixed part and the size it needs.
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs. The capabilities' offset is
+    // given either way: QEMU's client checks it against argsz even in a reply too short to hold them.
     const fits = req.argsz >= argsz;
     const info = msg.encodeRegionInfo({
       argsz,
       flags,
       index: req.index,
-      capOffset: caps.length > 0 && fits ? msg.REGION_INFO_SIZE : 0,
+      capOffset: caps.length > 0 ? msg.REGION_INFO_SIZE : 0,
       size: BigInt(region.size),
       offset: 0n,
       caps: fits ? caps : Buffer.alloc(0),
