@@ -24,7 +24,8 @@ describe('muser replay', () => {
   let env: NodeJS.ProcessEnv;
   before(() => {
     dir = tempDir();
-    env = { ...process.env, MUSER_NVME_FILE: join(dir.path, 'nvme.img'), MUSER_NVME_SIZE: '64M' };
+    // The NVMe session was recorded with every doorbell a REGION_WRITE: the sample replays it with trapped doorbells.
+    env = { ...process.env, MUSER_NVME_FILE: join(dir.path, 'nvme.img'), MUSER_NVME_SIZE: '64M', MUSER_NVME_DOORBELLS: 'trapped' };
   });
   after(() => dir.remove());
 
@@ -64,10 +65,7 @@ describe('muser replay', () => {
   });
 
   it('replays the NVMe bring-up (identify, queues, first reads) with every reply the same', () => {
-    // Recorded when BAR0's doorbells were all trapped: with a doorbell page to map, its region info differs.
-    env.MUSER_NVME_DOORBELLS = 'trapped';
     const r = replay(nvmeTrace, nvme);
-    delete env.MUSER_NVME_DOORBELLS;
     assert.equal(r.status, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /^muser: replayed \d+ commands of .*nvme-bring-up\.jsonl: every reply matches the recording$/m);
   });

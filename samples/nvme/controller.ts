@@ -636,7 +636,8 @@ export class NvmeController {
       seen = sq.tail;
       ring = !sh.busy;
     }
-    sh.eventIdx[index] = ring ? seen : (seen - 1) & 0xffff;
+    // Sequentially consistent, as the host's store of a doorbell is: the look at the doorbell that follows must not pass it.
+    Atomics.store(sh.eventIdx, index, ring ? seen : (seen - 1) & 0xffff);
   }
 
   /** The CQ head from its shadow doorbell, when there is one. */

@@ -496,8 +496,9 @@ export class Connection implements DeviceHost {
       }
     }
     const argsz = msg.REGION_INFO_SIZE + caps.length;
-    // Like VFIO: too small a buffer gets the fixed part and the size it needs. The capabilities' offset is
-    // given either way: QEMU's client checks it against argsz even in a reply too short to hold them.
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs;
+    // cap_offset still says where the chain goes, since QEMU rejects a CAPS reply
+    // whose cap_offset is inside the fixed part before it asks again.
     const fits = req.argsz >= argsz;
     const info = msg.encodeRegionInfo({
       argsz,
