@@ -19,7 +19,7 @@ import { join, resolve } from 'node:path';
 import { definePciDevice, type PciDevice } from 'muser';
 import { BackingFile, type BackingIoOptions } from './backing.js';
 import { NvmeController } from './controller.js';
-import { LBA } from './spec.js';
+import { LBA, PAGE, Reg } from './spec.js';
 
 export const NVME_VENDOR = 0x1de5;
 export const NVME_DEVICE = 0x4e56;
@@ -42,6 +42,15 @@ export interface NvmeOptions {
   size?: number;
   /** I/O queue pairs (1..64); the function gets one MSI-X vector more. Default 4. */
   ioQueues?: number;
+  /**
+   * BAR0's doorbells (0x1000..): 'shared' (default), a page of shared memory
+   * the client maps and the device polls, so a doorbell costs no message; a
+   * doorbell rung after the device went idle is noticed after the poller's
+   * back-off delay. 'trapped': every doorbell is a message (REGION_WRITE),
+   * and an idle device wakes at once. A client that does not map BAR0 gets
+   * trapped doorbells either way.
+   */
+  doorbells?: 'shared' | 'trapped';
   /** Serial number (20 ASCII characters at most); default derived from the file's path. */
   serial?: string;
   /** How reads and writes reach the backing file (thread-pool fallback, its bound). */
@@ -67,6 +76,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
   const ioQueues = options.ioQueues ?? DEFAULT_IO_QUEUES;
   if (!Number.isInteger(ioQueues) || ioQueues < 1 || ioQueues > 64) throw new RangeError(`ioQueues must be an integer from 1 to 64, not ${ioQueues}`);
   if (options.size !== undefined) checkSize(options.size, 'size');
+  const doorbells = options.doorbells ?? 'shared';
+  if (doorbells !== 'shared' && doorbells !== 'trapped') throw new RangeError(`doorbells must be 'shared' or 'trapped', not ${JSON.stringify(doorbells)}`);
   const serial = options.serial ?? `MUSER${hash(file).toString('hex', 0, 6).toUpperCase()}`;
   if (!/^[\x20-\x7e]{1,20}$/.test(serial)) throw new RangeError(`serial must be 1 to 20 printable ASCII characters, not ${JSON.stringify(serial)}`);
   const backing = BackingFile.open(file, options.size, DEFAULT_SIZE, options.io);
@@ -84,6 +95,11 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
         device.irq(device.config.msix()?.enabled ? vector : 0);
       },
       irqDone: () => device.irqDone(),
+      // Backed off, the shadow doorbells need few looks: their event indexes then make the host ring BAR0 for new work.
+      watch: (memory, changed, watching) => device.watch(memory, changed, { ...watching, backoffUs: 10_000 }),
+      clearDoorbells: (index, count) => {
+        if (doorbells === 'shared') device.memory(0).fill(0, Reg.DOORBELLS + 4 * index, Reg.DOORBELLS + 4 * (index + count));
+      },
     },
     {
       backing,
@@ -114,6 +130,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
         type: 'memory64',
         size: BAR0_SIZE,
         registers: controller.regs,
+        // One page holds the doorbells of 511 queue pairs; the rest of BAR0 stays trapped and reads 0.
+        doorbells: { offset: Reg.DOORBELLS, length: PAGE, shared: doorbells === 'shared' },
         write: (offset, value) => controller.writeDoorbell(offset, value),
       },
     },
@@ -162,6 +180,7 @@ export class NvmeConfigError extends Error {
  *   MUSER_NVME_FILE    backing file (default muser-nvme.img in the temporary folder)
  *   MUSER_NVME_SIZE    namespace size: bytes, or with K/M/G/T (default 256M for a new file)
  *   MUSER_NVME_QUEUES  I/O queue pairs, 1..64 (default 4)
+ *   MUSER_NVME_DOORBELLS  shared (default) or trapped: see NvmeOptions.doorbells
  * A bad value throws an NvmeConfigError that says which and why in one sentence.
  */
 export function optionsFromEnvironment(env: NodeJS.ProcessEnv = process.env): NvmeOptions {
@@ -179,6 +198,13 @@ export function optionsFromEnvironment(env: NodeJS.ProcessEnv = process.env): Nv
       throw new NvmeConfigError(`MUSER_NVME_SIZE=${size} must be a multiple of 512 bytes and at least 1M`);
     }
     options.size = bytes;
+  }
+  const doorbells = env.MUSER_NVME_DOORBELLS;
+  if (doorbells !== undefined) {
+    if (doorbells !== 'shared' && doorbells !== 'trapped') {
+      throw new NvmeConfigError(`MUSER_NVME_DOORBELLS=${JSON.stringify(doorbells)} must be shared (doorbells in memory the VMM maps) or trapped (each doorbell a message)`);
+    }
+    options.doorbells = doorbells;
   }
   const queues = env.MUSER_NVME_QUEUES;
   if (queues !== undefined) {
