@@ -372,8 +372,9 @@ export class NvmeHost {
   reapQueue(q: HostQueue): number {
     let n = 0;
     for (;;) {
+      // The phase tag (bit 0 of byte 14) first: an empty poll decodes nothing.
+      if ((q.cq.bytes[q.cqHead * CQE_SIZE + 14] & 1) !== q.phase) break;
       const c = decodeCompletion(q.cq.bytes, q.cqHead * CQE_SIZE);
-      if (c.phase !== q.phase) break;
       q.cqHead = (q.cqHead + 1) % q.cqEntries;
       if (q.cqHead === 0) q.phase ^= 1;
       n++;
