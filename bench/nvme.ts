@@ -5,7 +5,7 @@
  * in the same run: fs.readSync of 4 KiB at random offsets of the same backing
  * file, in this process.
  *
- *   node dist/bench/nvme.js [--seconds S] [--working-set MIB] [--depths 1,32]
+ *   node dist/bench/nvme.js [--seconds S] [--working-set MIB] [--depths 1,32] [--ops read,write]
  *                           [--poll-us U] [--setups a,b,...] [--cpu-prof DIR]
  *
  * A setup is how the host and the server meet (see SETUPS): how the host
@@ -37,6 +37,7 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '2' },
     'working-set': { type: 'string', default: '64' },
     depths: { type: 'string', default: '1,32' },
+    ops: { type: 'string', default: 'read,write' },
     'poll-us': { type: 'string', default: '50' },
     setups: { type: 'string' },
     'cpu-prof': { type: 'string' },
@@ -45,6 +46,8 @@ const { values } = parseArgs({
 const SECONDS = Number(values.seconds);
 const WORKING_SET = Number(values['working-set']) * 1024 * 1024;
 const DEPTHS = values.depths.split(',').map(Number);
+const OPS = values.ops.split(',') as ('read' | 'write')[];
+for (const op of OPS) if (op !== 'read' && op !== 'write') throw new Error(`--ops takes read and write, not ${op}`);
 const DISK = 256 * 1024 * 1024;
 const WARMUP_MS = 300;
 const BLOCKS_PER_IO = PAGE / 512;
@@ -204,7 +207,7 @@ async function measure(name: string, setup: Setup, file: string, socket: string)
     await host.createQueuePair(1, Math.max(64, maxDepth + 1), { interrupts: setup.completions === 'msix' });
     const buffers = Array.from({ length: maxDepth }, () => host.alloc(PAGE));
     const run = setup.completions === 'msix' ? runMsix : runPolled;
-    for (const op of ['read', 'write'] as const) {
+    for (const op of OPS) {
       for (const depth of DEPTHS) {
         await run(host, buffers, op, depth, WARMUP_MS);
         const cpu = process.cpuUsage();
