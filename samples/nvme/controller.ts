@@ -64,6 +64,15 @@ export interface ControllerHost extends Dma {
   irq(vector: number): void;
   /** No completion is waiting: lowers INTx. */
   irqDone(): void;
+  /** Guest memory at [iova, iova+length) itself, writable, when it is shared memory in one DMA map; else undefined. */
+  view(iova: bigint, length: number): Uint8Array | undefined;
+  /**
+   * Calls `changed` for each 4-byte word of `memory` (a view) the host changes,
+   * polling while busy and backing off when idle (device.watch); returns
+   * the function that stops it. Without it, the host must ring for every
+   * shadow doorbell change (the event indexes always ask for it).
+   */
+  watch?(memory: Uint8Array, changed: (offset: number, value: number) => void, options: { busy(): void; idle(): void }): () => void;
 }
 
 export interface ControllerOptions {
@@ -123,10 +132,18 @@ export interface ControllerState {
   temperatureThresholds: Map<number, number>;
   writeCache: boolean;
   legacyAsserted: boolean;
+  /** Doorbell Buffer Config: the shadow doorbell and event index pages, until a controller reset. */
+  doorbellBuffer: { shadow: bigint; eventIdx: bigint } | null;
+  /** Interrupt vectors whose Interrupt Vector Configuration sets CD: never coalesced. */
+  coalescingDisabled: number[];
 }
 
 class CompletionQueue {
   deleted = false;
+  /** Entries posted since the last interrupt (interrupt coalescing). */
+  unsignalled = 0;
+  /** The aggregation time of interrupt coalescing is running. */
+  timer?: NodeJS.Timeout;
   constructor(readonly q: CqState) {}
   get id(): number {
     return this.q.id;
@@ -219,6 +236,15 @@ class SubmissionQueue {
   }
 }
 
+/** Doorbell Buffer Config in use: the pages as 32-bit words, SQ y tail at 2y and CQ y head at 2y + 1 (CAP.DSTRD = 0). */
+interface Shadow {
+  doorbells: Uint32Array;
+  eventIdx: Uint32Array;
+  /** The watch of `doorbells` is spinning: the host need not ring. */
+  busy: boolean;
+  stop(): void;
+}
+
 /** Entries fetched from guest memory at once. */
 const FETCH_BATCH = 64;
 const CAP_TIMEOUT_500MS = 30; // CAP.TO: 15 s for CSTS.RDY (a guest under TCG is slow)
@@ -274,6 +300,8 @@ export class NvmeController {
   /** CQs whose interrupt is due at the end of this event-loop turn. */
   private readonly due = new Set<CompletionQueue>();
   private interruptScheduled = false;
+  /** The shadow doorbells of state.doorbellBuffer, once reached (a restored controller reaches them when guest memory is). */
+  private shadow?: Shadow;
   /** Bumped by every controller reset; work of an older epoch posts nothing (runtime only: no work survives a restore). */
   private epoch = 0;
 
@@ -287,7 +315,20 @@ export class NvmeController {
   private readonly warn: (message: string) => void;
   private readonly info: (message: string) => void;
   /** Counters, for tests and curiosity. */
-  readonly stats = { commands: 0, completions: 0, interrupts: 0, backlogged: 0, shutdowns: 0, resets: 0 };
+  readonly stats = {
+    commands: 0,
+    completions: 0,
+    interrupts: 0,
+    backlogged: 0,
+    shutdowns: 0,
+    resets: 0,
+    /** Doorbells that reached BAR0 (a trapped write, or a change noticed in the shared page). */
+    doorbells: 0,
+    /** Interrupts not sent because the host had consumed every entry (it polls). */
+    interruptsSkipped: 0,
+    /** Interrupts held back by interrupt coalescing. */
+    interruptsCoalesced: 0,
+  };
 
   constructor(
     private readonly host: ControllerHost,
@@ -312,6 +353,8 @@ export class NvmeController {
       temperatureThresholds: new Map(),
       writeCache: true,
       legacyAsserted: false,
+      doorbellBuffer: null,
+      coalescingDisabled: [],
     };
     this.regs = controllerRegisters(this.identity.maxQueueEntries, {
       cc: (v, old) => this.writeCc(v, old),
@@ -328,7 +371,9 @@ export class NvmeController {
 
   /** A doorbell write (BAR0 from 0x1000). Returns at once: doorbells only schedule work. */
   writeDoorbell(offset: number, value: number): void {
-    if (offset >= Reg.DOORBELLS && offset % 4 === 0) this.doorbell((offset - Reg.DOORBELLS) >> 2, value);
+    if (offset < Reg.DOORBELLS || offset % 4 !== 0) return;
+    this.stats.doorbells++;
+    this.doorbell((offset - Reg.DOORBELLS) >> 2, value);
   }
 
   private unmask(bits: number): void {
@@ -375,8 +420,12 @@ export class NvmeController {
     this.stats.resets++;
     for (const sq of this.sqs) if (sq) sq.deleted = true;
     for (const cq of this.cqs) if (cq) cq.deleted = true;
+    for (const cq of this.cqs) if (cq) clearTimeout(cq.timer);
     this.sqs = [];
     this.cqs = [];
+    this.stopShadow();
+    this.state.doorbellBuffer = null;
+    this.state.coalescingDisabled = [];
     this.state.sqs = [];
     this.state.cqs = [];
     this.state.asyncEvents = [];
@@ -410,8 +459,11 @@ export class NvmeController {
     }
     if (epoch === this.epoch && this.regs.CC.SHN !== 0) {
       this.regs.CSTS.SHST = CSTS.SHST_COMPLETE;
-      const { commands, completions, interrupts } = this.stats;
-      this.info(`shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts)`);
+      const { commands, completions, interrupts, doorbells } = this.stats;
+      const shadow = this.state.doorbellBuffer ? ', shadow doorbells in use' : '';
+      this.info(
+        `shutdown complete: ${this.backing.path} synced (${commands} commands, ${completions} completions, ${interrupts} interrupts); ${doorbells} BAR0 doorbells${shadow}`,
+      );
     }
   }
 
@@ -442,13 +494,21 @@ export class NvmeController {
     this.cqs = this.state.cqs.map((q) => (q ? new CompletionQueue(q) : undefined));
     this.sqs = this.state.sqs.map((q) => (q ? new SubmissionQueue(q, this.cqs[q.cqId]!) : undefined));
     this.due.clear();
+    this.stopShadow();
     for (const sq of this.sqs) if (sq && sq.head !== sq.tail && this.ready) this.doorbell(2 * sq.id, sq.tail);
+    if (this.state.doorbellBuffer) this.reachShadowSoon(1);
   }
 
   // ---------------------------------------------------------------- doorbells
 
+  /** A doorbell rung in BAR0 (or, after a restore, a look at every queue). With shadow doorbells a ring means "look at the shadow". */
   private doorbell(index: number, value: number): void {
     if (!this.ready || this.regs.CSTS.CFS) return;
+    if (index >= 2 && index < PAGE / 4 && this.state.doorbellBuffer && (this.shadow ?? this.reachShadow())) return this.lookShadow(index);
+    this.setDoorbell(index, value);
+  }
+
+  private setDoorbell(index: number, value: number): void {
     const qid = index >> 1;
     if (index & 1) {
       const cq = this.cqs[qid];
@@ -465,6 +525,116 @@ export class NvmeController {
         queueMicrotask(() => void this.drain(sq));
       }
     }
+  }
+
+  // ---------------------------------------------------------------- shadow doorbells (Doorbell Buffer Config)
+
+  /**
+   * Reaches the pages of state.doorbellBuffer and watches the shadow
+   * doorbells of the I/O queues; false while guest memory there is not
+   * shared (a restored controller whose guest memory is not mapped yet
+   * tries again shortly). The admin queue keeps its BAR0 doorbells, as
+   * Linux does.
+   */
+  private reachShadow(): boolean {
+    const pages = this.state.doorbellBuffer;
+    if (this.shadow || !pages) return this.shadow !== undefined;
+    const shadow = this.host.view(pages.shadow, PAGE);
+    const eventIdx = this.host.view(pages.eventIdx, PAGE);
+    if (!shadow || !eventIdx) return false;
+    const words = (b: Uint8Array): Uint32Array => new Uint32Array(b.buffer, b.byteOffset, PAGE / 4);
+    const sh: Shadow = { doorbells: words(shadow), eventIdx: words(eventIdx), busy: false, stop: () => undefined };
+    this.shadow = sh;
+    if (this.host.watch) {
+      // The I/O queues' doorbells only: from SQ 1's.
+      sh.stop = this.host.watch(shadow.subarray(8, 8 * (this.ioQueues + 1)), (offset) => this.lookShadow(2 + (offset >> 2)), {
+        busy: () => this.setBusy(sh, true),
+        idle: () => this.setBusy(sh, false),
+      });
+    }
+    return true;
+  }
+
+  /**
+   * After a restore: reaches the shadow doorbells as soon as guest memory is
+   * there, and looks at every queue's, since the host may have written them
+   * meanwhile without ringing (the event index said the controller was polling).
+   */
+  private reachShadowSoon(delay: number): void {
+    if (this.reachShadow()) {
+      for (let index = 2; index < 2 * (this.ioQueues + 1); index++) if ((index & 1 ? this.cqs : this.sqs)[index >> 1]) this.lookShadow(index);
+      return;
+    }
+    const { epoch } = this;
+    const pages = this.state.doorbellBuffer;
+    setTimeout(() => {
+      if (epoch === this.epoch && this.state.doorbellBuffer === pages && !this.backing.closed) this.reachShadowSoon(Math.min(2 * delay, 1000));
+    }, delay).unref();
+  }
+
+  private stopShadow(): void {
+    this.shadow?.stop();
+    this.shadow = undefined;
+  }
+
+  private setBusy(sh: Shadow, busy: boolean): void {
+    if (sh !== this.shadow) return;
+    sh.busy = busy;
+    for (let index = 2; index < 2 * (this.ioQueues + 1); index++) this.setEventIdx(index);
+  }
+
+  /** Takes the shadow doorbell `index` as rung, until it holds still after its event index is set (the host may write again meanwhile). */
+  private lookShadow(index: number): void {
+    const sh = this.shadow;
+    if (!sh || !this.ready || this.regs.CSTS.CFS) return;
+    if (sh.doorbells.length === 0) {
+      // The host unmapped the pages under the controller: back to BAR0 doorbells.
+      this.warn('the shadow doorbell buffer left guest memory; doorbells are read from BAR0 again');
+      this.stopShadow();
+      this.state.doorbellBuffer = null;
+      return;
+    }
+    for (let guard = 0; guard < 16; guard++) {
+      const value = sh.doorbells[index];
+      this.setDoorbell(index, value);
+      this.setEventIdx(index);
+      if (sh !== this.shadow || sh.doorbells[index] === value) return;
+    }
+  }
+
+  /**
+   * The event index of doorbell `index`, from what the controller last took
+   * from it. The host rings BAR0 when its new value passes the event index
+   * (Linux's rule: (u16)(new - eventIdx - 1) < (u16)(new - old)): an index
+   * equal to the last value seen asks for a ring at the next change, one
+   * behind it asks for none. SQ tails ask for a ring unless the watch is
+   * spinning; CQ heads only while completions wait for room, or with INTx,
+   * whose line follows the head; otherwise the controller reads the head
+   * when it needs it.
+   */
+  private setEventIdx(index: number): void {
+    const sh = this.shadow;
+    if (!sh) return;
+    const qid = index >> 1;
+    let seen: number;
+    let ring: boolean;
+    if (index & 1) {
+      const cq = this.cqs[qid];
+      if (!cq) return;
+      seen = cq.head;
+      ring = cq.backlog.length > 0 || !this.host.msixEnabled();
+    } else {
+      const sq = this.sqs[qid];
+      if (!sq) return;
+      seen = sq.tail;
+      ring = !sh.busy;
+    }
+    sh.eventIdx[index] = ring ? seen : (seen - 1) & 0xffff;
+  }
+
+  /** The CQ head from its shadow doorbell, when there is one. */
+  private readShadowHead(cq: CompletionQueue): void {
+    if (this.shadow && cq.id > 0) this.lookShadow(2 * cq.id + 1);
   }
 
   /** Fetches and starts commands until the queue is empty. */
@@ -538,9 +708,12 @@ export class NvmeController {
   }
 
   private post(cq: CompletionQueue, entry: Completion): void {
+    if (cq.full) this.readShadowHead(cq);
     if (cq.backlog.length > 0 || cq.full) {
       cq.backlog.push(entry);
       this.stats.backlogged++;
+      // Now the host rings when it moves the head; it may have moved it already.
+      this.readShadowHead(cq);
       return;
     }
     this.write(cq, entry);
@@ -573,6 +746,7 @@ export class NvmeController {
 
   private interruptFor(cq: CompletionQueue): void {
     if (!cq.interrupts) return;
+    cq.unsignalled++;
     this.due.add(cq);
     if (!this.interruptScheduled) {
       this.interruptScheduled = true;
@@ -588,14 +762,57 @@ export class NvmeController {
       this.due.clear();
       return this.updateLegacyInterrupt();
     }
-    for (const cq of this.due) {
-      if (!cq.deleted) {
-        this.stats.interrupts++;
-        this.host.irq(cq.vector);
-      }
-    }
+    for (const cq of this.due) if (!cq.deleted) this.signal(cq, false);
     this.due.clear();
   };
+
+  /**
+   * Sends the MSI-X interrupt of `cq`, unless the host has already consumed
+   * every entry (it polls), or interrupt coalescing holds it until enough
+   * entries are posted or the aggregation time ends (`late`).
+   */
+  private signal(cq: CompletionQueue, late: boolean): void {
+    this.readShadowHead(cq);
+    if (cq.head === cq.tail && cq.backlog.length === 0) {
+      this.stats.interruptsSkipped++;
+      return this.signalled(cq);
+    }
+    const coalescing = this.coalescing(cq);
+    if (coalescing && !late && cq.unsignalled < coalescing.threshold) {
+      if (cq.timer) return;
+      this.stats.interruptsCoalesced++;
+      const epoch = this.epoch;
+      cq.timer = setTimeout(() => {
+        cq.timer = undefined;
+        if (epoch === this.epoch && !cq.deleted && this.host.msixEnabled()) this.signal(cq, true);
+      }, coalescing.ms);
+      return;
+    }
+    this.signalled(cq);
+    this.stats.interrupts++;
+    this.host.irq(cq.vector);
+  }
+
+  private signalled(cq: CompletionQueue): void {
+    cq.unsignalled = 0;
+    clearTimeout(cq.timer);
+    cq.timer = undefined;
+  }
+
+  /**
+   * Interrupt coalescing for `cq` (Set Features 08h): an interrupt once
+   * THR + 1 entries wait, or TIME × 100 µs after the first (in whole
+   * milliseconds, the resolution of timers here). Never for the admin CQ,
+   * nor a vector whose configuration sets CD; TIME 0 or THR 0 is none.
+   */
+  private coalescing(cq: CompletionQueue): { threshold: number; ms: number } | undefined {
+    if (cq.id === 0) return undefined;
+    const v = this.state.features.get(Feature.INTERRUPT_COALESCING) ?? 0;
+    const threshold = (v & 0xff) + 1;
+    const time = (v >>> 8) & 0xff;
+    if (time === 0 || threshold === 1 || this.state.coalescingDisabled.includes(cq.vector)) return undefined;
+    return { threshold, ms: Math.ceil(time / 10) };
+  }
 
   /**
    * INTx: the line is up while a CQ with interrupts enabled holds entries the
@@ -639,6 +856,8 @@ export class NvmeController {
         return this.setFeatures(cmd);
       case AdminOpcode.GET_FEATURES:
         return this.getFeatures(cmd);
+      case AdminOpcode.DOORBELL_BUFFER_CONFIG:
+        return this.doorbellBufferConfig(cmd);
       case AdminOpcode.ABORT:
         return done(OK, 1); // DW0 bit 0: the command was not aborted
       case AdminOpcode.ASYNC_EVENT_REQUEST:
@@ -717,9 +936,35 @@ export class NvmeController {
     if (!cq) return done(specificError(Specific.INVALID_QUEUE_ID));
     if (cq.sqs > 0) return done(specificError(Specific.INVALID_QUEUE_DELETION));
     cq.deleted = true;
+    this.signalled(cq);
     this.cqs[qid] = undefined;
     this.state.cqs[qid] = null;
     this.due.delete(cq);
+    return done(OK);
+  }
+
+  /**
+   * Doorbell Buffer Config: PRP1 is the shadow doorbell page, PRP2 the event
+   * index page, both page-aligned in guest memory the controller shares (the
+   * host's memory reached only by message is refused with Invalid Field: a
+   * message per look would cost more than the doorbells it saves). The
+   * shadow doorbells start as the controller's tails and heads.
+   */
+  private doorbellBufferConfig(cmd: Command): Outcome {
+    const { prp1: shadow, prp2: eventIdx } = cmd;
+    const page = BigInt(PAGE - 1);
+    if (shadow === 0n || eventIdx === 0n || shadow & page || eventIdx & page || shadow === eventIdx) return done(genericError(Generic.INVALID_FIELD));
+    this.stopShadow();
+    this.state.doorbellBuffer = { shadow, eventIdx };
+    if (!this.reachShadow()) {
+      this.state.doorbellBuffer = null;
+      this.info('Doorbell Buffer Config refused: its pages are not in shared guest memory; doorbells stay in BAR0');
+      return done(genericError(Generic.INVALID_FIELD));
+    }
+    const { doorbells } = this.shadow!;
+    for (const sq of this.sqs) if (sq && sq.id > 0) doorbells[2 * sq.id] = sq.tail;
+    for (const cq of this.cqs) if (cq && cq.id > 0) doorbells[2 * cq.id + 1] = cq.head;
+    for (let index = 2; index < 2 * (this.ioQueues + 1); index++) this.setEventIdx(index);
     return done(OK);
   }
 
@@ -819,10 +1064,17 @@ export class NvmeController {
       case Feature.TEMPERATURE_THRESHOLD:
         this.state.temperatureThresholds.set((v >>> 16) & 0x3f, v & 0xffff);
         return done(OK);
+      case Feature.INTERRUPT_VECTOR_CONFIG: {
+        const vector = v & 0xffff;
+        if (vector >= this.vectors) return done(genericError(Generic.INVALID_FIELD));
+        const off = this.state.coalescingDisabled.filter((x) => x !== vector);
+        if (v & (1 << 16)) off.push(vector);
+        this.state.coalescingDisabled = off;
+        return done(OK);
+      }
       case Feature.ARBITRATION:
       case Feature.ERROR_RECOVERY:
-      case Feature.INTERRUPT_COALESCING: // accepted; completions are not held back
-      case Feature.INTERRUPT_VECTOR_CONFIG:
+      case Feature.INTERRUPT_COALESCING: // see coalescing()
       case Feature.WRITE_ATOMICITY:
       case Feature.ASYNC_EVENT_CONFIG:
         this.state.features.set(fid, v);
@@ -862,8 +1114,11 @@ export class NvmeController {
         const fallback = under ? 0 : 0x157; // over: 343 K; under: 0 K
         return done(OK, (current ? this.state.temperatureThresholds.get(selector) : undefined) ?? fallback);
       }
-      case Feature.INTERRUPT_VECTOR_CONFIG:
-        return done(OK, cmd.cdw11 & 0xffff); // this vector, coalescing not disabled
+      case Feature.INTERRUPT_VECTOR_CONFIG: {
+        const vector = cmd.cdw11 & 0xffff;
+        if (vector >= this.vectors) return done(genericError(Generic.INVALID_FIELD));
+        return done(OK, (vector | (current && this.state.coalescingDisabled.includes(vector) ? 1 << 16 : 0)) >>> 0);
+      }
       default:
         return done(OK, (current ? this.state.features.get(fid) : undefined) ?? 0);
     }

@@ -7,7 +7,7 @@
  * without a Promise per command: enqueue() commands, ring() once, poll()
  * its completion queue in guest memory (the phase bits) for completions.
  */
-import { type Client, protocol, type GuestMemory, type Interrupt } from 'muser';
+import { type Client, protocol, type GuestMemory, type Interrupt, type RegionMapping } from 'muser';
 import {
   AdminOpcode,
   CC,
@@ -67,6 +67,28 @@ export interface HostOptions {
    * writes the device's.
    */
   writeMsixTable?: boolean;
+  /**
+   * Map BAR0 as a VMM does and write doorbells into its shared doorbell
+   * page, when the device offers one (BarSpec.doorbells); else they stay
+   * REGION_WRITE messages. Default false.
+   */
+  mapBar0?: boolean;
+  /**
+   * Doorbell Buffer Config in start(): SQ tails and CQ heads of the I/O
+   * queues go to shadow doorbells in guest memory, and BAR0 is rung only
+   * when the event index asks for it (Linux's rule). Default false.
+   */
+  shadowDoorbells?: boolean;
+}
+
+/** Doorbells written so far: into BAR0 (messages or the mapping), and into shadow doorbells only. */
+export interface DoorbellCounts {
+  /** BAR0 doorbell writes, by message or through the mapping. */
+  bar0: number;
+  /** Of those, written into the mapped doorbell page. */
+  mapped: number;
+  /** Shadow doorbell writes the event index let go without a BAR0 write. */
+  shadowOnly: number;
 }
 
 /** Who gets a command's completion: `resolve` when it is reaped, `reject` when its queue goes away first. */
@@ -119,6 +141,12 @@ export class NvmeHost {
   msix?: { cap: number; bar: number; table: number };
   /** Errors of posted doorbell writes (the server answers only failures). */
   doorbellErrors: Error[] = [];
+  readonly doorbells: DoorbellCounts = { bar0: 0, mapped: 0, shadowOnly: 0 };
+  /** BAR0's mapped doorbell page, as 32-bit words from offset `offset`. */
+  private bar0?: { offset: number; words: Uint32Array; mapping: RegionMapping };
+  /** The Doorbell Buffer Config pages in use, as 32-bit words: doorbell `i` (SQ y tail 2y, CQ y head 2y + 1) at word i. */
+  private dbbuf?: { pages: { shadow: Buffer4k; eventIdx: Buffer4k }; shadow: Uint32Array; eventIdx: Uint32Array };
+  private readonly shadowDoorbells: boolean;
 
   private constructor(
     readonly client: Client,
@@ -129,6 +157,7 @@ export class NvmeHost {
     this.posted = options.posted ?? true;
     this.timeout = options.timeout ?? 5000;
     this.interrupts = options.interrupts ?? 'msix';
+    this.shadowDoorbells = options.shadowDoorbells ?? false;
   }
 
   /** Resets the function, maps guest memory, enables bus mastering and the interrupts. The controller stays disabled. */
@@ -140,7 +169,23 @@ export class NvmeHost {
     await client.config.write(4, command | 0x6, 2); // memory space, bus master
     if (host.interrupts === 'msix') await host.enableMsix(options.writeMsixTable ?? true);
     if (host.interrupts === 'intx') host.vectors[0] = await client.irq(IrqIndex.INTX, 0);
+    if (options.mapBar0) await host.mapDoorbells();
     return host;
+  }
+
+  /** Whether doorbells go into a mapped BAR0 page (mapBar0, and the device offers one). */
+  get doorbellsMapped(): boolean {
+    return this.bar0 !== undefined;
+  }
+
+  private async mapDoorbells(): Promise<void> {
+    const mapping = await this.client.mapRegion(BAR0);
+    const area = mapping?.areas.find((a) => a.offset <= Reg.DOORBELLS && a.offset + a.bytes.length > Reg.DOORBELLS);
+    if (!mapping || !area) {
+      if (mapping) this.client.unmapRegion(mapping);
+      return;
+    }
+    this.bar0 = { offset: area.offset, words: new Uint32Array(area.bytes.buffer, area.bytes.byteOffset, area.bytes.length / 4), mapping };
   }
 
   private async enableMsix(writeTable: boolean): Promise<void> {
@@ -230,6 +275,7 @@ export class NvmeHost {
   async disable(): Promise<void> {
     await this.setReg32(Reg.CC, 0);
     await this.waitCsts(CSTS.RDY, 0, 'CSTS.RDY = 0');
+    this.dbbuf = undefined; // a controller reset forgets the Doorbell Buffer Config
     for (const q of this.queues) if (q) this.fail(q, new Error(`queue ${q.id} went away with a controller reset`));
     this.queues.length = 0;
   }
@@ -254,7 +300,27 @@ export class NvmeHost {
     await this.admin({ opcode: AdminOpcode.IDENTIFY, cdw10: 1, ...this.prps(id.iova, PAGE) }, 'Identify Controller');
     const n = options.ioQueues ?? 1;
     await this.admin({ opcode: AdminOpcode.SET_FEATURES, cdw10: Feature.NUMBER_OF_QUEUES, cdw11: ((n - 1) << 16) | (n - 1) }, 'Set Features (Number of Queues)');
+    if (this.shadowDoorbells) {
+      const c = await this.setDoorbellBuffer();
+      if (c.status !== 0) throw new NvmeStatusError(c, 'Doorbell Buffer Config');
+    }
     return Buffer.from(id.bytes);
+  }
+
+  /**
+   * Doorbell Buffer Config with two new pages of guest memory (or the
+   * pages given); on success the I/O queues' doorbells go to the shadow
+   * page from now on. Resolves with the completion, whatever its status.
+   */
+  async setDoorbellBuffer(pages: { shadow: Buffer4k; eventIdx: Buffer4k } = { shadow: this.alloc(PAGE), eventIdx: this.alloc(PAGE) }): Promise<Completion> {
+    const c = await this.submit(0, { opcode: AdminOpcode.DOORBELL_BUFFER_CONFIG, prp1: pages.shadow.iova, prp2: pages.eventIdx.iova });
+    if (c.status === 0) this.dbbuf = { pages, shadow: words(pages.shadow.bytes), eventIdx: words(pages.eventIdx.bytes) };
+    return c;
+  }
+
+  /** The shadow doorbell and event index pages the I/O queues' doorbells go to, if any. */
+  get doorbellBuffer(): { shadow: Buffer4k; eventIdx: Buffer4k } | undefined {
+    return this.dbbuf?.pages;
   }
 
   /** Creates I/O CQ and SQ `qid` (`entries` each; the CQ may be smaller), interrupt vector `qid` unless told. */
@@ -363,7 +429,31 @@ export class NvmeHost {
     return this.submit(qid, { opcode: IoOpcode.WRITE, nsid: 1, ...this.prps(iova, blocks * LBA, list), ...r });
   }
 
+  /**
+   * Writes doorbell register `offset` of BAR0. With shadow doorbells, an I/O
+   * queue's goes to its shadow, and to BAR0 only when the new value passes
+   * the controller's event index since the old one (Linux's
+   * nvme_dbbuf_need_event).
+   */
   private doorbell(offset: number, value: number): void {
+    const index = (offset - Reg.DOORBELLS) >> 2;
+    if (this.dbbuf && index >= 2) {
+      const { shadow, eventIdx } = this.dbbuf;
+      const old = shadow[index];
+      shadow[index] = value;
+      const ei = eventIdx[index];
+      if (((value - ei - 1) & 0xffff) >= ((value - old) & 0xffff)) {
+        this.doorbells.shadowOnly++;
+        return;
+      }
+    }
+    this.doorbells.bar0++;
+    const bar0 = this.bar0;
+    if (bar0 && offset >= bar0.offset && offset < bar0.offset + 4 * bar0.words.length) {
+      this.doorbells.mapped++;
+      bar0.words[(offset - bar0.offset) >> 2] = value;
+      return;
+    }
     const p = this.client.regionWrite(BAR0, offset, le32(value), { posted: this.posted });
     p.catch((e: Error) => this.doorbellErrors.push(e));
   }
@@ -427,12 +517,18 @@ export class NvmeHost {
 
   /** Unmaps the guest memory. The client stays connected. */
   async detach(): Promise<void> {
+    if (this.bar0) this.client.unmapRegion(this.bar0.mapping);
+    this.bar0 = undefined;
     await this.client.unmapMemory(this.mem);
   }
 }
 
 function lba(slba: number, blocks: number): { cdw10: number; cdw11: number; cdw12: number } {
   return { cdw10: slba % 2 ** 32, cdw11: Math.floor(slba / 2 ** 32), cdw12: blocks - 1 };
+}
+
+function words(b: Buffer): Uint32Array {
+  return new Uint32Array(b.buffer, b.byteOffset, b.length / 4);
 }
 
 function le32(v: number): Buffer {

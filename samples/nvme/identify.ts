@@ -53,7 +53,7 @@ export function identifyController(id: ControllerIdentity): Buffer {
   b.writeUInt32LE(0x00010400, 80); // VER 1.4.0
   b.writeUInt32LE(0, 92); // OAES: no optional asynchronous events
   b[111] = 1; // CNTRLTYPE: I/O controller
-  b.writeUInt16LE(0, 256); // OACS: no optional admin commands
+  b.writeUInt16LE(1 << 8, 256); // OACS: Doorbell Buffer Config
   b[258] = 3; // ACL: 4 concurrent Aborts (0's based)
   b[259] = id.asyncEventLimit - 1; // AERL (0's based)
   b[260] = 0x03; // FRMW: slot 1 read-only, one slot

@@ -42,6 +42,15 @@ export interface NvmeOptions {
   size?: number;
   /** I/O queue pairs (1..64); the function gets one MSI-X vector more. Default 4. */
   ioQueues?: number;
+  /**
+   * BAR0's doorbells (0x1000..): 'shared' (default), a page of shared memory
+   * the client maps and the device polls, so a doorbell costs no message; a
+   * doorbell rung after the device went idle is noticed after the poller's
+   * back-off delay. 'trapped': every doorbell is a message (REGION_WRITE),
+   * and an idle device wakes at once. A client that does not map BAR0 gets
+   * trapped doorbells either way.
+   */
+  doorbells?: 'shared' | 'trapped';
   /** Serial number (20 ASCII characters at most); default derived from the file's path. */
   serial?: string;
   /** Where warnings go; default stderr. */
@@ -65,6 +74,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
   const ioQueues = options.ioQueues ?? DEFAULT_IO_QUEUES;
   if (!Number.isInteger(ioQueues) || ioQueues < 1 || ioQueues > 64) throw new RangeError(`ioQueues must be an integer from 1 to 64, not ${ioQueues}`);
   if (options.size !== undefined) checkSize(options.size, 'size');
+  const doorbells = options.doorbells ?? 'shared';
+  if (doorbells !== 'shared' && doorbells !== 'trapped') throw new RangeError(`doorbells must be 'shared' or 'trapped', not ${JSON.stringify(doorbells)}`);
   const serial = options.serial ?? `MUSER${hash(file).toString('hex', 0, 6).toUpperCase()}`;
   if (!/^[\x20-\x7e]{1,20}$/.test(serial)) throw new RangeError(`serial must be 1 to 20 printable ASCII characters, not ${JSON.stringify(serial)}`);
   const backing = BackingFile.open(file, options.size, DEFAULT_SIZE);
@@ -81,6 +92,14 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
         device.irq(device.config.msix()?.enabled ? vector : 0);
       },
       irqDone: () => device.irqDone(),
+      view: (iova, length) => {
+        try {
+          const views = device.dma.views(iova, length, { write: true });
+          return views?.length === 1 ? views[0] : undefined;
+        } catch {
+          return undefined; // outside the DMA maps
+        }
+      },
     },
     {
       backing,
@@ -159,6 +178,7 @@ export class NvmeConfigError extends Error {
  *   MUSER_NVME_FILE    backing file (default muser-nvme.img in the temporary folder)
  *   MUSER_NVME_SIZE    namespace size: bytes, or with K/M/G/T (default 256M for a new file)
  *   MUSER_NVME_QUEUES  I/O queue pairs, 1..64 (default 4)
+ *   MUSER_NVME_DOORBELLS  shared (default) or trapped: see NvmeOptions.doorbells
  * A bad value throws an NvmeConfigError that says which and why in one sentence.
  */
 export function optionsFromEnvironment(env: NodeJS.ProcessEnv = process.env): NvmeOptions {
@@ -176,6 +196,13 @@ export function optionsFromEnvironment(env: NodeJS.ProcessEnv = process.env): Nv
       throw new NvmeConfigError(`MUSER_NVME_SIZE=${size} must be a multiple of 512 bytes and at least 1M`);
     }
     options.size = bytes;
+  }
+  const doorbells = env.MUSER_NVME_DOORBELLS;
+  if (doorbells !== undefined) {
+    if (doorbells !== 'shared' && doorbells !== 'trapped') {
+      throw new NvmeConfigError(`MUSER_NVME_DOORBELLS=${JSON.stringify(doorbells)} must be shared (doorbells in memory the VMM maps) or trapped (each doorbell a message)`);
+    }
+    options.doorbells = doorbells;
   }
   const queues = env.MUSER_NVME_QUEUES;
   if (queues !== undefined) {

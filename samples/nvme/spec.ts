@@ -59,6 +59,8 @@ export const AdminOpcode = {
   SET_FEATURES: 0x09,
   GET_FEATURES: 0x0a,
   ASYNC_EVENT_REQUEST: 0x0c,
+  /** NVMe 1.3: shadow doorbells and event indexes in host memory (PRP1, PRP2). */
+  DOORBELL_BUFFER_CONFIG: 0x7c,
 } as const;
 
 export const IoOpcode = {

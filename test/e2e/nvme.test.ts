@@ -30,10 +30,10 @@ function assertNvmeIo(g: Guest, disk: NvmeDisk): void {
 }
 
 /** The controller's figures from its shutdown line: "(… commands, … completions, … interrupts)". */
-function shutdownFigures(stdout: string): { completions: number; interrupts: number } {
-  const m = /^nvme: shutdown complete: .*\((\d+) commands, (\d+) completions, (\d+) interrupts\)/m.exec(stdout);
+function shutdownFigures(stdout: string): { completions: number; interrupts: number; doorbells: number; shadow: boolean } {
+  const m = /^nvme: shutdown complete: .*\((\d+) commands, (\d+) completions, (\d+) interrupts\); (\d+) BAR0 doorbells(, shadow doorbells in use)?/m.exec(stdout);
   assert.ok(m, `the server printed "nvme: shutdown complete" with its figures:\n${stdout}`);
-  return { completions: Number(m[2]), interrupts: Number(m[3]) };
+  return { completions: Number(m[2]), interrupts: Number(m[3]), doorbells: Number(m[4]), shadow: m[5] !== undefined };
 }
 
 /**
@@ -80,7 +80,9 @@ describe('real VM: the NVMe controller', () => {
     assertNvmeIo(g, disk);
     assert.match(g.check('irqs'), /nvme0q0:PCI-MSIX.*nvme0q1:PCI-MSIX/);
     const figures = shutdownFigures(server.stdout());
-    t.diagnostic(`MSI-X: ${g.check('interrupts')} interrupts in the guest for ${figures.completions} completions`);
+    t.diagnostic(`MSI-X: ${g.check('interrupts')} interrupts in the guest for ${figures.completions} completions; ${figures.doorbells} BAR0 doorbells`);
+    assert.ok(figures.shadow, 'Linux took the Doorbell Buffer Config: its I/O queues ring shadow doorbells');
+    assert.ok(figures.doorbells < figures.completions, `fewer BAR0 doorbells (${figures.doorbells}) than completions (${figures.completions})`);
     await assertServerEnds(server, 0x1de5);
   });
 
@@ -89,7 +91,9 @@ describe('real VM: the NVMe controller', () => {
     const server = await g.serve(modules.nvme, { env: disk.env });
     await g.bootToPowerOff({ initrd: await g.initramfs('nvme', disk.initramfsFiles), devices: [{ server }], unshared: true });
     assertNvmeIo(g, disk);
-    t.diagnostic(`DMA by message: ${shutdownFigures(server.stdout()).completions} completions`);
+    const figures = shutdownFigures(server.stdout());
+    t.diagnostic(`DMA by message: ${figures.completions} completions, ${figures.doorbells} BAR0 doorbells`);
+    assert.equal(figures.shadow, false, 'no shadow doorbells in memory reached by message');
     await assertServerEnds(server, 0x1de5);
   });
 

@@ -1,0 +1,348 @@
+/**
+ * The NVMe sample's doorbells and interrupts, driven by the TypeScript
+ * client as the host driver: BAR0 doorbells trapped or written into the
+ * mapped page, Doorbell Buffer Config (shadow doorbells and event indexes
+ * in guest memory, Linux's rule for ringing), interrupt coalescing with
+ * its per-vector opt-out, interrupts left out when the host polls, and what
+ * a controller reset and a saved state keep of all that.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setImmediate as turn } from 'node:timers/promises';
+import { Client, migrate, protocol, serve, type GuestMemory, type Server } from '../src/index.js';
+import { createNvme, optionsFromEnvironment, NvmeConfigError, type Nvme } from '../samples/nvme/nvme.js';
+import { NvmeHost, type HostOptions, type HostQueue } from '../samples/nvme/driver.js';
+import { AdminOpcode, Feature, PAGE, status } from '../samples/nvme/spec.js';
+import { tempDir, waitFor, type TempDir } from './helpers.js';
+
+const SIZE = 4 * 1024 * 1024;
+const INVALID_FIELD = status(0, 0x02);
+
+/** Identify Controller's OACS (bytes 257:256). */
+const oacs = (id: Buffer): number => id.readUInt16LE(256);
+
+describe('NVMe doorbells and interrupts', () => {
+  let dir: TempDir;
+  let nvme: Nvme;
+  let server: Server;
+  const warnings: string[] = [];
+  const infos: string[] = [];
+
+  async function session<T>(fn: (host: NvmeHost, client: Client) => Promise<T>, options: HostOptions = {}): Promise<T> {
+    await server.idle();
+    const client = await Client.connect(dir.socket());
+    try {
+      const host = await NvmeHost.attach(client, options);
+      const result = await fn(host, client);
+      assert.deepEqual(host.doorbellErrors, [], 'no doorbell write failed');
+      return result;
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Writes and reads back `n` pages through queue `qid`, `depth` at a time. */
+  async function io(host: NvmeHost, qid: number, n: number, depth = 1): Promise<void> {
+    const bufs = Array.from({ length: depth }, () => host.alloc(PAGE));
+    for (let i = 0; i < n; i += depth) {
+      const batch = bufs.slice(0, Math.min(depth, n - i));
+      batch.forEach((b, j) => b.bytes.fill((i + j) & 0xff));
+      const w = await Promise.all(batch.map((b, j) => host.write(qid, (i + j) * 8, 8, b.iova)));
+      assert.ok(
+        w.every((c) => c.status === 0),
+        'writes succeed',
+      );
+      for (const b of batch) b.bytes.fill(0xee);
+      const r = await Promise.all(batch.map((b, j) => host.read(qid, (i + j) * 8, 8, b.iova)));
+      assert.ok(
+        r.every((c) => c.status === 0),
+        'reads succeed',
+      );
+      batch.forEach((b, j) => assert.equal(b.bytes[PAGE - 1], (i + j) & 0xff, `page ${i + j} reads back`));
+    }
+  }
+
+  before(async () => {
+    dir = tempDir();
+    nvme = createNvme({ file: join(dir.path, 'disk.img'), size: SIZE, ioQueues: 2, warn: (m) => warnings.push(m), info: (m) => infos.push(m) });
+    server = await serve(nvme.device, { socket: dir.socket(), log: 'silent' });
+  });
+  after(async () => {
+    await server.close();
+    nvme.close();
+    dir.remove();
+  });
+
+  it('takes trapped doorbells from a client that does not map BAR0', async () => {
+    await session(async (host) => {
+      const id = await host.start({ ioQueues: 2 });
+      assert.equal(oacs(id) & 0x100, 0x100, 'OACS offers Doorbell Buffer Config');
+      await host.createQueuePair(1, 16);
+      const rung = nvme.controller.stats.doorbells;
+      await io(host, 1, 8);
+      assert.equal(host.doorbellsMapped, false);
+      assert.equal(host.doorbells.mapped, 0);
+      assert.ok(host.doorbells.bar0 >= 32, `one SQ and one CQ doorbell per command: ${host.doorbells.bar0}`);
+      assert.equal(nvme.controller.stats.doorbells - rung, 32, 'each reached BAR0 as a message');
+    });
+    assert.deepEqual(warnings, []);
+  });
+
+  it('takes Doorbell Buffer Config: the host rings BAR0 only when the event index asks for it', async () => {
+    await session(
+      async (host) => {
+        await host.start({ ioQueues: 2 });
+        assert.ok(host.doorbellBuffer);
+        const state = nvme.controller.state.doorbellBuffer;
+        assert.ok(state && state.shadow % BigInt(PAGE) === 0n && state.eventIdx % BigInt(PAGE) === 0n, 'the controller holds both pages');
+        const q = await host.createQueuePair(1, 16);
+        const before = { ...host.doorbells };
+        await io(host, 1, 16);
+        const bar0 = host.doorbells.bar0 - before.bar0;
+        const shadowOnly = host.doorbells.shadowOnly - before.shadowOnly;
+        assert.equal(bar0 + shadowOnly, 64, 'every SQ tail and CQ head went to its shadow');
+        // A CQ head asks for a ring only while completions wait for room, and at most once a lap (a stale index next to the wrap).
+        assert.ok(shadowOnly >= 30, `CQ heads go to the shadow only: ${shadowOnly} shadow-only writes`);
+        // The event indexes follow what the controller took: the SQ's is its tail (or one behind while the controller polls);
+        // the CQ's is one behind the last head it read, so that the host's next head asks for no ring.
+        const { sq, cq } = indexes(host, q);
+        assert.ok(sq.eventIdx === q.sqTail || sq.eventIdx === ((q.sqTail - 1) & 0xffff), `SQ 1 event index ${sq.eventIdx}, tail ${q.sqTail}`);
+        assert.notEqual(cq.eventIdx, q.cqHead, `CQ 1 event index ${cq.eventIdx}, head ${q.cqHead}`);
+        assert.equal(sq.shadow, q.sqTail);
+        assert.equal(cq.shadow, q.cqHead);
+        // The admin queue keeps its BAR0 doorbells.
+        const admin = host.doorbells.bar0;
+        await host.admin({ opcode: AdminOpcode.GET_FEATURES, cdw10: Feature.NUMBER_OF_QUEUES });
+        assert.equal(host.doorbells.bar0 - admin, 2);
+        await host.deleteQueuePair(1);
+      },
+      { shadowDoorbells: true },
+    );
+    assert.deepEqual(warnings, []);
+  });
+
+  it('refuses a Doorbell Buffer Config whose pages are unaligned, missing, or not in shared guest memory', async () => {
+    await session(async (host, client) => {
+      await host.start({ ioQueues: 2 });
+      const a = host.alloc(PAGE);
+      const b = host.alloc(PAGE);
+      const config = (prp1: bigint, prp2: bigint) => host.submit(0, { opcode: AdminOpcode.DOORBELL_BUFFER_CONFIG, prp1, prp2 });
+      assert.equal((await config(a.iova + 8n, b.iova)).status, INVALID_FIELD, 'PRP1 unaligned');
+      assert.equal((await config(a.iova, b.iova + 0x800n)).status, INVALID_FIELD, 'PRP2 unaligned');
+      assert.equal((await config(0n, b.iova)).status, INVALID_FIELD, 'no PRP1');
+      assert.equal((await config(a.iova, 0n)).status, INVALID_FIELD, 'no PRP2');
+      assert.equal((await config(0x7000_0000n, b.iova)).status, INVALID_FIELD, 'outside guest memory');
+      const unshared = await client.mapMemory(0x4000_0000n, 2 * PAGE, { shared: false });
+      const pages = {
+        shadow: { iova: unshared.iova, bytes: unshared.bytes.subarray(0, PAGE) },
+        eventIdx: { iova: unshared.iova + BigInt(PAGE), bytes: unshared.bytes.subarray(PAGE) },
+      };
+      assert.equal((await host.setDoorbellBuffer(pages)).status, INVALID_FIELD, 'guest memory reached by message');
+      assert.equal(host.doorbellBuffer, undefined);
+      assert.equal(nvme.controller.state.doorbellBuffer, null);
+      assert.ok(infos.some((m) => /not in shared guest memory/.test(m)));
+      // BAR0 doorbells go on.
+      await host.createQueuePair(1, 16);
+      await io(host, 1, 2);
+      await host.deleteQueuePair(1);
+    });
+  });
+
+  it('forgets the Doorbell Buffer Config at a controller reset', async () => {
+    await session(
+      async (host) => {
+        await host.start({ ioQueues: 2 });
+        const pages = nvme.controller.state.doorbellBuffer!;
+        const eventIdx = host.view(pages.eventIdx, PAGE);
+        const shadow = host.view(pages.shadow, PAGE);
+        await host.createQueuePair(1, 16);
+        await io(host, 1, 2);
+        await host.disable();
+        assert.equal(nvme.controller.state.doorbellBuffer, null);
+        await host.enable();
+        assert.equal(host.doorbellBuffer, undefined);
+        const q = await host.createQueuePair(1, 16);
+        const before = Buffer.from(eventIdx);
+        // Stale values in the old shadow page: the controller must not take them.
+        shadow.writeUInt32LE(9, 8);
+        shadow.writeUInt32LE(5, 12);
+        const rung = nvme.controller.stats.doorbells;
+        await io(host, 1, 4);
+        assert.equal(nvme.controller.stats.doorbells - rung, 16, 'BAR0 doorbells again');
+        assert.deepEqual(eventIdx, before, 'the old event index page is left alone');
+        assert.equal(q.sqTail, 8);
+        await host.deleteQueuePair(1);
+      },
+      { shadowDoorbells: true },
+    );
+    assert.deepEqual(warnings, []);
+  });
+
+  it('coalesces interrupts by threshold and by time, except on the admin CQ and vectors with CD', async () => {
+    await session(async (host) => {
+      await host.start({ ioQueues: 2 });
+      const q1 = await host.createQueuePair(1, 32);
+      await host.createQueuePair(2, 32);
+      const v0 = host.interrupt(0)!;
+      const v1 = host.interrupt(1)!;
+      const stats = nvme.controller.stats;
+      const setFeature = (fid: number, cdw11: number) => host.admin({ opcode: AdminOpcode.SET_FEATURES, cdw10: fid, cdw11 });
+      const getFeature = async (fid: number, cdw11 = 0) => (await host.admin({ opcode: AdminOpcode.GET_FEATURES, cdw10: fid, cdw11 })).result;
+      // THR 3 (four entries), TIME 50 (5 ms).
+      await setFeature(Feature.INTERRUPT_COALESCING, (50 << 8) | 3);
+      assert.equal(await getFeature(Feature.INTERRUPT_COALESCING), (50 << 8) | 3);
+
+      // Four completions in one turn: the threshold is met, one interrupt at once.
+      const buf = host.alloc(PAGE);
+      let irqs = v1.count;
+      let held = stats.interruptsCoalesced;
+      const reads = () => Promise.all([0, 1, 2, 3].map((i) => host.read(1, i * 8, 8, buf.iova)));
+      await reads();
+      assert.equal(stats.interruptsCoalesced, held, 'not held back');
+      assert.equal(v1.count - irqs, 1, 'one interrupt for four completions');
+
+      // One completion: below the threshold, its interrupt waits for the aggregation time.
+      irqs = v1.count;
+      held = stats.interruptsCoalesced;
+      const start = performance.now();
+      await host.read(1, 0, 8, buf.iova);
+      const waited = performance.now() - start;
+      assert.equal(stats.interruptsCoalesced - held, 1, 'held back');
+      assert.equal(v1.count - irqs, 1);
+      assert.ok(waited >= 4, `the interrupt came after the aggregation time (${waited.toFixed(1)} ms)`);
+
+      // The admin CQ is never coalesced.
+      held = stats.interruptsCoalesced;
+      const admin = v0.count;
+      for (let i = 0; i < 3; i++) await getFeature(Feature.NUMBER_OF_QUEUES);
+      assert.equal(v0.count - admin, 3, 'one admin interrupt per command');
+      assert.equal(stats.interruptsCoalesced, held);
+
+      // CD on vector 1: queue 1 is not coalesced, queue 2 still is.
+      await setFeature(Feature.INTERRUPT_VECTOR_CONFIG, (1 << 16) | 1);
+      assert.equal(await getFeature(Feature.INTERRUPT_VECTOR_CONFIG, 1), (1 << 16) | 1);
+      assert.equal(await getFeature(Feature.INTERRUPT_VECTOR_CONFIG, 2), 2);
+      assert.equal((await host.submit(0, { opcode: AdminOpcode.SET_FEATURES, cdw10: Feature.INTERRUPT_VECTOR_CONFIG, cdw11: 99 })).status, INVALID_FIELD, 'no vector 99');
+      held = stats.interruptsCoalesced;
+      for (let i = 0; i < 3; i++) await host.read(1, 0, 8, buf.iova);
+      assert.equal(stats.interruptsCoalesced, held, 'vector 1 interrupts at once');
+      await host.read(2, 0, 8, buf.iova);
+      assert.equal(stats.interruptsCoalesced - held, 1, 'vector 2 is still coalesced');
+      assert.equal(q1.outstanding, 0);
+
+      // A controller reset clears coalescing and CD.
+      await host.disable();
+      assert.equal(nvme.controller.state.features.get(Feature.INTERRUPT_COALESCING), undefined);
+      assert.deepEqual(nvme.controller.state.coalescingDisabled, []);
+    });
+  });
+
+  it('leaves out the interrupt when the host has consumed every entry before it is sent', async () => {
+    await session(
+      async (host) => {
+        await host.start({ ioQueues: 2 });
+        const q = await host.createQueuePair(1, 32);
+        // TIME 255 (25.5 ms): the host polls the CQ meanwhile.
+        await host.admin({ opcode: AdminOpcode.SET_FEATURES, cdw10: Feature.INTERRUPT_COALESCING, cdw11: (255 << 8) | 7 });
+        const v1 = host.interrupt(1)!;
+        const buf = host.alloc(PAGE);
+        const irqs = v1.count;
+        const skipped = nvme.controller.stats.interruptsSkipped;
+        let status: number | undefined;
+        void host.read(1, 0, 8, buf.iova).then((c) => (status = c.status));
+        while (status === undefined) {
+          host.reapQueue(q);
+          await turn();
+        }
+        assert.equal(status, 0);
+        assert.equal(indexes(host, q).cq.shadow, q.cqHead, 'the head went to the shadow doorbell only');
+        await waitFor(() => nvme.controller.stats.interruptsSkipped > skipped, 2000, 'the interrupt left out');
+        assert.equal(v1.count, irqs, 'no interrupt for entries the host already took');
+      },
+      { shadowDoorbells: true, timeout: 300 },
+    );
+    // The host's interrupt wait for the polled command runs out.
+    await new Promise((r) => setTimeout(r, 350));
+  });
+
+  it('saves and restores the Doorbell Buffer Config and coalescing as plain data', async () => {
+    const other = createNvme({ file: join(dir.path, 'other.img'), size: SIZE, ioQueues: 2 });
+    try {
+      await session(
+        async (host) => {
+          await host.start({ ioQueues: 2 });
+          await host.admin({ opcode: AdminOpcode.SET_FEATURES, cdw10: Feature.INTERRUPT_COALESCING, cdw11: (10 << 8) | 2 });
+          await host.admin({ opcode: AdminOpcode.SET_FEATURES, cdw10: Feature.INTERRUPT_VECTOR_CONFIG, cdw11: (1 << 16) | 2 });
+          other.device.restoreState(nvme.device.saveState());
+          assert.deepEqual(other.controller.state.doorbellBuffer, nvme.controller.state.doorbellBuffer);
+          assert.notEqual(other.controller.state.doorbellBuffer, null);
+          assert.deepEqual(other.controller.state.coalescingDisabled, [2]);
+          assert.equal(other.controller.state.features.get(Feature.INTERRUPT_COALESCING), (10 << 8) | 2);
+        },
+        { shadowDoorbells: true },
+      );
+    } finally {
+      other.close();
+    }
+  });
+
+  it('moves a controller with shadow doorbells to another server: the destination watches the same pages', async () => {
+    const twin = createNvme({ file: join(dir.path, 'disk.img'), ioQueues: 2 });
+    const twinServer = await serve(twin.device, { socket: dir.socket('twin.sock'), log: 'silent' });
+    const b = await Client.connect(dir.socket('twin.sock'));
+    try {
+      await session(
+        async (host, a) => {
+          await host.start({ ioQueues: 2 });
+          await host.createQueuePair(1, 16);
+          await io(host, 1, 4);
+          const mem = (host as unknown as { mem: GuestMemory }).mem;
+          await b.dmaMap({ flags: 3, offset: 0n, iova: mem.iova, size: BigInt(mem.size) }, mem.fd);
+          const { IrqIndex, IrqSetFlag } = protocol;
+          for (let v = 0; host.interrupt(v); v++) {
+            await b.setIrqs({ flags: IrqSetFlag.DATA_EVENTFD | IrqSetFlag.ACTION_TRIGGER, index: IrqIndex.MSIX, start: v, count: 1, data: Buffer.alloc(0) }, [
+              host.interrupt(v)!.fd,
+            ]);
+          }
+          await migrate({ source: a, destination: b, memory: [{ source: mem, destination: mem }] });
+          (host as unknown as { client: Client }).client = b;
+          assert.deepEqual(twin.controller.state.doorbellBuffer, nvme.controller.state.doorbellBuffer);
+          const before = { ...host.doorbells };
+          const rung = twin.controller.stats.doorbells;
+          await io(host, 1, 8);
+          assert.ok(host.doorbells.shadowOnly - before.shadowOnly >= 14, 'the host still writes shadow doorbells');
+          assert.equal(twin.controller.stats.doorbells - rung, host.doorbells.bar0 - before.bar0, 'and rings the destination');
+        },
+        { shadowDoorbells: true },
+      );
+    } finally {
+      b.close();
+      await twinServer.close();
+      twin.close();
+    }
+  });
+
+  it('takes its doorbell mode from MUSER_NVME_DOORBELLS, and says what is wrong in one sentence', () => {
+    assert.equal(optionsFromEnvironment({ MUSER_NVME_DOORBELLS: 'trapped' }).doorbells, 'trapped');
+    assert.equal(optionsFromEnvironment({ MUSER_NVME_DOORBELLS: 'shared' }).doorbells, 'shared');
+    assert.throws(
+      () => optionsFromEnvironment({ MUSER_NVME_DOORBELLS: 'mapped' }),
+      (e: Error) => e instanceof NvmeConfigError && /^MUSER_NVME_DOORBELLS="mapped" must be shared .* or trapped .*$/.test(e.message),
+    );
+    assert.throws(() => createNvme({ file: join(dir.path, 'x.img'), size: SIZE, doorbells: 'polled' as 'shared' }), /doorbells must be 'shared' or 'trapped'/);
+  });
+});
+
+/** Queue `q`'s shadow doorbells and event indexes, as the host's pages hold them. */
+function indexes(host: NvmeHost, q: HostQueue): { sq: { shadow: number; eventIdx: number }; cq: { shadow: number; eventIdx: number } } {
+  const { shadow: s, eventIdx: e } = hostPages(host);
+  const at = (b: Buffer, i: number) => b.readUInt32LE(4 * i);
+  return { sq: { shadow: at(s, 2 * q.id), eventIdx: at(e, 2 * q.id) }, cq: { shadow: at(s, 2 * q.id + 1), eventIdx: at(e, 2 * q.id + 1) } };
+}
+
+function hostPages(host: NvmeHost): { shadow: Buffer; eventIdx: Buffer } {
+  const pages = host.doorbellBuffer;
+  assert.ok(pages, 'the host uses shadow doorbells');
+  return { shadow: pages.shadow.bytes, eventIdx: pages.eventIdx.bytes };
+}
