@@ -12,8 +12,10 @@
  * learns of completions (the MSI-X eventfd and a Promise per command, as the
  * driver's submit() does; or polling the CQ's phase bits in guest memory with
  * enqueue/ring/poll, no Promise), how doorbells travel (trapped: a
- * REGION_WRITE message each), and whether the server polls its socket
- * (--poll-us). Each case runs S seconds (default 2) after a short warm-up,
+ * REGION_WRITE message each; written into BAR0's mapped doorbell page; or
+ * shadow doorbells in guest memory with event indexes), and whether the
+ * server polls its socket (--poll-us). Each setup has a server process of its
+ * own. Each case runs S seconds (default 2) after a short warm-up,
  * over a working set (default 64 MiB) written before the run, so reads come
  * from the page cache. Reported: IOPS and its share of the floor's, mean and
  * 99th percentile latency (from the command written to its completion
@@ -64,10 +66,28 @@ interface Setup {
 }
 
 const pollUs = ['--poll-us', values['poll-us']];
+const trapped = { MUSER_NVME_DOORBELLS: 'trapped' };
+const shared = { MUSER_NVME_DOORBELLS: 'shared' };
 const SETUPS: Record<string, Setup> = {
-  msix: { completions: 'msix', host: {}, serve: [], env: {}, what: 'MSI-X eventfd and a Promise per command, trapped doorbells' },
-  polled: { completions: 'polled', host: {}, serve: [], env: {}, what: 'CQ polled by the host, trapped doorbells' },
-  'polled+poll-us': { completions: 'polled', host: {}, serve: pollUs, env: {}, what: `the same, server with --poll-us ${values['poll-us']}` },
+  msix: { completions: 'msix', host: {}, serve: [], env: trapped, what: "MSI-X eventfd and a Promise per command (the driver's submit()), trapped doorbells" },
+  trapped: { completions: 'polled', host: {}, serve: [], env: trapped, what: 'CQ polled by the host; doorbells trapped: a REGION_WRITE message each' },
+  'trapped+poll-us': { completions: 'polled', host: {}, serve: pollUs, env: trapped, what: `the same, server with --poll-us ${values['poll-us']}` },
+  bar0: { completions: 'polled', host: { mapBar0: true }, serve: [], env: shared, what: "CQ polled; doorbells written into BAR0's shared doorbell page, which the server polls" },
+  'bar0+poll-us': { completions: 'polled', host: { mapBar0: true }, serve: pollUs, env: shared, what: `the same, server with --poll-us ${values['poll-us']}` },
+  shadow: {
+    completions: 'polled',
+    host: { mapBar0: true, shadowDoorbells: true },
+    serve: [],
+    env: shared,
+    what: 'CQ polled; shadow doorbells in guest memory (Doorbell Buffer Config), BAR0 only when the event index asks',
+  },
+  'shadow+poll-us': {
+    completions: 'polled',
+    host: { mapBar0: true, shadowDoorbells: true },
+    serve: pollUs,
+    env: shared,
+    what: `the same, server with --poll-us ${values['poll-us']}`,
+  },
 };
 const setups = values.setups?.split(',') ?? Object.keys(SETUPS);
 for (const s of setups) if (!(s in SETUPS)) throw new Error(`--setups: unknown setup ${s}; the setups are ${Object.keys(SETUPS).join(', ')}`);
@@ -79,6 +99,8 @@ interface Result {
   /** CPU per I/O in µs, this process and the server. */
   clientCpu?: number;
   serverCpu?: number;
+  /** Doorbells per I/O: REGION_WRITE messages, writes into the mapped BAR0 page, shadow writes that needed neither. */
+  doorbells?: { messages: number; mapped: number; shadowOnly: number };
 }
 
 const randomPage = (): number => Math.floor(Math.random() * (WORKING_SET / PAGE));
@@ -212,9 +234,12 @@ async function measure(name: string, setup: Setup, file: string, socket: string)
         await run(host, buffers, op, depth, WARMUP_MS);
         const cpu = process.cpuUsage();
         const serverCpu = processCpuNs(server.pid!);
+        const rung = { ...host.doorbells };
         const r = await run(host, buffers, op, depth, SECONDS * 1000);
         r.clientCpu = cpuPerOp(process.cpuUsage(cpu), r.ops);
         r.serverCpu = (processCpuNs(server.pid!) - serverCpu) / 1000 / r.ops;
+        const mapped = host.doorbells.mapped - rung.mapped;
+        r.doorbells = { messages: (host.doorbells.bar0 - rung.bar0 - mapped) / r.ops, mapped: mapped / r.ops, shadowOnly: (host.doorbells.shadowOnly - rung.shadowOnly) / r.ops };
         results.push([`${name}: rand${op} QD${depth}`, r]);
       }
     }
@@ -233,7 +258,9 @@ function row(name: string, r: Result, floorIops: number): string[] {
   const p99 = sorted[Math.min(r.ops - 1, Math.floor(r.ops * 0.99))];
   const iops = r.ops / r.seconds;
   const us = (v: number | undefined): string => (v === undefined ? '' : v.toFixed(2));
-  return [name, iops.toFixed(0), `${((100 * iops) / floorIops).toFixed(1)}%`, mean.toFixed(1), p99.toFixed(1), us(r.clientCpu), us(r.serverCpu)];
+  const d = r.doorbells;
+  const rung = d ? [d.messages, d.mapped, d.shadowOnly].map((v) => v.toFixed(2)).join(' / ') : '';
+  return [name, iops.toFixed(0), `${((100 * iops) / floorIops).toFixed(1)}%`, mean.toFixed(1), p99.toFixed(1), us(r.clientCpu), us(r.serverCpu), rung];
 }
 
 async function main(): Promise<void> {
@@ -255,7 +282,10 @@ async function main(): Promise<void> {
     floor(file, WARMUP_MS);
     const base = floor(file, SECONDS * 1000);
     const floorIops = base.ops / base.seconds;
-    const rows = [['case', 'IOPS', 'of floor', 'mean µs', 'p99 µs', 'client CPU µs/IO', 'server CPU µs/IO'], row('floor: fs.readSync 4 KiB', base, floorIops)];
+    const rows = [
+      ['case', 'IOPS', 'of floor', 'mean µs', 'p99 µs', 'client CPU µs/IO', 'server CPU µs/IO', 'doorbells/IO: message / mapped / shadow only'],
+      row('floor: fs.readSync 4 KiB', base, floorIops),
+    ];
     for (const s of setups) for (const [name, r] of await measure(s, SETUPS[s], file, socket)) rows.push(row(name, r, floorIops));
     console.log(table(rows));
     console.log('(client and server: two Node.js processes; the floor in this process; server CPU at clock-tick resolution)');
