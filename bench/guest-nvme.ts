@@ -182,6 +182,10 @@ async function main(): Promise<void> {
     const status = await qemu.exited;
     if (status !== 0) throw new Error(`QEMU exit status ${status} after the guest's power-off`);
     report(samples);
+    // Linux shuts the controller down at power-off; the sample's line counts what the whole run rang and raised.
+    await waitFor(() => /shutdown complete/.test(server.stdout()), 5000, "the sample's shutdown line").catch(() => {});
+    const shutdown = /^nvme: shutdown complete: \S+ (.*)$/m.exec(server.stdout())?.[1];
+    console.log(`muser's controller over the whole run: ${shutdown ?? '(no shutdown line)'}`);
     failed = false;
   } finally {
     control?.close();
