@@ -168,12 +168,13 @@ export class Guest {
       ...(options.qemu ?? []),
     ];
     const exited = run('bash', args, this.qemuLog);
+    const pid = (): number => Number(readFileSync(pidFile, 'utf8'));
     return {
       exited,
       waitForCheck: (name, timeoutMs = bootTimeout * 1000) => waitFor(() => this.checks(name).length > 0, timeoutMs, `MUSER-CHECK ${name} on the console`),
       qmp: (command, a) => qmp(qmpSocket, command, a),
-      pid: () => Number(readFileSync(pidFile, 'utf8')),
-      kill: () => process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL'),
+      pid,
+      kill: () => process.kill(pid(), 'SIGKILL'),
     };
   }
 
