@@ -25,11 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -685,6 +685,8 @@ static napi_value js_seals(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------------ mmap */
 
+typedef struct addon_state addon_state;
+
 /* One per mapping; it is the finalize hint of the external ArrayBuffer and
  * is also attached to the ArrayBuffer with napi_wrap so munmap() can find
  * it. `unmapped` makes sure the range is unmapped exactly once: by munmap()
@@ -762,9 +764,15 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   return ab;
 }
 
-/* munmap(arrayBuffer): detach it and unmap now. Idempotent. */
+static void watches_forget_mapping(addon_state *s, mapping *m);
+
+/* munmap(arrayBuffer): stop the watches of it, detach it and unmap now.
+ * Idempotent. */
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+  size_t argc = 1;
+  napi_value argv[1];
+  void *data;
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
   bool ok = false;
   if (napi_is_arraybuffer(env, argv[0], &ok) != napi_ok || !ok) {
     throw_type(env, "munmap() expects an ArrayBuffer returned by mmap()");
@@ -782,6 +790,7 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   mapping *m = p;
   void *addr = m->addr;
   size_t length = m->length;
+  watches_forget_mapping(data, m);
   /* Mark first: once detached, Node may run the finalizer (which frees m)
    * at any later point, so m is not touched after the detach. */
   m->unmapped = true;
@@ -796,8 +805,6 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------ poll */
-
-typedef struct addon_state addon_state;
 
 /* A uv_poll_t plus what is needed to call back into JS.
  *
@@ -826,6 +833,44 @@ typedef struct poll_handle {
   bool wrapper_gone;
 } poll_handle;
 
+/* A watched range of 32-bit words in a mapping made by mmap() (see
+ * watch()). The words are compared with a snapshot; `changes` lists the
+ * indexes of the words that differed at the last look. The snapshot and the
+ * list are JS arrays (referenced, so they stay put), the words are read
+ * through `live` only while the mapping is known to be there: munmap()
+ * stops every watch of the mapping before it unmaps. */
+typedef struct watch {
+  struct watch *next;
+  napi_env env;
+  uint32_t id;
+  const volatile uint32_t *live;
+  uint32_t *seen;
+  uint32_t *changes;
+  uint32_t count;
+  mapping *map;
+  napi_ref arrays[3]; /* live, seen, changes */
+  napi_ref cb_ref;
+  napi_ref resource_ref; /* the callback's `this` and async resource */
+  napi_async_context async;
+  uint64_t spin_ns;     /* keep spinning this long after the last change */
+  uint64_t quiet_since; /* spinning: the last change, or the start of the spin */
+  uint64_t delay_ns;    /* backed off: the delay before the next look */
+  uint64_t max_delay_ns; /* what the delay grows to */
+  uint64_t due_ns;      /* backed off: when to look next */
+  bool spinning;
+  bool stopped; /* released; freed when no walk of the list is under way */
+} watch;
+
+/* The timerfd that wakes the loop for backed-off watches (and to go on
+ * spinning after the loop had its turn). One per environment while it has
+ * watches; a closing one is left to its close callback. */
+typedef struct watch_timer {
+  uv_poll_t uv;
+  int fd;
+  addon_state *state;
+  uint64_t armed_at; /* CLOCK_MONOTONIC ns it fires at; 0: disarmed */
+} watch_timer;
+
 struct addon_state {
   napi_ref poll_ctor;
   bool constructing; /* the PollHandle constructor is internal only */
@@ -837,10 +882,27 @@ struct addon_state {
   uint64_t spin_budget_ns;
   uint64_t spin_end_ns;
   bool spinning;
+  /* Word watches (see watch()), their timer, and how many loops over the
+   * list are running (stopped watches are freed when none is). */
+  watch *watches;
+  uint32_t last_watch_id;
+  watch_timer *timer;
+  int timers_open;
+  int walking;
+  uint64_t calls; /* poll callbacks and change reports made so far */
 };
 
 static const napi_type_tag poll_tag = {0x6d7573657220706fULL,
                                        0x6c6c68616e646c65ULL};
+
+static void teardown_if_done(addon_state *s) {
+  if (s->tearing_down && s->handles == NULL && s->timers_open == 0 &&
+      s->cleanup_hook != NULL) {
+    napi_async_cleanup_hook_handle hook = s->cleanup_hook;
+    s->cleanup_hook = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
+}
 
 static void poll_free_if_done(poll_handle *h) {
   if (h->uv_closed && h->wrapper_gone) free(h);
@@ -866,12 +928,7 @@ static void poll_on_closed(uv_handle_t *uvh) {
   if (h->next != NULL) h->next->prev = h->prev;
   h->uv_closed = true;
   poll_free_if_done(h);
-
-  if (s->tearing_down && s->handles == NULL && s->cleanup_hook != NULL) {
-    napi_async_cleanup_hook_handle hook = s->cleanup_hook;
-    s->cleanup_hook = NULL;
-    napi_remove_async_cleanup_hook(hook);
-  }
+  teardown_if_done(s);
 }
 
 static void poll_start_close(poll_handle *h) {
@@ -886,21 +943,21 @@ static void poll_finalize_wrapper(napi_env env, void *data, void *hint) {
   poll_free_if_done(h);
 }
 
-/* Calls the handle's JS callback; false if JS could not run (the
+/* Calls a JS callback from the event loop; false if JS could not run (the
  * environment is going away). */
-static bool poll_call(poll_handle *h, int arg_value) {
-  napi_env env = h->env;
+static bool call_js(napi_env env, napi_async_context async, napi_ref recv_ref,
+                    napi_ref cb_ref, int arg_value) {
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
-  napi_value self, cb, arg;
+  napi_value recv, cb, arg;
   bool ok = false;
-  if (napi_get_reference_value(env, h->self_ref, &self) == napi_ok &&
-      napi_get_reference_value(env, h->cb_ref, &cb) == napi_ok &&
+  if (napi_get_reference_value(env, recv_ref, &recv) == napi_ok &&
+      napi_get_reference_value(env, cb_ref, &cb) == napi_ok &&
       napi_create_int32(env, arg_value, &arg) == napi_ok) {
     /* napi_make_callback (not napi_call_function): it enters the handle's
      * async context and, as the outermost callback scope, runs nextTicks
      * and promise microtasks when the callback returns. */
-    ok = napi_make_callback(env, h->async, self, cb, 1, &arg, NULL) == napi_ok;
+    ok = napi_make_callback(env, async, recv, cb, 1, &arg, NULL) == napi_ok;
     /* We were called from the event loop, not from JS, so an exception
      * left pending here would be silently lost: report it the way Node
      * reports any uncaught exception. */
@@ -915,11 +972,180 @@ static bool poll_call(poll_handle *h, int arg_value) {
   return ok;
 }
 
+static bool poll_call(poll_handle *h, int arg_value) {
+  h->state->calls++;
+  return call_js(h->env, h->async, h->self_ref, h->cb_ref, arg_value);
+}
+
 static uint64_t now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
+
+/* ---------------------------------------------------------- word watches */
+
+/* Callback arguments besides a count of changed words (>= 1). */
+#define WATCH_IDLE 0
+#define WATCH_BUSY (-1)
+/* A backed-off watch first looks again after BACKOFF_MIN_NS, then after
+ * twice as long each time it finds nothing, up to its maximum (1 ms unless
+ * the watch says otherwise): an idle watch costs one wake-up and one compare
+ * per maximum delay. (The kernel's timer slack, 50 µs for ordinary threads,
+ * comes on top of each delay.) */
+#define BACKOFF_MIN_NS 20000u
+
+static void watch_release(watch *w) {
+  if (w->stopped) return;
+  napi_env env = w->env;
+  w->stopped = true;
+  napi_handle_scope scope = NULL;
+  napi_open_handle_scope(env, &scope);
+  for (int i = 0; i < 3; i++)
+    if (w->arrays[i] != NULL) napi_delete_reference(env, w->arrays[i]);
+  if (w->cb_ref != NULL) napi_delete_reference(env, w->cb_ref);
+  if (w->resource_ref != NULL) napi_delete_reference(env, w->resource_ref);
+  if (w->async != NULL) napi_async_destroy(env, w->async);
+  if (scope != NULL) napi_close_handle_scope(env, scope);
+  w->live = NULL;
+  w->seen = w->changes = NULL;
+  w->map = NULL;
+}
+
+static void timer_on_closed(uv_handle_t *uvh) {
+  watch_timer *t = uvh->data;
+  addon_state *s = t->state;
+  close(t->fd);
+  free(t);
+  s->timers_open--;
+  teardown_if_done(s);
+}
+
+static void timer_close(addon_state *s) {
+  watch_timer *t = s->timer;
+  if (t == NULL) return;
+  s->timer = NULL;
+  uv_close((uv_handle_t *)&t->uv, timer_on_closed);
+}
+
+/* Frees stopped watches (unless a loop over the list is running) and,
+ * when none is left, the timer. */
+static void watches_sweep(addon_state *s) {
+  if (s->walking > 0) return;
+  for (watch **p = &s->watches; *p != NULL;) {
+    watch *w = *p;
+    if (w->stopped) {
+      *p = w->next;
+      free(w);
+    } else {
+      p = &w->next;
+    }
+  }
+  if (s->watches == NULL) timer_close(s);
+}
+
+static void timer_arm(watch_timer *t, uint64_t at) {
+  if (t->armed_at == at) return;
+  struct itimerspec spec = {
+      .it_value = {.tv_sec = (time_t)(at / 1000000000u),
+                   .tv_nsec = (long)(at % 1000000000u)}};
+  if (timerfd_settime(t->fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0)
+    t->armed_at = at;
+}
+
+/* After a spin, or a look by the timer: free what was stopped, then wake
+ * at once if a watch is still spinning (the slice ended: the loop had its
+ * turn), else when the first backed-off watch is due. */
+static void watches_schedule(addon_state *s) {
+  watches_sweep(s);
+  watch_timer *t = s->timer;
+  if (t == NULL) return;
+  uint64_t at = UINT64_MAX;
+  for (watch *w = s->watches; w != NULL; w = w->next) {
+    if (w->stopped) continue;
+    uint64_t when = w->spinning ? 1 : w->due_ns;
+    if (when < at) at = when;
+  }
+  if (at == UINT64_MAX) at = 0;
+  timer_arm(t, at);
+}
+
+static bool watch_call(addon_state *s, watch *w, int arg) {
+  if (arg > 0) s->calls++;
+  return call_js(w->env, w->async, w->resource_ref, w->cb_ref, arg);
+}
+
+/* Compares the words with the snapshot, which takes the new values; the
+ * indexes of those that changed go to `changes`. Returns how many. */
+static uint32_t watch_compare(watch *w) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < w->count; i++) {
+    uint32_t v = w->live[i];
+    if (v != w->seen[i]) {
+      w->seen[i] = v;
+      w->changes[n++] = i;
+    }
+  }
+  return n;
+}
+
+/* Reports `n` changes, saying busy first if the watch was backed off. */
+static bool watch_report(addon_state *s, watch *w, uint32_t n) {
+  w->quiet_since = now_ns();
+  if (!w->spinning) {
+    w->spinning = true;
+    if (!watch_call(s, w, WATCH_BUSY)) return false;
+    if (w->stopped) return true;
+  }
+  return watch_call(s, w, (int)n);
+}
+
+/* One look at a watch: report changes; a spinning watch quiet for its
+ * budget goes idle (and looks once more, for a write that raced with the
+ * idle callback); a backed-off one that finds nothing waits longer.
+ * False if JS could not run. */
+static bool watch_look(addon_state *s, watch *w, uint64_t now) {
+  uint32_t n = watch_compare(w);
+  if (n > 0) return watch_report(s, w, n);
+  if (!w->spinning) {
+    w->delay_ns *= 2;
+    if (w->delay_ns > w->max_delay_ns) w->delay_ns = w->max_delay_ns;
+    w->due_ns = now + w->delay_ns;
+    return true;
+  }
+  if (now < w->quiet_since || now - w->quiet_since < w->spin_ns) return true;
+  w->spinning = false;
+  if (!watch_call(s, w, WATCH_IDLE)) return false;
+  if (w->stopped) return true;
+  n = watch_compare(w);
+  if (n > 0) return watch_report(s, w, n);
+  w->delay_ns = BACKOFF_MIN_NS < w->max_delay_ns ? BACKOFF_MIN_NS : w->max_delay_ns;
+  w->due_ns = now_ns() + w->delay_ns;
+  return true;
+}
+
+/* A message arrived: backed-off watches spin again. */
+static bool watches_wake(addon_state *s) {
+  bool ok = true;
+  s->walking++;
+  for (watch *w = s->watches; w != NULL && ok; w = w->next) {
+    if (w->stopped || w->spinning) continue;
+    w->spinning = true;
+    w->quiet_since = now_ns();
+    ok = watch_call(s, w, WATCH_BUSY);
+  }
+  s->walking--;
+  return ok;
+}
+
+/* munmap() of `m` is about to happen: its watches stop now. */
+static void watches_forget_mapping(addon_state *s, mapping *m) {
+  for (watch *w = s->watches; w != NULL; w = w->next)
+    if (w->map == m) watch_release(w);
+  watches_sweep(s);
+}
+
+/* ------------------------------------------------------------ spinning */
 
 #define SPIN_MAX_FDS 64
 /* Longest stretch spent spinning before the loop gets a turn (timers,
@@ -928,78 +1154,185 @@ static uint64_t now_ns(void) {
 /* A budget halved below this stops spinning until traffic is dense again. */
 #define SPIN_MIN_NS 1000u
 
-/* Busy polling. After a callback on a handle with a spin budget, instead of
+/* The readable handles of the loop, for poll(); at most SPIN_MAX_FDS. */
+static nfds_t spin_fds(addon_state *s, struct pollfd *fds, poll_handle **owner) {
+  nfds_t n = 0;
+  for (poll_handle *h = s->handles; h != NULL && n < SPIN_MAX_FDS;
+       h = h->next) {
+    if (h->closing || !(h->events & UV_READABLE)) continue;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&h->uv, &fd) != 0) continue;
+    fds[n].fd = fd;
+    fds[n].events = POLLIN;
+    fds[n].revents = 0;
+    owner[n++] = h;
+  }
+  return n;
+}
+
+/* Busy polling, for two reasons that share one loop.
+ *
+ * Sockets: after a callback on a handle with a spin budget, instead of
  * going back to the event loop (and sleeping in epoll_wait), poll the
- * readable-watching spinning handles of this loop with a zero timeout for up
- * to the budget, and call back whichever becomes readable. The budget backs
- * off: a spin that finds nothing halves it, so a device whose requests come
- * far apart soon stops paying for spins; it is restored when a spin finds a
- * message, or when a message arrives within one full budget of the last
- * spin's end (traffic is dense again). */
+ * readable handles of this loop with a zero timeout for up to the budget,
+ * and call back whichever becomes readable. The budget backs off: a spin
+ * that finds nothing halves it, so a device whose requests come far apart
+ * soon stops paying for spins; it is restored when a spin finds a message on
+ * a spinning handle, or when a message arrives within one full budget of
+ * the last spin's end (traffic is dense again).
+ *
+ * Watches: a spinning watch is compared on every round (a backed-off one
+ * when it is due), and keeps the spin going (with the handles polled too, so messages are not held up) until it
+ * has been quiet for its own budget; see watch_look().
+ *
+ * Either way the loop gets a turn at least every SPIN_SLICE_NS once the
+ * spin has called back a handle or reported a change (a watch still
+ * spinning then resumes from the timer, which fires at once); a wait that
+ * has found nothing yet lasts its budget (busy and idle callbacks, which
+ * only say what the poller does, do not count). */
 static void spin(addon_state *s, uint64_t max_ns) {
   if (s->spinning) return;
   s->spinning = true;
+  s->walking++;
   uint64_t start = now_ns(), now = start;
-  if (now - s->spin_end_ns <= max_ns) s->spin_budget_ns = max_ns;
+  bool sockets = false;
+  if (max_ns > 0) {
+    if (now - s->spin_end_ns <= max_ns) s->spin_budget_ns = max_ns;
+    sockets = s->spin_budget_ns > 0;
+  }
+  uint64_t deadline = now + s->spin_budget_ns;
   struct pollfd fds[SPIN_MAX_FDS];
   poll_handle *owner[SPIN_MAX_FDS];
-  while (s->spin_budget_ns > 0 && !s->tearing_down &&
-         now - start < SPIN_SLICE_NS) {
-    nfds_t n = 0;
-    for (poll_handle *h = s->handles; h != NULL && n < SPIN_MAX_FDS;
-         h = h->next) {
-      if (h->closing || h->spin_ns == 0 || !(h->events & UV_READABLE))
-        continue;
-      uv_os_fd_t fd;
-      if (uv_fileno((uv_handle_t *)&h->uv, &fd) != 0) continue;
-      fds[n].fd = fd;
-      fds[n].events = POLLIN;
-      fds[n].revents = 0;
-      owner[n++] = h;
+  nfds_t n = 0;
+  bool collect = true;
+  uint64_t calls = s->calls;
+  /* A wait that has called nothing back yet may outlast the slice. */
+  while (!s->tearing_down &&
+         (now - start < SPIN_SLICE_NS || calls == s->calls)) {
+    bool watching = false;
+    for (watch *w = s->watches; w != NULL; w = w->next) {
+      if (w->stopped || (!w->spinning && w->due_ns > now)) continue;
+      if (!watch_look(s, w, now)) goto out;
+      watching = watching || (!w->stopped && w->spinning);
     }
-    if (n == 0) break;
-    uint64_t deadline = now + s->spin_budget_ns;
-    int ready;
-    /* Yielding between polls lets a runnable client that shares our core
-     * send what we wait for; on an idle core it returns at once. */
-    while ((ready = poll(fds, n, 0)) == 0 && (now = now_ns()) < deadline)
-      sched_yield();
-    if (ready <= 0) {
+    if (!sockets && !watching) break;
+    if (collect) {
+      n = spin_fds(s, fds, owner);
+      collect = false;
+      if (n == 0) sockets = false;
+    }
+    int ready = n > 0 ? poll(fds, n, 0) : 0;
+    if (ready > 0) {
+      for (nfds_t i = 0; i < n; i++) {
+        poll_handle *h = owner[i];
+        if (fds[i].revents == 0 || h->closing) continue;
+        if (h->spin_ns > max_ns) max_ns = h->spin_ns;
+        if (h->spin_ns > 0) sockets = true;
+        /* Hang-ups and errors show up as readable: the read reports them. */
+        if (!poll_call(h, UV_READABLE)) goto out;
+      }
+      if (sockets) s->spin_budget_ns = max_ns;
+      if (!watches_wake(s)) goto out;
+      collect = true;
+      now = now_ns();
+      deadline = now + s->spin_budget_ns;
+      continue;
+    }
+    now = now_ns();
+    if (sockets && now >= deadline) {
       s->spin_budget_ns /= 2;
       if (s->spin_budget_ns < SPIN_MIN_NS) s->spin_budget_ns = 0;
-      break;
+      sockets = false;
+      continue;
     }
-    s->spin_budget_ns = max_ns;
-    for (nfds_t i = 0; i < n; i++) {
-      if (fds[i].revents == 0 || owner[i]->closing) continue;
-      /* Hang-ups and errors show up as readable: the read reports them. */
-      if (!poll_call(owner[i], UV_READABLE)) goto out;
-    }
+    /* Yielding between polls lets a runnable client that shares our core
+     * send what we wait for; on an idle core it returns at once. */
+    sched_yield();
     now = now_ns();
   }
 out:
   s->spin_end_ns = now_ns();
   s->spinning = false;
+  s->walking--;
+  watches_schedule(s);
+}
+
+static void timer_on_event(uv_poll_t *uvp, int status, int events) {
+  (void)events;
+  watch_timer *t = uvp->data;
+  addon_state *s = t->state;
+  uint64_t expirations;
+  while (read(t->fd, &expirations, sizeof expirations) < 0 && errno == EINTR) {
+  }
+  t->armed_at = 0;
+  if (status < 0 || s->tearing_down) return;
+  uint64_t now = now_ns();
+  bool ok = true;
+  s->walking++;
+  for (watch *w = s->watches; w != NULL && ok; w = w->next)
+    if (!w->stopped && !w->spinning && w->due_ns <= now)
+      ok = watch_look(s, w, now);
+  s->walking--;
+  if (ok) spin(s, 0); /* spins if a watch is spinning; reschedules */
+}
+
+static watch_timer *timer_open(addon_state *s, uv_loop_t *loop, int *err) {
+  watch_timer *t = calloc(1, sizeof *t);
+  if (t == NULL) {
+    *err = ENOMEM;
+    return NULL;
+  }
+  t->fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (t->fd < 0) {
+    *err = errno;
+    free(t);
+    return NULL;
+  }
+  int r = uv_poll_init(loop, &t->uv, t->fd);
+  if (r < 0) {
+    *err = -r;
+    close(t->fd);
+    free(t);
+    return NULL;
+  }
+  t->uv.data = t;
+  t->state = s;
+  s->timers_open++;
+  r = uv_poll_start(&t->uv, UV_READABLE, timer_on_event);
+  if (r < 0) {
+    *err = -r;
+    s->timer = t;
+    timer_close(s);
+    return NULL;
+  }
+  /* Watching is no reason to keep the process alive. */
+  uv_unref((uv_handle_t *)&t->uv);
+  return t;
 }
 
 static void poll_on_event(uv_poll_t *uvp, int status, int events) {
   poll_handle *h = uvp->data;
   addon_state *s = h->state;
   if (!poll_call(h, status < 0 ? status : events)) return;
-  if (h->spin_ns > 0 && status >= 0 && !h->closing) spin(s, h->spin_ns);
+  if (status < 0) return;
+  if (s->watches != NULL && !watches_wake(s)) return;
+  uint64_t budget = h->closing ? 0 : h->spin_ns;
+  if (budget > 0 || s->watches != NULL) spin(s, budget);
 }
 
-/* Environment teardown: close every handle still open, then tell Node we
- * are done once the last close callback has run (see poll_on_closed). */
+/* Environment teardown: close every handle still open, stop the watches,
+ * then tell Node we are done once the last close callback has run (see
+ * teardown_if_done). */
 static void on_env_teardown(napi_async_cleanup_hook_handle hook, void *arg) {
+  (void)hook;
   addon_state *s = arg;
   s->tearing_down = true;
   for (poll_handle *h = s->handles; h != NULL; h = h->next)
     poll_start_close(h);
-  if (s->handles == NULL) {
-    s->cleanup_hook = NULL;
-    napi_remove_async_cleanup_hook(hook);
-  }
+  for (watch *w = s->watches; w != NULL; w = w->next)
+    watch_release(w);
+  watches_sweep(s);
+  teardown_if_done(s);
 }
 
 static bool valid_events(napi_env env, napi_value v, int32_t *events) {
@@ -1175,6 +1508,152 @@ static napi_value poll_close(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+/* --------------------------------------------------------- watch (JS) */
+
+static bool arg_words(napi_env env, napi_value v, const char *name,
+                      uint32_t **data, size_t *count, napi_value *buffer) {
+  napi_typedarray_type type;
+  void *p = NULL;
+  if (napi_get_typedarray_info(env, v, &type, count, &p, buffer, NULL) !=
+          napi_ok ||
+      type != napi_uint32_array) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a Uint32Array", name);
+    throw_type(env, msg);
+    return false;
+  }
+  *data = p;
+  return true;
+}
+
+/* watch(live, seen, changes, spinUs, backoffUs, cb) -> id (see
+ * src/transport/native.ts) */
+static napi_value js_watch(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  void *data;
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  addon_state *s = data;
+  uint32_t *live, *seen, *changes;
+  size_t count, seen_count, changes_count;
+  napi_value buffer;
+  if (!arg_words(env, argv[0], "live", &live, &count, &buffer) ||
+      !arg_words(env, argv[1], "seen", &seen, &seen_count, NULL) ||
+      !arg_words(env, argv[2], "changes", &changes, &changes_count, NULL))
+    return NULL;
+  if (count == 0 || count > INT32_MAX || seen_count != count ||
+      changes_count != count) {
+    throw_range(env, "live must not be empty, and seen and changes must be "
+                     "as long as live");
+    return NULL;
+  }
+  /* Only memory whose unmapping we hear of (munmap() stops the watch). */
+  bool ours = false;
+  void *p = NULL;
+  if (napi_check_object_type_tag(env, buffer, &mapping_tag, &ours) !=
+          napi_ok ||
+      !ours || napi_unwrap(env, buffer, &p) != napi_ok || p == NULL ||
+      ((mapping *)p)->unmapped) {
+    throw_type(env, "live must be a view of memory mapped by mmap()");
+    return NULL;
+  }
+  uint32_t spin_us, backoff_us;
+  if (napi_get_value_uint32(env, argv[3], &spin_us) != napi_ok ||
+      spin_us > 1000000) {
+    throw_range(env, "spinUs takes microseconds from 0 to 1000000");
+    return NULL;
+  }
+  if (napi_get_value_uint32(env, argv[4], &backoff_us) != napi_ok ||
+      backoff_us < 1 || backoff_us > 10000000) {
+    throw_range(env, "backoffUs takes microseconds from 1 to 10000000");
+    return NULL;
+  }
+  napi_valuetype t;
+  NAPI_OR_THROW(env, napi_typeof(env, argv[5], &t));
+  if (t != napi_function) {
+    throw_type(env, "cb must be a function");
+    return NULL;
+  }
+  if (s->timer == NULL) {
+    uv_loop_t *loop;
+    int err = 0;
+    NAPI_OR_THROW(env, napi_get_uv_event_loop(env, &loop));
+    s->timer = timer_open(s, loop, &err);
+    if (s->timer == NULL) {
+      throw_errno(env, err, "timerfd", NULL);
+      return NULL;
+    }
+  }
+  watch *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    watches_sweep(s);
+    throw_errno(env, ENOMEM, "watch", NULL);
+    return NULL;
+  }
+  w->env = env;
+  napi_value resource, name;
+  bool ok = napi_create_reference(env, argv[0], 1, &w->arrays[0]) == napi_ok &&
+            napi_create_reference(env, argv[1], 1, &w->arrays[1]) == napi_ok &&
+            napi_create_reference(env, argv[2], 1, &w->arrays[2]) == napi_ok &&
+            napi_create_reference(env, argv[5], 1, &w->cb_ref) == napi_ok &&
+            napi_create_object(env, &resource) == napi_ok &&
+            napi_create_reference(env, resource, 1, &w->resource_ref) ==
+                napi_ok &&
+            napi_create_string_utf8(env, "muser.Watch", NAPI_AUTO_LENGTH,
+                                    &name) == napi_ok &&
+            napi_async_init(env, resource, name, &w->async) == napi_ok;
+  w->next = s->watches;
+  s->watches = w;
+  if (!ok) {
+    throw_napi_failure(env, "watch setup");
+    watch_release(w);
+    watches_sweep(s);
+    return NULL;
+  }
+  w->live = live;
+  w->seen = seen;
+  w->changes = changes;
+  w->count = (uint32_t)count;
+  w->map = p;
+  w->spin_ns = (uint64_t)spin_us * 1000u;
+  w->max_delay_ns = (uint64_t)backoff_us * 1000u;
+  for (uint32_t i = 0; i < w->count; i++) seen[i] = w->live[i];
+  /* It starts backed off, looking again soon. */
+  w->delay_ns = BACKOFF_MIN_NS < w->max_delay_ns ? BACKOFF_MIN_NS : w->max_delay_ns;
+  w->due_ns = now_ns() + w->delay_ns;
+  do
+    w->id = ++s->last_watch_id;
+  while (w->id == 0);
+  watches_schedule(s);
+  return make_int(env, w->id);
+}
+
+/* unwatch(id) -> whether it was watching (a watch whose memory was
+ * unmapped has stopped already). */
+static napi_value js_unwatch(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void *data;
+  NAPI_OR_THROW(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  addon_state *s = data;
+  uint32_t id;
+  if (napi_get_value_uint32(env, argv[0], &id) != napi_ok) {
+    throw_type(env, "id must be a number");
+    return NULL;
+  }
+  bool found = false;
+  for (watch *w = s->watches; w != NULL; w = w->next) {
+    if (w->id == id && !w->stopped) {
+      watch_release(w);
+      found = true;
+    }
+  }
+  watches_sweep(s);
+  napi_value r;
+  NAPI_OR_THROW(env, napi_get_boolean(env, found, &r));
+  return r;
+}
+
 /* ------------------------------------------------------------------ init */
 
 static void finalize_state(napi_env env, void *data, void *hint) {
@@ -1249,7 +1728,9 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("eventfdWrite", js_eventfd_write, NULL),
       METHOD("seals", js_seals, NULL),
       METHOD("mmap", js_mmap, NULL),
-      METHOD("munmap", js_munmap, NULL),
+      METHOD("munmap", js_munmap, s),
+      METHOD("watch", js_watch, s),
+      METHOD("unwatch", js_unwatch, s),
       VALUE("READABLE", readable),
       VALUE("WRITABLE", writable),
       VALUE("errno", errnos),

@@ -30,7 +30,7 @@ export { inspect, type Inspector } from './inspect/inspector.js';
 export { consoleLogger, type Logger, type LogLevel } from './server/log.js';
 export type { Limits } from './server/connection.js';
 export { ClientConfig } from './client/config.js';
-export { Client, VfioUserError, Interrupt, type Reply, type GuestMemory, type RegionDescription, type RegionMapping, type ConnectOptions } from './client/client.js';
+export { Client, VfioUserError, Interrupt, type Reply, type GuestMemory, type RegionDescription, type ConnectOptions, type MappedRegion } from './client/client.js';
 export { migrate, DeviceMigration, type MigrateOptions, type MigrateReport, type MemoryPair } from './client/migration.js';
 export * as protocol from './protocol/index.js';
 export * as pci from './pci/index.js';

@@ -149,7 +149,7 @@ describe('devices served in this process', () => {
   it('notices client writes to shared BAR memory by watching it', async () => {
     const c = await Client.connect(dir.socket('test.sock'));
     const seen: [number, number][] = [];
-    const stop = testDevice.watch(2, { offset: 0x1000, length: 64 }, (offset, value) => seen.push([offset, value]));
+    const stop = testDevice.watch({ bar: 2, offset: 0x1000, length: 64 }, (offset, value) => seen.push([offset, value]));
     try {
       const info = await c.regionInfo(2);
       const page = Buffer.from(native.mmap(info.fd!, 0x1000, 0x1000, true));
@@ -157,8 +157,8 @@ describe('devices served in this process', () => {
       page.writeUInt32LE(7, 60);
       await waitFor(() => seen.length === 2, 1000, 'both writes noticed');
       assert.deepEqual(seen, [
-        [0x1008, 0xd00db311],
-        [0x103c, 7],
+        [0x8, 0xd00db311],
+        [0x3c, 7],
       ]);
       native.munmap(page.buffer as ArrayBuffer);
       native.close(info.fd!);
@@ -166,7 +166,7 @@ describe('devices served in this process', () => {
       stop();
       c.close();
     }
-    assert.throws(() => testDevice.watch(2, { offset: 2, length: 4 }, () => undefined), /4-byte aligned/);
+    assert.throws(() => testDevice.watch({ bar: 2, offset: 2, length: 4 }, () => undefined), /4-byte aligned/);
   });
 
   it('tells the device when a client comes and goes', async () => {

@@ -66,7 +66,7 @@ describe('author mistakes', () => {
     await c.regionWrite(0, 0x10, le32(1));
     await logged(/careless: deferred work failed: DmaError: .*0x1000/);
     await c.regionWrite(2, 0, le32(1));
-    authorsFramesOnly(await logged(/careless: the watch of BAR2 at 0x0: Error: the watcher went wrong/));
+    authorsFramesOnly(await logged(/careless: the watch of BAR2 at 0x0\+4, changed\(0x0, 0x1\): Error: the watcher went wrong/));
     await stillServing();
   });
 

@@ -89,6 +89,48 @@ describe('NVMe doorbells and interrupts', () => {
     assert.deepEqual(warnings, []);
   });
 
+  it('takes shared doorbells written into the mapped BAR0 page, without a message', async () => {
+    await session(
+      async (host) => {
+        await host.start({ ioQueues: 2 });
+        assert.equal(host.doorbellsMapped, true, 'BAR0 offers its doorbell page to map');
+        await host.createQueuePair(1, 16);
+        const before = { ...host.doorbells };
+        const noticed = nvme.controller.stats.doorbells;
+        await io(host, 1, 8, 2);
+        const written = host.doorbells.bar0 - before.bar0;
+        assert.equal(host.doorbells.mapped - before.mapped, written, 'every doorbell went into the mapping');
+        // A word written twice between two looks is noticed once.
+        const seen = nvme.controller.stats.doorbells - noticed;
+        assert.ok(seen > 0 && seen <= written, `the device noticed ${seen} of ${written} doorbell writes`);
+        await host.deleteQueuePair(1);
+      },
+      { mapBar0: true },
+    );
+    assert.deepEqual(warnings, []);
+  });
+
+  it('keeps every doorbell trapped with MUSER_NVME_DOORBELLS=trapped, even for a client that would map BAR0', async () => {
+    const trapped = createNvme({ ...optionsFromEnvironment({ MUSER_NVME_DOORBELLS: 'trapped' }), file: join(dir.path, 'trapped.img'), size: SIZE, ioQueues: 1 });
+    const trappedServer = await serve(trapped.device, { socket: dir.socket('trapped.sock'), log: 'silent' });
+    const client = await Client.connect(dir.socket('trapped.sock'));
+    try {
+      await assert.rejects(client.mapRegion(0), /offers nothing to map/);
+      const host = await NvmeHost.attach(client, { mapBar0: true });
+      await host.start();
+      await host.createQueuePair(1, 16);
+      await io(host, 1, 4);
+      assert.equal(host.doorbellsMapped, false);
+      assert.equal(host.doorbells.mapped, 0);
+      // The last CQ head doorbell is a posted write: it may still be on its way.
+      await waitFor(() => trapped.controller.stats.doorbells === host.doorbells.bar0, 2000, 'each doorbell a message, each one taken');
+    } finally {
+      client.close();
+      await trappedServer.close();
+      trapped.close();
+    }
+  });
+
   it('takes Doorbell Buffer Config: the host rings BAR0 only when the event index asks for it', async () => {
     await session(
       async (host) => {
@@ -102,6 +144,31 @@ describe('NVMe doorbells and interrupts', () => {
         const bar0 = host.doorbells.bar0 - before.bar0;
         const shadowOnly = host.doorbells.shadowOnly - before.shadowOnly;
         assert.equal(bar0 + shadowOnly, 64, 'every SQ tail and CQ head went to its shadow');
+
+        // Many commands in flight keep the device's watch spinning: the SQ's event index stays behind, the host rings rarely.
+        const deep = { ...host.doorbells };
+        const sqRings = (): number => nvme.controller.stats.doorbells;
+        const rungBefore = sqRings();
+        const bufs = Array.from({ length: 8 }, () => host.alloc(PAGE));
+        let submitted = 0;
+        const end = performance.now() + 200;
+        await Promise.all(
+          bufs.map(async (b) => {
+            while (performance.now() < end) {
+              submitted++;
+              assert.equal((await host.read(1, 0, 8, b.iova)).status, 0);
+            }
+          }),
+        );
+        const deepRings = host.doorbells.bar0 - deep.bar0;
+        assert.equal(sqRings() - rungBefore, deepRings, 'the device took each ring');
+        assert.ok(deepRings < submitted / 2, `${deepRings} BAR0 doorbells for ${submitted} commands eight deep`);
+
+        // Idle again, the event index asks for the next tail: one ring, and the device wakes at once.
+        await waitFor(() => indexes(host, q).sq.eventIdx === q.sqTail, 2000, 'the event index back at the tail');
+        const idle = host.doorbells.bar0;
+        assert.equal((await host.read(1, 0, 8, bufs[0].iova)).status, 0);
+        assert.equal(host.doorbells.bar0 - idle, 1, 'the first submission after idle rings BAR0');
         // A CQ head asks for a ring only while completions wait for room, and at most once a lap (a stale index next to the wrap).
         assert.ok(shadowOnly >= 30, `CQ heads go to the shadow only: ${shadowOnly} shadow-only writes`);
         // The event indexes follow what the controller took: the SQ's is its tail (or one behind while the controller polls);

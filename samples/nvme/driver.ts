@@ -7,7 +7,7 @@
  * without a Promise per command: enqueue() commands, ring() once, poll()
  * its completion queue in guest memory (the phase bits) for completions.
  */
-import { type Client, protocol, type GuestMemory, type Interrupt, type RegionMapping } from 'muser';
+import { type Client, protocol, type GuestMemory, type Interrupt, type MappedRegion } from 'muser';
 import {
   AdminOpcode,
   CC,
@@ -143,7 +143,7 @@ export class NvmeHost {
   doorbellErrors: Error[] = [];
   readonly doorbells: DoorbellCounts = { bar0: 0, mapped: 0, shadowOnly: 0 };
   /** BAR0's mapped doorbell page, as 32-bit words from offset `offset`. */
-  private bar0?: { offset: number; words: Uint32Array; mapping: RegionMapping };
+  private bar0?: { offset: number; words: Uint32Array; mapping: MappedRegion };
   /** The Doorbell Buffer Config pages in use, as 32-bit words: doorbell `i` (SQ y tail 2y, CQ y head 2y + 1) at word i. */
   private dbbuf?: { pages: { shadow: Buffer4k; eventIdx: Buffer4k }; shadow: Uint32Array; eventIdx: Uint32Array };
   private readonly shadowDoorbells: boolean;
@@ -179,12 +179,11 @@ export class NvmeHost {
   }
 
   private async mapDoorbells(): Promise<void> {
-    const mapping = await this.client.mapRegion(BAR0);
-    const area = mapping?.areas.find((a) => a.offset <= Reg.DOORBELLS && a.offset + a.bytes.length > Reg.DOORBELLS);
-    if (!mapping || !area) {
-      if (mapping) this.client.unmapRegion(mapping);
-      return;
-    }
+    // A BAR0 with nothing to map keeps its doorbells trapped.
+    const mapping = await this.client.mapRegion(BAR0).catch(() => undefined);
+    if (!mapping) return;
+    const area = mapping.areas.find((a) => a.offset <= Reg.DOORBELLS && a.offset + a.bytes.length > Reg.DOORBELLS);
+    if (!area) return mapping.close();
     this.bar0 = { offset: area.offset, words: new Uint32Array(area.bytes.buffer, area.bytes.byteOffset, area.bytes.length / 4), mapping };
   }
 
@@ -517,7 +516,7 @@ export class NvmeHost {
 
   /** Unmaps the guest memory. The client stays connected. */
   async detach(): Promise<void> {
-    if (this.bar0) this.client.unmapRegion(this.bar0.mapping);
+    this.bar0?.mapping.close();
     this.bar0 = undefined;
     await this.client.unmapMemory(this.mem);
   }

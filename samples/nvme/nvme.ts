@@ -19,7 +19,7 @@ import { join, resolve } from 'node:path';
 import { definePciDevice, type PciDevice } from 'muser';
 import { BackingFile } from './backing.js';
 import { NvmeController } from './controller.js';
-import { LBA } from './spec.js';
+import { LBA, PAGE, Reg } from './spec.js';
 
 export const NVME_VENDOR = 0x1de5;
 export const NVME_DEVICE = 0x4e56;
@@ -100,6 +100,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
           return undefined; // outside the DMA maps
         }
       },
+      // Backed off, the shadow doorbells need few looks: their event indexes then make the host ring BAR0 for new work.
+      watch: (memory, changed, watching) => device.watch(memory, changed, { ...watching, backoffUs: 10_000 }),
     },
     {
       backing,
@@ -130,6 +132,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
         type: 'memory64',
         size: BAR0_SIZE,
         registers: controller.regs,
+        // One page holds the doorbells of 511 queue pairs; the rest of BAR0 stays trapped and reads 0.
+        doorbells: { offset: Reg.DOORBELLS, length: PAGE, shared: doorbells === 'shared' },
         write: (offset, value) => controller.writeDoorbell(offset, value),
       },
     },

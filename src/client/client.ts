@@ -4,7 +4,7 @@
  * guest memory (memfds it maps itself, or plain memory reached by DMA
  * messages), and wires interrupts to eventfds it watches.
  */
-import { Command, commandName, DmaFlag, errnoName, Errno, Flag, HEADER_SIZE, IrqSetFlag, PROTOCOL_MAJOR, PROTOCOL_MINOR, RegionFlag } from '../protocol/constants.js';
+import { Command, commandName, DmaFlag, errnoName, Errno, Flag, HEADER_SIZE, IrqSetFlag, PROTOCOL_MAJOR, PROTOCOL_MINOR } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { encodeMessage, isReply, putHeader, type Header } from '../protocol/header.js';
 import { copyInto } from '../protocol/le.js';
@@ -50,11 +50,12 @@ export interface RegionDescription extends msg.RegionInfo {
   fd?: number;
 }
 
-/** The areas of a region the client mapped (sparse mmap areas, or the whole region). */
-export interface RegionMapping {
-  region: number;
-  /** Each area: its offset in the region and the shared memory itself. */
+/** A region's mappable areas, mapped into this process as a VMM maps them for its guest. */
+export interface MappedRegion {
+  /** Each area: where it starts in the region, and its bytes (writes go straight to the device's memory). */
   areas: { offset: number; bytes: Buffer }[];
+  /** Unmaps every area; the bytes are empty afterwards. */
+  close(): void;
 }
 
 export interface ConnectOptions {
@@ -156,7 +157,6 @@ export class Client {
   /** Largest DMA_READ or DMA_WRITE the server sent (bytes of guest memory), for tests. */
   largestDma = 0;
   private readonly interrupts: Interrupt[] = [];
-  private readonly mappings: RegionMapping[] = [];
   private flushQueued = false;
   private closeError: Error | undefined;
   /** Live migration of the device: its state machine, data stream and DMA logging. */
@@ -338,33 +338,25 @@ export class Client {
     }
   }
 
-  /**
-   * Maps what the server lets the client map of region `index`, as a VMM
-   * maps a BAR: its sparse mmap areas, or all of it when it has none.
-   * Undefined when the region cannot be mapped. Unmapped by unmapRegion()
-   * or close().
-   */
-  async mapRegion(index: number): Promise<RegionMapping | undefined> {
+  /** Maps what the server lets the client map of a region: all of it, or its sparse-mmap areas. Rejects when it offers nothing. */
+  async mapRegion(index: number): Promise<MappedRegion> {
     const info = await this.regionInfo(index);
-    if (info.fd === undefined) return undefined;
+    if (info.fd === undefined) throw new Error(`region ${index} offers nothing to map`);
+    const mapped: MappedRegion['areas'] = [];
+    const close = (): void => {
+      for (const a of mapped) native.munmap(a.bytes.buffer as ArrayBuffer);
+    };
     try {
-      if (!(info.flags & RegionFlag.MMAP)) return undefined;
       const sparse = info.capabilities.find((c) => c.id === 1);
-      const areas = sparse ? sparse.areas.map((a) => ({ offset: Number(a.offset), size: Number(a.size) })) : [{ offset: 0, size: Number(info.size) }];
-      const writable = (info.flags & RegionFlag.WRITE) !== 0;
-      const mapping: RegionMapping = { region: index, areas: [] };
-      for (const a of areas) mapping.areas.push({ offset: a.offset, bytes: Buffer.from(native.mmap(info.fd, Number(info.offset) + a.offset, a.size, writable)) });
-      this.mappings.push(mapping);
-      return mapping;
+      const areas = sparse?.areas ?? [{ offset: 0n, size: info.size }];
+      for (const a of areas) mapped.push({ offset: Number(a.offset), bytes: Buffer.from(native.mmap(info.fd, Number(info.offset + a.offset), Number(a.size), true)) });
+    } catch (e) {
+      close();
+      throw e;
     } finally {
       native.close(info.fd);
     }
-  }
-
-  unmapRegion(mapping: RegionMapping): void {
-    const i = this.mappings.indexOf(mapping);
-    if (i >= 0) this.mappings.splice(i, 1);
-    for (const a of mapping.areas) native.munmap(a.bytes.buffer as ArrayBuffer);
+    return { areas: mapped, close };
   }
 
   /** The region's sub-regions that take eventfds (ioeventfds) instead of writes, and the eventfds, which the caller then owns. */
@@ -572,7 +564,6 @@ export class Client {
     this.twin?.close();
     for (const i of this.interrupts.splice(0)) i.close();
     for (const m of this.memory.splice(0)) release(m);
-    for (const m of [...this.mappings]) this.unmapRegion(m);
   }
 }
 

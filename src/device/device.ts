@@ -15,6 +15,7 @@ import { AuthorError, authorError, describeAccess } from './mistakes.js';
 import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
+import { pollTiming, watchWords, type PollTiming, type WatchOptions, type WordWatch } from './watch.js';
 
 const PAGE = 4096;
 
@@ -41,6 +42,15 @@ interface Bar {
   memory?: SharedMemory & { areas: { offset: number; size: number }[] };
   /** Declared registers; offsets they do not cover go to the handlers. */
   block?: RegisterBlock;
+  /** Shared doorbells (BarSpec.doorbells), polled while a client is attached. */
+  doorbells?: { offset: number; length: number; timing: Required<PollTiming>; watch?: WordWatch };
+}
+
+/** Memory `device.watch()` can watch: a range of a BAR's shared memory. */
+export interface BarRange {
+  bar: BarIndex;
+  offset: number;
+  length: number;
 }
 
 /** One declared register as an inspector shows it. */
@@ -137,11 +147,31 @@ export class PciDevice<S extends object = object> {
       }
       const block = s.registers && registerBlock(s.registers);
       if (block && block.size > s.size) throw new RangeError(`BAR${i} of ${this.name} is ${s.size} bytes, but its registers reach 0x${block.size.toString(16)}`);
-      this.bars[i] = { spec: s, size: s.size, memory: s.memory ? barMemory(this.name, i, s) : undefined, block };
+      const doorbells = s.doorbells && this.checkDoorbells(i, s, block);
+      const shared = doorbells && s.doorbells?.shared !== false ? doorbells : undefined;
+      this.bars[i] = { spec: s, size: s.size, memory: s.memory || shared ? barMemory(this.name, i, s, shared) : undefined, block, doorbells: shared };
     });
     this.irqCounts = { intx: irqs.intx ? 1 : 0, msi: irqs.msi ?? 0, msix: msix?.vectors ?? 0 };
     this.msixTable?.onUnmask((vector) => this.deliverPendingMsix(vector));
     this.regions = this.layout();
+  }
+
+  /** BarSpec.doorbells of BAR `index`, or one sentence saying what is wrong with it. */
+  private checkDoorbells(index: number, spec: BarSpec, block: RegisterBlock | undefined): NonNullable<Bar['doorbells']> {
+    const { offset, length } = spec.doorbells!;
+    const where = `BAR${index} of ${this.name}: doorbells at 0x${offset.toString(16)}+0x${length.toString(16)}`;
+    const fail = (why: string): never => {
+      throw new RangeError(`${where} ${why}`);
+    };
+    if (spec.type === 'io') fail('need a memory BAR (an I/O BAR cannot be mapped); drop type: "io" or the doorbells');
+    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset % PAGE || length % PAGE || length <= 0) fail(`must start and end on ${PAGE}-byte page boundaries`);
+    if (offset + length > spec.size) fail(`reach past the end of the ${spec.size}-byte BAR`);
+    if (block?.touches(offset, length)) fail('overlap declared registers; move the registers or the doorbells');
+    const msix = this.msixPlace;
+    if (msix?.bar === index && this.msixTable && msix.tableOffset < offset + length && msix.pbaOffset + this.msixTable.pbaBytes > offset)
+      fail('overlap the MSI-X table; give irqs.msix another BAR or offset');
+    if (!spec.write) fail('need a write handler to hear the rings; add write(offset, value, size) to the BAR');
+    return { offset, length, timing: pollTiming(spec.doorbells!, where) };
   }
 
   private layout(): RegionLayout[] {
@@ -177,40 +207,51 @@ export class PciDevice<S extends object = object> {
   }
 
   /**
-   * Notices client writes to shared memory (a `memory` BAR the client maps,
-   * where no access traps): every `intervalMs` (default 1) it compares the
-   * 4-byte words of [offset, offset+length) with what it saw last and calls
-   * `changed(offset, value)` for each that differs. The cost is a compare of
-   * `length` bytes per interval whether or not anything changed, and up to one
-   * interval of delay: watch small ranges (doorbells), not whole buffers.
-   * Returns the function that stops watching.
+   * Notices writes to memory the client maps, where no access traps: BAR
+   * shared memory (`{ bar, offset, length }`) or guest memory (a view from
+   * `dma.views()`). The poller of this thread compares the 4-byte words with
+   * what it saw last and calls `changed(offset, value)` for each that differs
+   * (offset from the start of `memory`). It spins while changes or messages
+   * keep coming and backs off when they stop (see WatchOptions; an idle
+   * watch costs a wake-up and one compare per millisecond). A watch of guest
+   * memory stops by itself when the client unmaps it or leaves. Watch small
+   * ranges (doorbells), not whole buffers. Returns the function that stops it.
    */
-  watch(index: BarIndex, range: { offset: number; length: number }, changed: (offset: number, value: number) => void, options: { intervalMs?: number } = {}): () => void {
-    const bytes = this.memory(index);
-    const { offset, length } = range;
-    if (offset % 4 || length % 4 || length <= 0 || offset + length > bytes.length) {
-      throw new RangeError(`watch of BAR${index} at 0x${offset.toString(16)}+${length}: the range must be 4-byte aligned, non-empty and inside the BAR`);
-    }
-    const live = new Uint32Array(bytes.buffer, bytes.byteOffset + offset, length / 4);
-    const seen = live.slice();
-    const look = (): void => {
-      for (let i = 0; i < live.length; i++) {
-        if (live[i] !== seen[i]) {
-          seen[i] = live[i];
-          try {
-            changed(offset + 4 * i, live[i]);
-          } catch (e) {
-            // The watch may have started before any client, outside the work a server attributes to this device.
-            const why = authorError(e, `the watch of BAR${index} at 0x${(offset + 4 * i).toString(16)}`).stack;
-            if (this.host?.deviceLog) this.host.deviceLog('error', `${this.name}: ${why}`);
-            else process.stderr.write(`muser[${this.name}] error: ${why}\n`);
-          }
-        }
+  watch(memory: BarRange | Uint8Array, changed: (offset: number, value: number) => void, options: WatchOptions = {}): () => void {
+    let bytes: Uint8Array;
+    let what: string;
+    if (memory instanceof Uint8Array) {
+      bytes = memory;
+      what = `${memory.length} bytes of guest memory`;
+      if (bytes.byteOffset % 4 || bytes.length % 4 || bytes.length === 0) throw new RangeError(`watch of ${what}: the view must be 4-byte aligned and non-empty`);
+    } else {
+      const { bar, offset, length } = memory;
+      const whole = this.memory(bar);
+      what = `BAR${bar} at 0x${offset.toString(16)}+${length}`;
+      if (offset % 4 || length % 4 || length <= 0 || offset + length > whole.length) {
+        throw new RangeError(`watch of ${what}: the range must be 4-byte aligned, non-empty and inside the BAR`);
       }
-    };
-    const timer = setInterval(look, Math.max(1, options.intervalMs ?? 1));
-    timer.unref();
-    return () => clearInterval(timer);
+      bytes = whole.subarray(offset, offset + length);
+    }
+    const { busy, idle } = options;
+    const timing = pollTiming(options, `watch of ${what}`);
+    let watch: WordWatch;
+    try {
+      watch = watchWords(bytes, { changed, busy, idle, failed: (e, call) => this.mistake(e, `the watch of ${what}, ${call}`) }, timing);
+    } catch (e) {
+      if (e instanceof TypeError)
+        throw new TypeError(`watch() takes BAR shared memory ({ bar, offset, length }) or guest memory from device.dma.views(), not other memory`, { cause: e });
+      throw e;
+    }
+    return watch.stop;
+  }
+
+  /** Logs a mistake in the author's code that no access is waiting on, and goes on. */
+  private mistake(e: unknown, what: string): void {
+    // A watch may have started before any client, outside the work a server attributes to this device.
+    const why = authorError(e, what).stack;
+    if (this.host?.deviceLog) this.host.deviceLog('error', `${this.name}: ${why}`);
+    else process.stderr.write(`muser[${this.name}] error: ${why}\n`);
   }
 
   /**
@@ -328,8 +369,27 @@ export class PciDevice<S extends object = object> {
   attach(host: DeviceHost | undefined): void {
     const had = this.host !== undefined;
     this.host = host;
+    if (host && !had) this.bars.forEach((bar, i) => bar?.doorbells && this.pollDoorbells(i as BarIndex, bar, bar.doorbells));
+    if (!host && had) for (const bar of this.bars) bar?.doorbells?.watch?.stop();
     if (host && !had) this.spec.connected?.();
     if (!host && had) this.spec.disconnected?.();
+  }
+
+  /** Polls the shared doorbells of a BAR: a word the client changed is a write of it. */
+  private pollDoorbells(index: BarIndex, bar: Bar, doorbells: NonNullable<Bar['doorbells']>): void {
+    const write = bar.spec.write!;
+    const ring = (at: number, value: number): void => {
+      const offset = doorbells.offset + at;
+      const fail = (e: unknown): void => this.mistake(e, `${describeAccess(index, offset, 4, value)}, a doorbell noticed by polling`);
+      try {
+        const done = write(offset, value, 4);
+        if (isThenable(done)) Promise.resolve(done).catch(fail);
+      } catch (e) {
+        fail(e);
+      }
+    };
+    const words = bar.memory!.bytes.subarray(doorbells.offset, doorbells.offset + doorbells.length);
+    doorbells.watch = watchWords(words, { changed: ring, failed: (e) => this.mistake(e, `the doorbells of BAR${index}`) }, doorbells.timing);
   }
 
   /** Power-on state: config space, MSI-X table, then the author's reset. */
@@ -494,6 +554,13 @@ export class PciDevice<S extends object = object> {
   }
 
   private unregisteredWrite(index: number, bar: Bar, offset: number, data: Uint8Array): void | Promise<void> {
+    const bells = bar.doorbells;
+    if (bells && offset >= bells.offset && offset + data.length <= bells.offset + bells.length) {
+      // A trapped ring: the memory holds it as a mapped write would, and the poller takes it as seen, not as one more ring.
+      bar.memory!.bytes.set(data, offset);
+      for (let at = offset & ~3; at < offset + data.length; at += 4) bells.watch?.seen(at - bells.offset);
+      return this.trappedWrite(index, bar.spec, offset, data);
+    }
     if (bar.memory && (inside(bar.memory.areas, offset, data.length) || !bar.spec.write)) {
       bar.memory.bytes.set(data, offset);
       return;
@@ -618,10 +685,17 @@ function initialState<S extends object>(name: string, declared: S | undefined): 
 
 // ---------------------------------------------------------------- helpers
 
-function barMemory(name: string, index: number, spec: BarSpec): NonNullable<Bar['memory']> {
+function barMemory(name: string, index: number, spec: BarSpec, doorbells?: { offset: number; length: number }): NonNullable<Bar['memory']> {
   const size = spec.size;
   if (size % PAGE) throw new RangeError(`BAR${index} of ${name}: a BAR with shared memory must be a multiple of ${PAGE} bytes`);
-  const areas = spec.memory === true ? [{ offset: 0, size }] : spec.memory!.areas;
+  const areas = spec.memory === true ? [{ offset: 0, size }] : [...(spec.memory?.areas ?? [])];
+  if (doorbells && !inside(areas, doorbells.offset, doorbells.length)) {
+    if (areas.some((a) => a.offset < doorbells.offset + doorbells.length && a.offset + a.size > doorbells.offset)) {
+      throw new RangeError(`BAR${index} of ${name}: doorbells at 0x${doorbells.offset.toString(16)} lie partly in a mappable area of memory; make them one area's part or apart`);
+    }
+    areas.push({ offset: doorbells.offset, size: doorbells.length });
+  }
+  areas.sort((a, b) => a.offset - b.offset);
   for (const a of areas) {
     if (a.offset % PAGE || a.size % PAGE || a.offset + a.size > size || a.size === 0) {
       throw new RangeError(`BAR${index} of ${name}: mappable area at 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page-aligned, non-empty and inside the BAR`);

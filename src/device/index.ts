@@ -1,2 +1,3 @@
 export * from './types.js';
 export * from './device.js';
+export type { PollTiming, WatchOptions } from './watch.js';

@@ -1,5 +1,6 @@
 import type { CapabilityDecl, ExtendedCapabilityDecl } from '../pci/index.js';
 import type { Registers } from '../registers/registers.js';
+import type { PollTiming } from './watch.js';
 
 /** An access width a handler sees: trapped accesses wider than 4 bytes are split, low address first. */
 export type AccessSize = 1 | 2 | 4;
@@ -26,6 +27,21 @@ export interface BarSpec {
    * memory read and write it directly.
    */
   memory?: true | { areas: { offset: number; size: number }[] };
+  /**
+   * Doorbell registers (4 bytes each) a client may ring without a message: a
+   * page-aligned area of a memory BAR, clear of `registers` and the MSI-X
+   * table. With `shared` (the default) it is shared memory the client may map
+   * (a sparse-mmap area of the region) and muser polls it while a client is
+   * attached: each 4-byte word the client changes there reaches `write` as
+   * `write(offset, value, 4)`, once per change noticed (a word written twice
+   * between two looks is seen once, with its last value). A trapped write
+   * there (a client that does not map the BAR, or `shared: false`) reaches
+   * `write` at once, as anywhere else. Needs `write`; `spinUs` and
+   * `backoffUs` tune the poller (see PollTiming). Polled writes are not
+   * awaited one after another: a `write` returning a Promise should queue
+   * its own work.
+   */
+  doorbells?: { offset: number; length: number; shared?: boolean } & PollTiming;
   /**
    * Doorbell-style registers a client may ring through an eventfd instead of
    * a message (DEVICE_GET_REGION_IO_FDS; a VMM hands the eventfd to KVM as an

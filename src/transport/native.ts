@@ -11,6 +11,10 @@ import { fileURLToPath } from 'node:url';
 export const READABLE = 1;
 export const WRITABLE = 2;
 
+/** Watch callback arguments other than a count of changed words (see Native.watch). */
+export const WATCH_IDLE = 0;
+export const WATCH_BUSY = -1;
+
 /**
  * Errors thrown by the addon for failed system calls. `code` is the errno
  * name ('ENOENT', ...), `errno` the positive errno number.
@@ -104,8 +108,24 @@ export interface Native {
    * finalizer. length > 0, offset page aligned (else EINVAL). Throws.
    */
   mmap(fd: number, offset: number, length: number, writable: boolean): ArrayBuffer;
-  /** Detach the ArrayBuffer and munmap now. Idempotent. */
+  /** Stop the watches of the mapping (see watch()), detach the ArrayBuffer and munmap now. Idempotent. */
   munmap(buffer: ArrayBuffer): void;
+  /**
+   * Watch 32-bit words of memory mapped by mmap() for changes, in the poller
+   * of this thread's event loop (see native/muser.c, spin()). `seen` (the
+   * snapshot, which starts as a copy of `live`) and `changes` are as long as
+   * `live`. `cb(n)`: n >= 1 words changed, their indexes in changes[0..n),
+   * their new values in `seen`; WATCH_BUSY: the poller looks continuously
+   * from now on; WATCH_IDLE: it stopped, and looks again after a back-off
+   * delay (20 µs doubling to `backoffUs`, 1 to 10000000) or when a message
+   * arrives on any poll handle (then WATCH_BUSY), and once right after the
+   * callback. A spinning watch goes idle after `spinUs` (0 to 1000000)
+   * without a change. A new watch starts backed off. munmap() of the memory
+   * stops it. Returns its id. Throws.
+   */
+  watch(live: Uint32Array, seen: Uint32Array, changes: Uint32Array, spinUs: number, backoffUs: number, cb: (n: number) => void): number;
+  /** Stops a watch; false if it had stopped already (its memory was unmapped). */
+  unwatch(id: number): boolean;
   readonly READABLE: 1;
   readonly WRITABLE: 2;
   /** errno numbers from the C headers, e.g. { EAGAIN: 11, ... }. Frozen. */
