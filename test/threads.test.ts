@@ -37,7 +37,7 @@ async function serveThree(dir: TempDir, extra: string[]): Promise<{ server: Serv
   return { server, sockets };
 }
 
-/** Reads register `offset` until it holds `value` (watch() looks every few milliseconds). */
+/** Reads register `offset` until it holds `value` (what a watch noticed). */
 async function until(c: Client, offset: number, value: number): Promise<void> {
   const deadline = Date.now() + 5000;
   while ((await read32(c, offset)) !== value) {
@@ -182,6 +182,18 @@ describe('a device on a worker thread, through the API', () => {
       const plain = await c.mapMemory(0x20000, 0x1000, { shared: false });
       await c.regionWrite(0, 0x14, le32(0x20010));
       assert.equal(plain.bytes.readUInt32LE(0x10), 0xfeedf00d);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('polls doorbells the client maps from the thread that serves the device', async () => {
+    const c = await Client.connect(socket);
+    try {
+      const bar4 = await c.mapRegion(4);
+      bar4.areas[0].bytes.writeUInt32LE(0xbe11, 0x20);
+      await until(c, 0x18, 0xbe11);
+      bar4.close();
     } finally {
       c.close();
     }
