@@ -1,12 +1,14 @@
 /*
  * muser native addon: the few Linux system calls the vfio-user transport
- * needs and Node does not expose (SCM_RIGHTS, memfd, eventfd, mmap), plus
- * readiness polling of raw descriptors on the Node event loop (uv_poll).
+ * needs and Node does not expose (SCM_RIGHTS, memfd, eventfd, mmap,
+ * preadv2/pwritev2 with RWF_NOWAIT), plus readiness polling of raw
+ * descriptors on the Node event loop (uv_poll).
  *
  * Conventions: every function is synchronous and runs on the JS thread.
- * Hot-path calls (accept, recvmsg, sendmsg, eventfdRead/Write) report
- * failure as a negative errno return value; the rest throw an Error with
- * .code (errno name), .errno (positive number), .syscall and maybe .path.
+ * Hot-path calls (accept, recvmsg, sendmsg, eventfdRead/Write, preadv,
+ * pwritev) report failure as a negative errno return value; the rest throw
+ * an Error with .code (errno name), .errno (positive number), .syscall and
+ * maybe .path.
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -30,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -802,6 +805,77 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   napi_remove_wrap(env, argv[0], NULL);
   munmap(addr, length);
   return undefined(env);
+}
+
+/* -------------------------------------------------------- positional I/O */
+
+/* Most buffers one preadv/pwritev call takes (the kernel's UIO_MAXIOV). */
+#define MUSER_IOV_MAX 1024
+
+/* The buffers of a JS array of Uint8Arrays as iovecs. A detached buffer
+ * (guest memory unmapped since) is an empty iovec. */
+static bool arg_iovecs(napi_env env, napi_value v, struct iovec *iov,
+                       uint32_t *count) {
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, v, &n) != napi_ok) {
+    throw_type(env, "buffers must be an array of Uint8Arrays");
+    return false;
+  }
+  if (n > MUSER_IOV_MAX) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "at most %d buffers, got %u", MUSER_IOV_MAX, n);
+    throw_range(env, msg);
+    return false;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e;
+    uint8_t *data;
+    size_t length;
+    if (napi_get_element(env, v, i, &e) != napi_ok) {
+      throw_napi_failure(env, "napi_get_element");
+      return false;
+    }
+    if (!arg_bytes(env, e, &data, &length)) return false;
+    iov[i].iov_base = data;
+    iov[i].iov_len = length;
+  }
+  *count = n;
+  return true;
+}
+
+/* preadv(fd, buffers, position, flags) and pwritev(...): preadv2/pwritev2
+ * at `position` with RWF_* flags, retried on EINTR. Bytes moved (a short
+ * count at the end of the file or, with RWF_NOWAIT, of what was ready) or
+ * -errno (-EAGAIN, -EOPNOTSUPP for RWF_NOWAIT where the file system has
+ * no non-blocking path). */
+static napi_value positional_io(napi_env env, napi_callback_info info,
+                                bool write) {
+  GET_ARGS(4);
+  int32_t fd, flags;
+  uint64_t position;
+  struct iovec iov[MUSER_IOV_MAX];
+  uint32_t count;
+  if (!arg_int32(env, argv[0], "fd", &fd) ||
+      !arg_iovecs(env, argv[1], iov, &count) ||
+      !arg_size(env, argv[2], "position", &position) ||
+      !arg_int32(env, argv[3], "flags", &flags))
+    return NULL;
+  ssize_t n;
+  do {
+    n = write ? pwritev2(fd, iov, (int)count, (off_t)position, flags)
+              : preadv2(fd, iov, (int)count, (off_t)position, flags);
+  } while (n < 0 && errno == EINTR);
+  return make_int(env, n < 0 ? -errno : n);
+}
+
+static napi_value js_preadv(napi_env env, napi_callback_info info) {
+  return positional_io(env, info, false);
+}
+
+static napi_value js_pwritev(napi_env env, napi_callback_info info) {
+  return positional_io(env, info, true);
 }
 
 /* ------------------------------------------------------------------ poll */
@@ -1702,8 +1776,9 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   NAPI_OR_THROW(env, napi_add_async_cleanup_hook(env, on_env_teardown, s,
                                                  &s->cleanup_hook));
 
-  napi_value readable, writable, errnos;
+  napi_value readable, writable, nowait, errnos;
   NAPI_OR_THROW(env, napi_create_int32(env, UV_READABLE, &readable));
+  NAPI_OR_THROW(env, napi_create_int32(env, RWF_NOWAIT, &nowait));
   NAPI_OR_THROW(env, napi_create_int32(env, UV_WRITABLE, &writable));
   errnos = make_errno_object(env);
   if (errnos == NULL) return NULL;
@@ -1731,8 +1806,11 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("munmap", js_munmap, s),
       METHOD("watch", js_watch, s),
       METHOD("unwatch", js_unwatch, s),
+      METHOD("preadv", js_preadv, NULL),
+      METHOD("pwritev", js_pwritev, NULL),
       VALUE("READABLE", readable),
       VALUE("WRITABLE", writable),
+      VALUE("RWF_NOWAIT", nowait),
       VALUE("errno", errnos),
   };
 #undef METHOD

@@ -6,12 +6,14 @@
  *
  * Flow of a command: the host writes an SQ tail doorbell; the register write
  * only records the tail and schedules the queue (a microtask later), so the
- * write is answered at once. The queue's drain loop copies entries from guest
- * memory in batches and starts them in order: admin commands one after
- * another, I/O commands without waiting for each other. Each finished command
- * takes the next CQ slot at once (tail and phase advance synchronously, so
- * concurrent commands never share a slot), is written to guest memory, and
- * asks for the CQ's interrupt; interrupts go out once per CQ after the work of
+ * write is answered at once. The queue's drain loop reads entries from guest
+ * memory in batches (in place where it is shared) and starts them in order:
+ * admin commands one after another, I/O commands without waiting for each
+ * other. A read or write whose data moves without waiting (shared memory, the
+ * page cache) finishes before the next command starts; the rest go to the
+ * thread pool. Each finished command takes the next CQ slot at once (tail and
+ * phase advance synchronously, so concurrent commands never share a slot), is
+ * written to guest memory, and asks for the CQ's interrupt; interrupts go out once per CQ after the work of
  * the current event-loop turn. A full CQ keeps completions in order in a
  * backlog until the host moves its head. A controller reset bumps an epoch:
  * work started before it posts nothing afterwards.
@@ -31,7 +33,7 @@ import {
   type ControllerIdentity,
   type NamespaceIdentity,
 } from './identify.js';
-import { CommandError, gather, prpSegments, scatter, type Dma } from './prp.js';
+import { CommandError, copyFrom, gather, prpSegments, scatter, type Dma, type Segment, segmentViews, single } from './prp.js';
 import {
   AdminOpcode,
   Cns,
@@ -91,7 +93,9 @@ export interface ControllerOptions {
 
 /** Result of a command: status and DW0, or null for an Asynchronous Event Request left outstanding. */
 type Outcome = { status: number; result: number } | null;
-const done = (status: number, result = 0): Outcome => ({ status, result });
+const SUCCEEDED: Outcome = Object.freeze({ status: OK, result: 0 });
+const done = (status: number, result = 0): Outcome => (status === OK && result === 0 ? SUCCEEDED : { status, result });
+const NOTHING = new Uint8Array(0);
 
 /** A completion queue as data: what the controller's saved state holds of it. */
 interface CqState {
@@ -645,7 +649,11 @@ export class NvmeController {
       while (live() && sq.head !== sq.tail) {
         const contiguous = sq.tail > sq.head ? sq.tail - sq.head : sq.size - sq.head;
         const n = Math.min(contiguous, FETCH_BATCH);
-        const raw = await this.host.read(sq.base + BigInt(sq.head * SQE_SIZE), n * SQE_SIZE);
+        const at = sq.base + BigInt(sq.head * SQE_SIZE);
+        // An I/O queue in shared memory is read in place: its commands are decoded before anything awaits. Admin
+        // commands await one another, so the admin queue is copied.
+        const view = sq.id === 0 ? undefined : single(this.host.views(at, n * SQE_SIZE, false));
+        const raw = view ?? (await this.host.read(at, n * SQE_SIZE));
         for (let i = 0; i < n && live(); i++) {
           const cmd = decodeCommand(raw, i * SQE_SIZE);
           sq.head = (sq.head + 1) % sq.size;
@@ -677,15 +685,24 @@ export class NvmeController {
     if (outcome) this.complete(sq, cmd.cid, outcome, epoch);
   }
 
+  /** Starts an I/O command; one whose data moved without waiting completes before this returns. */
   private runIo(sq: SubmissionQueue, cmd: Command, epoch: number): void {
     sq.inflight++;
-    this.io(cmd)
-      .catch((e: unknown) => done(this.failure(e, cmd)))
-      .then((outcome) => {
-        if (outcome) this.complete(sq, cmd.cid, outcome, epoch);
-        sq.inflight--;
-        sq.wakeIfIdle();
-      });
+    let outcome: Outcome | Promise<Outcome>;
+    try {
+      outcome = this.io(cmd, epoch);
+    } catch (e) {
+      outcome = done(this.failure(e, cmd));
+    }
+    if (outcome instanceof Promise) {
+      outcome.catch((e: unknown) => done(this.failure(e, cmd))).then((o) => this.ioDone(sq, cmd.cid, o, epoch));
+    } else this.ioDone(sq, cmd.cid, outcome, epoch);
+  }
+
+  private ioDone(sq: SubmissionQueue, cid: number, outcome: Outcome, epoch: number): void {
+    if (outcome) this.complete(sq, cid, outcome, epoch);
+    sq.inflight--;
+    sq.wakeIfIdle();
   }
 
   /** The status for a command that threw: its own, or a data transfer error for DMA trouble. */
@@ -725,10 +742,24 @@ export class NvmeController {
     entry.phase = cq.phase;
     cq.tail = (cq.tail + 1) % cq.size;
     if (cq.tail === 0) cq.phase ^= 1;
+    const iova = cq.base + BigInt(slot * CQE_SIZE);
+    let view: Uint8Array | undefined;
+    try {
+      view = single(this.host.views(iova, CQE_SIZE, true));
+    } catch (e) {
+      return this.fatal(`posting to CQ ${cq.id}: ${(e as Error).message}`);
+    }
+    if (view) {
+      // Shared memory: the entry is in place at once (its phase bit written last).
+      encodeCompletion(view, 0, entry);
+      this.stats.completions++;
+      this.interruptFor(cq);
+      return;
+    }
     const bytes = new Uint8Array(CQE_SIZE);
     encodeCompletion(bytes, 0, entry);
     const epoch = this.epoch;
-    this.host.write(cq.base + BigInt(slot * CQE_SIZE), bytes).then(
+    this.host.write(iova, bytes).then(
       () => {
         if (epoch !== this.epoch || cq.deleted) return;
         this.stats.completions++;
@@ -1130,13 +1161,16 @@ export class NvmeController {
 
   // ---------------------------------------------------------------- I/O commands
 
-  private async io(cmd: Command): Promise<Outcome> {
+  /**
+   * An I/O command: its outcome at once when its data moved without waiting,
+   * else a Promise of it. Every field of `cmd` is read before the first await.
+   */
+  private io(cmd: Command, epoch: number): Outcome | Promise<Outcome> {
     if (cmd.flags !== 0) return done(genericError(Generic.INVALID_FIELD));
     const nsid = cmd.nsid >>> 0;
     if (cmd.opcode === IoOpcode.FLUSH) {
       if (nsid !== 1 && nsid !== 0xffffffff) return done(genericError(Generic.INVALID_NAMESPACE));
-      await this.backing.flush();
-      return done(OK);
+      return this.backing.flush().then(() => SUCCEEDED);
     }
     const known = cmd.opcode === IoOpcode.READ || cmd.opcode === IoOpcode.WRITE || cmd.opcode === IoOpcode.WRITE_ZEROES || cmd.opcode === IoOpcode.DATASET_MANAGEMENT;
     if (!known) return done(genericError(Generic.INVALID_OPCODE));
@@ -1148,23 +1182,67 @@ export class NvmeController {
     if (slba + blocks > this.blocks) return done(genericError(Generic.LBA_OUT_OF_RANGE));
     const position = slba * LBA;
     const length = blocks << LBA_SHIFT;
-    if (cmd.opcode === IoOpcode.WRITE_ZEROES) {
-      await this.backing.zero(position, length);
-      return done(OK);
-    }
+    if (cmd.opcode === IoOpcode.WRITE_ZEROES) return this.backing.zero(position, length).then(() => SUCCEEDED);
     if (length > this.maxTransfer) return done(genericError(Generic.INVALID_FIELD));
-    const segments = await prpSegments(this.host, cmd.prp1, cmd.prp2, length);
-    if (cmd.opcode === IoOpcode.READ) {
-      const data = Buffer.allocUnsafe(length);
-      this.backing.read(data, position);
-      await scatter(this.host, segments, data);
-      return done(OK);
-    }
+    const read = cmd.opcode === IoOpcode.READ;
+    const flush = !read && ((cmd.cdw12 & (1 << 30)) !== 0 || !this.state.writeCache); // FUA, or no volatile write cache
+    const transfer = (segments: Segment[]): Outcome | Promise<Outcome> =>
+      read ? this.readData(segments, position, length, epoch) : this.writeData(segments, position, length, flush);
+    const segments = prpSegments(this.host, cmd.prp1, cmd.prp2, length);
+    return segments instanceof Promise ? segments.then(transfer) : transfer(segments);
+  }
+
+  /**
+   * A read straight from the file into guest memory where it is shared. What
+   * cannot be read without waiting (and everything for memory reached by
+   * message) goes through a buffer of our own: see readLater.
+   */
+  private readData(segments: Segment[], position: number, length: number, epoch: number): Outcome | Promise<Outcome> {
+    const views = segmentViews(this.host, segments, true);
+    const bounce = views ? undefined : Buffer.allocUnsafe(length);
+    const now = this.backing.readNow(views ?? [bounce!], position);
+    if (views && now === length) return SUCCEEDED;
+    return this.readLater(segments, position, length, now, bounce, epoch);
+  }
+
+  /**
+   * The rest of a read, from byte `from` of the transfer: on the thread pool
+   * into a buffer of our own, never into guest memory, which the client may
+   * unmap meanwhile; then copied to guest memory as it is by then (views
+   * taken afresh, or DMA messages). Memory unmapped meanwhile fails the
+   * command with a data transfer error; a reset meanwhile drops it.
+   */
+  private async readLater(segments: Segment[], position: number, length: number, from: number, bounce: Buffer | undefined, epoch: number): Promise<Outcome> {
+    const rest = bounce ? bounce.subarray(from) : Buffer.allocUnsafe(length - from);
+    if (rest.length > 0) await this.backing.read(rest, position + from);
+    if (epoch !== this.epoch) return null;
+    await scatter(this.host, segments, bounce ?? rest, bounce ? 0 : from);
+    return SUCCEEDED;
+  }
+
+  /**
+   * A write straight from guest memory into the file where it is shared. What
+   * cannot be written without waiting is copied out of guest memory first,
+   * then written on the thread pool.
+   */
+  private writeData(segments: Segment[], position: number, length: number, flush: boolean): Outcome | Promise<Outcome> {
+    const views = segmentViews(this.host, segments, false);
+    if (!views) return this.writeByMessage(segments, position, length, flush);
+    const now = this.backing.writeNow(views, position);
+    if (now === length && !flush) return SUCCEEDED;
+    return this.writeLater(now < length ? copyFrom(views, now) : NOTHING, position + now, flush);
+  }
+
+  private async writeByMessage(segments: Segment[], position: number, length: number, flush: boolean): Promise<Outcome> {
     const data = await gather(this.host, segments, length);
-    this.backing.write(data, position);
-    const fua = (cmd.cdw12 & (1 << 30)) !== 0;
-    if (fua || !this.state.writeCache) await this.backing.flush();
-    return done(OK);
+    const now = this.backing.writeNow([data], position);
+    return this.writeLater(data.subarray(now), position + now, flush);
+  }
+
+  private async writeLater(rest: Uint8Array, position: number, flush: boolean): Promise<Outcome> {
+    if (rest.length > 0) await this.backing.write(rest, position);
+    if (flush) await this.backing.flush();
+    return SUCCEEDED;
   }
 
   /** Dataset Management: with the deallocate attribute, the ranges read as zeros afterwards. */

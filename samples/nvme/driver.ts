@@ -51,6 +51,8 @@ export interface HostOptions {
   /** Guest memory for queues and buffers: where (IOVA) and how much. Default 0x10000000, 16 MiB. */
   iova?: bigint;
   memory?: number;
+  /** Guest memory the server maps (default), or reaches only by DMA_READ/DMA_WRITE messages (QEMU with unshared RAM). */
+  shared?: boolean;
   /** 'msix' (default): one vector per queue; 'intx': the legacy line; 'none': poll. */
   interrupts?: 'msix' | 'intx' | 'none';
   /** Doorbells as posted writes (as QEMU sends BAR writes). Default true. */
@@ -163,7 +165,7 @@ export class NvmeHost {
   /** Resets the function, maps guest memory, enables bus mastering and the interrupts. The controller stays disabled. */
   static async attach(client: Client, options: HostOptions = {}): Promise<NvmeHost> {
     if (options.reset ?? true) await client.reset();
-    const mem = await client.mapMemory(options.iova ?? 0x10000000n, options.memory ?? 16 * 1024 * 1024);
+    const mem = await client.mapMemory(options.iova ?? 0x10000000n, options.memory ?? 16 * 1024 * 1024, { shared: options.shared });
     const host = new NvmeHost(client, mem, options);
     const command = await client.config.read(4, 2);
     await client.config.write(4, command | 0x6, 2); // memory space, bus master

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { definePciDevice, type PciDevice } from 'muser';
-import { BackingFile } from './backing.js';
+import { BackingFile, type BackingIoOptions } from './backing.js';
 import { NvmeController } from './controller.js';
 import { LBA, PAGE, Reg } from './spec.js';
 
@@ -53,6 +53,8 @@ export interface NvmeOptions {
   doorbells?: 'shared' | 'trapped';
   /** Serial number (20 ASCII characters at most); default derived from the file's path. */
   serial?: string;
+  /** How reads and writes reach the backing file (thread-pool fallback, its bound). */
+  io?: BackingIoOptions;
   /** Where warnings go; default stderr. */
   warn?: (message: string) => void;
   /** Where state changes go (enabled, reset, shut down); default nowhere. */
@@ -78,7 +80,7 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
   if (doorbells !== 'shared' && doorbells !== 'trapped') throw new RangeError(`doorbells must be 'shared' or 'trapped', not ${JSON.stringify(doorbells)}`);
   const serial = options.serial ?? `MUSER${hash(file).toString('hex', 0, 6).toUpperCase()}`;
   if (!/^[\x20-\x7e]{1,20}$/.test(serial)) throw new RangeError(`serial must be 1 to 20 printable ASCII characters, not ${JSON.stringify(serial)}`);
-  const backing = BackingFile.open(file, options.size, DEFAULT_SIZE);
+  const backing = BackingFile.open(file, options.size, DEFAULT_SIZE, options.io);
   const vectors = ioQueues + 1;
   const id = hash(`${file}\0${serial}`);
   // Filled in below: the controller reaches the function only through these.
@@ -87,6 +89,7 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
     {
       read: async (iova, length) => device.dma.read(iova, length),
       write: async (iova, data) => device.dma.write(iova, data),
+      views: (iova, length, write) => device.dma.views(iova, length, { write }),
       msixEnabled: () => device.config.msix()?.enabled === true,
       irq: (vector) => {
         device.irq(device.config.msix()?.enabled ? vector : 0);

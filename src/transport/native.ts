@@ -1,7 +1,8 @@
 /**
  * Typed access to the native addon (native/muser.c, built by node-gyp into
  * build/Release/muser.node): AF_UNIX sockets with descriptor passing,
- * memfd/eventfd, shared mappings, and fd readiness on the event loop.
+ * memfd/eventfd, shared mappings, positional I/O with RWF_NOWAIT, and fd
+ * readiness on the event loop.
  */
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
@@ -126,8 +127,19 @@ export interface Native {
   watch(live: Uint32Array, seen: Uint32Array, changes: Uint32Array, spinUs: number, backoffUs: number, cb: (n: number) => void): number;
   /** Stops a watch; false if it had stopped already (its memory was unmapped). */
   unwatch(id: number): boolean;
+  /**
+   * preadv2(fd, buffers, position, flags): fills the buffers in order from
+   * byte `position`, retrying EINTR. Returns the bytes read (short at the end
+   * of the file, or with RWF_NOWAIT when only part was ready) or -errno
+   * (-EAGAIN: RWF_NOWAIT and nothing ready). At most 1024 buffers (RangeError).
+   */
+  preadv(fd: number, buffers: readonly Uint8Array[], position: number, flags: number): number;
+  /** pwritev2(fd, buffers, position, flags), as preadv; -EOPNOTSUPP where RWF_NOWAIT has no non-blocking path. */
+  pwritev(fd: number, buffers: readonly Uint8Array[], position: number, flags: number): number;
   readonly READABLE: 1;
   readonly WRITABLE: 2;
+  /** preadv/pwritev flag: fail with -EAGAIN instead of waiting (for reads: data not in the page cache). */
+  readonly RWF_NOWAIT: number;
   /** errno numbers from the C headers, e.g. { EAGAIN: 11, ... }. Frozen. */
   readonly errno: Readonly<Record<string, number>>;
 }
