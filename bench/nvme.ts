@@ -101,6 +101,8 @@ interface Result {
   serverCpu?: number;
   /** Doorbells per I/O: REGION_WRITE messages, writes into the mapped BAR0 page, shadow writes that needed neither. */
   doorbells?: { messages: number; mapped: number; shadowOnly: number };
+  /** Why the case ended without figures. */
+  stalled?: string;
 }
 
 const randomPage = (): number => Math.floor(Math.random() * (WORKING_SET / PAGE));
@@ -182,17 +184,35 @@ async function runPolled(host: NvmeHost, buffers: Buffer4k[], op: 'read' | 'writ
   for (let slot = 0; slot < depth; slot++) issue(slot);
   inFlight = depth;
   host.ring(1);
-  for (let empty = 0; inFlight > 0; ) {
+  for (let empty = 0, last = t0; inFlight > 0; ) {
     if (host.poll(1) > 0) {
       host.ring(1);
       empty = 0;
     } else if (++empty % 256 === 0) {
       await new Promise((r) => setImmediate(r));
-      if (performance.now() > end + 5000) throw new Error(`${inFlight} commands still in flight 5 s after the end`);
+      if (empty === 256) last = performance.now();
+      else if (performance.now() - last > STALL_MS) throw new Stalled(host, inFlight);
     }
   }
   if (failure) throw failure;
   return { ops, seconds: (performance.now() - t0) / 1000, latencies };
+}
+
+const STALL_MS = 2000;
+
+/** No completion for STALL_MS with commands in flight: the controller missed a doorbell. What the host rang, for the report. */
+class Stalled extends Error {
+  constructor(host: NvmeHost, inFlight: number) {
+    const q = host.queues[1]!;
+    const pages = host.doorbellBuffer;
+    const word = (b: Buffer4k | undefined, i: number): string => (b ? String(b.bytes.readUInt32LE(4 * i)) : '-');
+    super(
+      `stalled: ${inFlight} commands without a completion for ${STALL_MS / 1000} s; SQ tail ${q.sqTail}, CQ head ${q.cqHead}` +
+        (pages
+          ? `; shadow SQ tail ${word(pages.shadow, 2)} (event index ${word(pages.eventIdx, 2)}), CQ head ${word(pages.shadow, 3)} (event index ${word(pages.eventIdx, 3)})`
+          : ''),
+    );
+  }
 }
 
 /** `muser serve` of the sample in its own process; resolves once it says it is serving. */
@@ -229,13 +249,26 @@ async function measure(name: string, setup: Setup, file: string, socket: string)
     await host.createQueuePair(1, Math.max(64, maxDepth + 1), { interrupts: setup.completions === 'msix' });
     const buffers = Array.from({ length: maxDepth }, () => host.alloc(PAGE));
     const run = setup.completions === 'msix' ? runMsix : runPolled;
-    for (const op of OPS) {
+    cases: for (const op of OPS) {
       for (const depth of DEPTHS) {
-        await run(host, buffers, op, depth, WARMUP_MS);
+        try {
+          await run(host, buffers, op, depth, WARMUP_MS);
+        } catch (e) {
+          if (!(e instanceof Stalled)) throw e;
+          results.push([`${name}: rand${op} QD${depth} (warm-up)`, { ops: 0, seconds: 0, latencies: new Float64Array(0), stalled: e.message }]);
+          break cases; // the queue holds commands the controller will not take: the setup ends here
+        }
         const cpu = process.cpuUsage();
         const serverCpu = processCpuNs(server.pid!);
         const rung = { ...host.doorbells };
-        const r = await run(host, buffers, op, depth, SECONDS * 1000);
+        const r = await run(host, buffers, op, depth, SECONDS * 1000).catch((e: Error): Result => {
+          if (!(e instanceof Stalled)) throw e;
+          return { ops: 0, seconds: 0, latencies: new Float64Array(0), stalled: e.message };
+        });
+        if (r.stalled) {
+          results.push([`${name}: rand${op} QD${depth}`, r]);
+          break cases;
+        }
         r.clientCpu = cpuPerOp(process.cpuUsage(cpu), r.ops);
         r.serverCpu = (processCpuNs(server.pid!) - serverCpu) / 1000 / r.ops;
         const mapped = host.doorbells.mapped - rung.mapped;
@@ -253,6 +286,7 @@ async function measure(name: string, setup: Setup, file: string, socket: string)
 }
 
 function row(name: string, r: Result, floorIops: number): string[] {
+  if (r.stalled) return [name, 'stalled', '', '', '', '', '', ''];
   const sorted = r.latencies.slice(0, r.ops).sort();
   const mean = sorted.reduce((a, b) => a + b, 0) / r.ops;
   const p99 = sorted[Math.min(r.ops - 1, Math.floor(r.ops * 0.99))];
@@ -286,8 +320,15 @@ async function main(): Promise<void> {
       ['case', 'IOPS', 'of floor', 'mean µs', 'p99 µs', 'client CPU µs/IO', 'server CPU µs/IO', 'doorbells/IO: message / mapped / shadow only'],
       row('floor: fs.readSync 4 KiB', base, floorIops),
     ];
-    for (const s of setups) for (const [name, r] of await measure(s, SETUPS[s], file, socket)) rows.push(row(name, r, floorIops));
+    const stalls: string[] = [];
+    for (const s of setups) {
+      for (const [name, r] of await measure(s, SETUPS[s], file, socket)) {
+        rows.push(row(name, r, floorIops));
+        if (r.stalled) stalls.push(`${name}: ${r.stalled}`);
+      }
+    }
     console.log(table(rows));
+    for (const stall of stalls) console.log(stall);
     console.log('(client and server: two Node.js processes; the floor in this process; server CPU at clock-tick resolution)');
   } finally {
     rmSync(dir, { recursive: true, force: true });
