@@ -496,13 +496,15 @@ export class Connection implements DeviceHost {
       }
     }
     const argsz = msg.REGION_INFO_SIZE + caps.length;
-    // Like VFIO: too small a buffer gets the fixed part and the size it needs.
+    // Like VFIO: too small a buffer gets the fixed part and the size it needs;
+    // cap_offset still says where the chain goes, since QEMU rejects a CAPS reply
+    // whose cap_offset is inside the fixed part before it asks again.
     const fits = req.argsz >= argsz;
     const info = msg.encodeRegionInfo({
       argsz,
       flags,
       index: req.index,
-      capOffset: caps.length > 0 && fits ? msg.REGION_INFO_SIZE : 0,
+      capOffset: caps.length > 0 ? msg.REGION_INFO_SIZE : 0,
       size: BigInt(region.size),
       offset: 0n,
       caps: fits ? caps : Buffer.alloc(0),
