@@ -441,7 +441,9 @@ export class NvmeHost {
     if (this.dbbuf && index >= 2) {
       const { shadow, eventIdx } = this.dbbuf;
       const old = shadow[index];
-      shadow[index] = value;
+      // A full barrier between the shadow's store and the event index's load (Linux's mb()): a sequentially
+      // consistent store, or the load may pass it and miss an index the controller set as it went idle.
+      Atomics.store(shadow, index, value);
       const ei = eventIdx[index];
       if (((value - ei - 1) & 0xffff) >= ((value - old) & 0xffff)) {
         this.doorbells.shadowOnly++;
