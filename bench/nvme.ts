@@ -20,7 +20,9 @@
  * from the page cache. Reported: IOPS and its share of the floor's, mean and
  * 99th percentile latency (from the command written to its completion
  * taken), and the CPU each side spent per I/O (the client: process.cpuUsage;
- * the server: /proc/<pid>/stat). `--cpu-prof DIR` has each server write a
+ * the server: /proc/<pid>/stat). A case with commands in flight and no
+ * completion for 2 s is reported as stalled, with what the host rang, and
+ * its setup ends. `--cpu-prof DIR` has each server write a
  * V8 CPU profile there (run the benchmark itself with node --cpu-prof for
  * the client's).
  */
