@@ -24,7 +24,8 @@ describe('muser replay', () => {
   let env: NodeJS.ProcessEnv;
   before(() => {
     dir = tempDir();
-    env = { ...process.env, MUSER_NVME_FILE: join(dir.path, 'nvme.img'), MUSER_NVME_SIZE: '64M' };
+    // The NVMe session was recorded with every doorbell a REGION_WRITE: the sample replays it with trapped doorbells.
+    env = { ...process.env, MUSER_NVME_FILE: join(dir.path, 'nvme.img'), MUSER_NVME_SIZE: '64M', MUSER_NVME_DOORBELLS: 'trapped' };
   });
   after(() => dir.remove());
 
