@@ -11,16 +11,18 @@
  *   trapped        the same ring as a REGION_WRITE message, reply awaited
  *
  * Then the server's CPU over 5 s, idle, with and without a client whose
- * doorbells it polls (after back-off).
+ * doorbells it polls (after back-off), beside its floor: a C process that
+ * only wakes every millisecond (bench/timer-wake.c).
  *
  *   node dist/bench/doorbell.js [--count N]
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
 import { Client } from '../src/index.js';
 import { addonPath, native } from '../src/transport/native.js';
-import { cli, cpuNs, here, loadAverage, median, scratchDir, sleep, start, table } from './lib.js';
+import { cli, compile, cpuNs, here, loadAverage, median, scratchDir, sleep, start, table } from './lib.js';
 
 const { values } = parseArgs({ options: { count: { type: 'string', default: '20000' } } });
 const COUNT = Number(values.count);
@@ -75,6 +77,20 @@ async function floor(count: number): Promise<number[]> {
   }
 }
 
+/** Voluntary context switches of a process's threads so far: each wake-up from sleep is one. */
+function wakeups(pid: number): number {
+  let n = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
+      n += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return n;
+}
+
 async function idleCpu(pid: number): Promise<number> {
   await sleep(200);
   const before = cpuNs(pid);
@@ -82,8 +98,15 @@ async function idleCpu(pid: number): Promise<number> {
   return (cpuNs(pid) - before) / 5e9;
 }
 
+/** The floor of an idle watch: share of a core and wake-ups per second of a process that only wakes every `us`. */
+function wakeFloor(exe: string, us: number): { cpu: number; wakes: number } {
+  const r = JSON.parse(execFileSync(exe, [String(us), '5'], { encoding: 'utf8' })) as { wakes: number; cpu_ns: number };
+  return { cpu: r.cpu_ns / 5e9, wakes: r.wakes / 5 };
+}
+
 async function main(): Promise<void> {
   const dir = scratchDir();
+  const wake = compile('timer-wake', dir.path);
   const socket = dir.socket('doorbell.sock');
   const server = await start(process.execPath, [cli, 'serve', join(here, 'doorbell-device.js'), '--socket', socket, '--log', 'error'], [socket]);
   try {
@@ -121,7 +144,10 @@ async function main(): Promise<void> {
       },
       () => answer() - 2e6,
     );
+    const wakesBefore = wakeups(server.pid);
     const cpuPolling = await idleCpu(server.pid);
+    const wakesPolling = (wakeups(server.pid) - wakesBefore) / 5.2;
+    const floorIdle = wakeFloor(wake, 1000);
     bar.close();
     c.close();
 
@@ -136,8 +162,15 @@ async function main(): Promise<void> {
         row('muser, trapped REGION_WRITE', trappedUs, f),
       ]),
     );
+    const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
+    console.log('\nidle CPU over 5 s, share of one core');
     console.log(
-      `server CPU while idle over 5 s: ${(cpuAlone * 100).toFixed(2)}% of a core with no client, ${(cpuPolling * 100).toFixed(2)}% polling a client's doorbells (backed off)`,
+      table([
+        ['', 'CPU', 'wake-ups/s'],
+        ['floor: a C process waking every 1 ms', pct(floorIdle.cpu), floorIdle.wakes.toFixed(0)],
+        ['muser server, no client', pct(cpuAlone), '-'],
+        ["muser server polling a client's doorbells, backed off", pct(cpuPolling), wakesPolling.toFixed(0)],
+      ]),
     );
   } finally {
     await server.stop();

@@ -2,7 +2,9 @@
  * muser native addon: the few Linux system calls the vfio-user transport
  * needs and Node does not expose (SCM_RIGHTS, memfd, eventfd, mmap,
  * preadv2/pwritev2 with RWF_NOWAIT), plus readiness polling of raw
- * descriptors on the Node event loop (uv_poll).
+ * descriptors on the Node event loop (uv_poll), and in the same poller,
+ * watches of words in mapped memory that a client writes without a message
+ * (doorbells).
  *
  * Conventions: every function is synchronous and runs on the JS thread.
  * Hot-path calls (accept, recvmsg, sendmsg, eventfdRead/Write, preadv,
@@ -1228,12 +1230,15 @@ static void watches_forget_mapping(addon_state *s, mapping *m) {
 /* A budget halved below this stops spinning until traffic is dense again. */
 #define SPIN_MIN_NS 1000u
 
-/* The readable handles of the loop, for poll(); at most SPIN_MAX_FDS. */
-static nfds_t spin_fds(addon_state *s, struct pollfd *fds, poll_handle **owner) {
+/* The readable handles of the loop that spin (`all`: every one), for
+ * poll(); at most SPIN_MAX_FDS. */
+static nfds_t spin_fds(addon_state *s, bool all, struct pollfd *fds,
+                       poll_handle **owner) {
   nfds_t n = 0;
   for (poll_handle *h = s->handles; h != NULL && n < SPIN_MAX_FDS;
        h = h->next) {
-    if (h->closing || !(h->events & UV_READABLE)) continue;
+    if (h->closing || !(h->events & UV_READABLE) || (!all && h->spin_ns == 0))
+      continue;
     uv_os_fd_t fd;
     if (uv_fileno((uv_handle_t *)&h->uv, &fd) != 0) continue;
     fds[n].fd = fd;
@@ -1256,8 +1261,9 @@ static nfds_t spin_fds(addon_state *s, struct pollfd *fds, poll_handle **owner) 
  * the last spin's end (traffic is dense again).
  *
  * Watches: a spinning watch is compared on every round (a backed-off one
- * when it is due), and keeps the spin going (with the handles polled too, so messages are not held up) until it
- * has been quiet for its own budget; see watch_look().
+ * when it is due), and keeps the spin going (with every readable handle
+ * polled, spinning or not, so messages are not held up) until it has been
+ * quiet for its own budget; see watch_look().
  *
  * Either way the loop gets a turn at least every SPIN_SLICE_NS once the
  * spin has called back a handle or reported a change (a watch still
@@ -1278,7 +1284,7 @@ static void spin(addon_state *s, uint64_t max_ns) {
   struct pollfd fds[SPIN_MAX_FDS];
   poll_handle *owner[SPIN_MAX_FDS];
   nfds_t n = 0;
-  bool collect = true;
+  bool collect = true, collected_all = false;
   uint64_t calls = s->calls;
   /* A wait that has called nothing back yet may outlast the slice. */
   while (!s->tearing_down &&
@@ -1290,10 +1296,11 @@ static void spin(addon_state *s, uint64_t max_ns) {
       watching = watching || (!w->stopped && w->spinning);
     }
     if (!sockets && !watching) break;
-    if (collect) {
-      n = spin_fds(s, fds, owner);
+    if (collect || collected_all != watching) {
+      n = spin_fds(s, watching, fds, owner);
       collect = false;
-      if (n == 0) sockets = false;
+      collected_all = watching;
+      if (n == 0 && !watching) sockets = false;
     }
     int ready = n > 0 ? poll(fds, n, 0) : 0;
     if (ready > 0) {

@@ -116,6 +116,28 @@ describe('doorbells', () => {
     }
   });
 
+  it('reports pending rings when the device stops, and does not ring what restoreState() puts back', async () => {
+    const c = await Client.connect(dir.socket());
+    try {
+      const bar = await c.mapRegion(0);
+      const bellPage = bar.areas[0].bytes;
+      bellPage.writeUInt32LE(5, 0x30);
+      await waitFor(() => rings.some((r) => r[1] === 0x1030 && r[2] === 5), 2000, 'the ring of 5');
+      const saved = bells.saveState();
+      rings.length = 0;
+      bellPage.writeUInt32LE(6, 0x30);
+      bells.quiesce(); // what a migration does before it stops the device: the ring is heard now, not later
+      assert.deepEqual(rings, [[0, 0x1030, 6, 4]]);
+      bells.restoreState(saved);
+      assert.equal(bellPage.readUInt32LE(0x30), 5, 'the client sees the restored value');
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(rings, [[0, 0x1030, 6, 4]], 'the restored value is no ring');
+      bar.close();
+    } finally {
+      c.close();
+    }
+  });
+
   it('logs a doorbell write() that throws, and goes on serving', async () => {
     const c = await Client.connect(dir.socket());
     try {
@@ -179,11 +201,16 @@ describe('doorbells', () => {
       assert.match(logged[0], /bells: the watch of 4096 bytes of guest memory, changed\(0x100, 0xd\): Error: the watcher went wrong/);
       mem.bytes.writeUInt32LE(14, 0x100);
       await waitFor(() => seen.length === 2, 2000, 'the watch goes on');
+      mem.bytes.writeUInt32LE(20, 0x104);
+      bells.quiesce();
+      assert.deepEqual(seen, [13, 14, 20], 'quiesce() reports what the poller has not yet seen');
       // The server unmaps its view of the memory; the client's own stays, and what it writes now is not seen.
       await c.dmaUnmap(mem.iova, BigInt(mem.size));
       mem.bytes.writeUInt32LE(15, 0x100);
       await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(seen, [13, 14]);
+      assert.deepEqual(seen, [13, 14, 20]);
+      bells.quiesce();
+      assert.deepEqual(seen, [13, 14, 20], 'nor does quiesce(), once the memory is unmapped');
       stop();
       assert.equal((await c.regionRead(0, 0, 4)).length, 4, 'still serving');
     } finally {

@@ -958,3 +958,111 @@ describe('positional I/O (preadv / pwritev)', () => {
     }
   });
 });
+
+describe('watch', () => {
+  const words = (n: number) => new Uint32Array(n);
+  const until = async (cond: () => boolean, what: string): Promise<void> => {
+    const end = Date.now() + 2000;
+    while (!cond()) {
+      assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  };
+
+  test('argument errors: memory not mapped by mmap(), lengths, timings', () => {
+    const fd = native.memfd('watch-args', PAGE);
+    const ab = native.mmap(fd, 0, PAGE, true);
+    try {
+      const live = new Uint32Array(ab, 0, 4);
+      assert.throws(() => native.watch(words(4), words(4), words(4), 50, 1000, () => {}), { name: 'TypeError', message: /mapped by mmap\(\)/ });
+      assert.throws(() => native.watch(new Uint8Array(ab) as unknown as Uint32Array, words(4), words(4), 50, 1000, () => {}), /live must be a Uint32Array/);
+      assert.throws(() => native.watch(live, words(3), words(4), 50, 1000, () => {}), RangeError);
+      assert.throws(() => native.watch(new Uint32Array(ab, 0, 0), words(0), words(0), 50, 1000, () => {}), RangeError);
+      assert.throws(() => native.watch(live, words(4), words(4), 2_000_000, 1000, () => {}), /spinUs/);
+      assert.throws(() => native.watch(live, words(4), words(4), 50, 0, () => {}), /backoffUs/);
+      assert.throws(() => native.watch(live, words(4), words(4), 50, 1000, 'x' as unknown as () => void), /cb must be a function/);
+      assert.equal(native.unwatch(12345), false);
+    } finally {
+      native.munmap(ab);
+      native.close(fd);
+    }
+  });
+
+  test('reports changed words, says busy and idle, and stops when munmap() comes from its own callback', async () => {
+    await noLeak(async () => {
+      const fd = native.memfd('watch-cb', PAGE);
+      const ab = native.mmap(fd, 0, PAGE, true);
+      const live = new Uint32Array(ab, 0, 8);
+      const seen = words(8);
+      const changes = words(8);
+      const events: string[] = [];
+      let last = 0;
+      const id = native.watch(live, seen, changes, 20, 1000, (n) => {
+        if (n <= 0) return void events.push(n === 0 ? 'idle' : 'busy');
+        const got = [...changes.subarray(0, n)].map((i) => `${i}=${seen[i]}`).join(',');
+        events.push(got);
+        last = Date.now();
+        if (seen[7] === 99) native.munmap(ab); // the memory goes away from inside the poller's call
+      });
+      live[1] = 5;
+      live[6] = 8;
+      await until(() => events.includes('idle') && events.length >= 3, 'the changes and idle');
+      assert.deepEqual(events.slice(0, 3), ['busy', '1=5,6=8', 'idle']);
+      live[7] = 99;
+      await until(() => events.at(-1) === '7=99', 'the last change');
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(events.at(-1), '7=99', 'nothing after the memory was unmapped');
+      assert.ok(Date.now() - last >= 20);
+      assert.equal(native.unwatch(id), false, 'it had stopped already');
+      native.close(fd);
+      await new Promise((r) => setTimeout(r, 5)); // the poller's timer closes on the next turn of the loop
+    });
+  });
+
+  test('a watch stopped, and another started, from a callback', async () => {
+    const fd = native.memfd('watch-reentry', PAGE);
+    const ab = native.mmap(fd, 0, PAGE, true);
+    try {
+      const a = new Uint32Array(ab, 0, 1);
+      const b = new Uint32Array(ab, 64, 1);
+      const calls: string[] = [];
+      let second = 0;
+      const first = native.watch(a, words(1), words(1), 50, 1000, (n) => {
+        if (n < 1) return;
+        calls.push('a');
+        native.unwatch(first);
+        second = native.watch(b, words(1), words(1), 50, 1000, (m) => void (m >= 1 && calls.push('b')));
+      });
+      a[0] = 1;
+      await until(() => second !== 0, 'the first change');
+      a[0] = 2;
+      b[0] = 1;
+      await until(() => calls.includes('b'), 'the second watch');
+      assert.deepEqual(calls, ['a', 'b']);
+      assert.equal(native.unwatch(second), true);
+    } finally {
+      native.munmap(ab);
+      native.close(fd);
+    }
+  });
+
+  test('a worker thread that ends while its watch spins ends cleanly', () => {
+    const r = runChild(`
+      import { Worker } from 'node:worker_threads';
+      const src = \`
+        import { native } from \${JSON.stringify(${JSON.stringify(nativeModuleUrl)})};
+        import { parentPort } from 'node:worker_threads';
+        const fd = native.memfd('w', 4096);
+        const live = new Uint32Array(native.mmap(fd, 0, 4096, true), 0, 16);
+        native.watch(live, new Uint32Array(16), new Uint32Array(16), 1000000, 1000, (n) => { if (n === 1) parentPort.postMessage('changed'); });
+        setInterval(() => live[0]++, 1);
+      \`;
+      const w = new Worker(new URL('data:text/javascript,' + encodeURIComponent(src)));
+      await new Promise((resolve) => w.once('message', resolve));
+      await w.terminate();
+      console.log('ok');
+    `);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'ok');
+  });
+});

@@ -7,6 +7,7 @@
  * a controller reset and a saved state keep of all that.
  */
 import assert from 'node:assert/strict';
+import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setImmediate as turn } from 'node:timers/promises';
@@ -91,7 +92,16 @@ describe('NVMe doorbells and interrupts', () => {
 
   it('takes shared doorbells written into the mapped BAR0 page, without a message', async () => {
     await session(
-      async (host) => {
+      async (host, client) => {
+        // QEMU checks the capabilities' offset even in the reply to its first, too small, request.
+        const { Command, decodeRegionInfo, encodeRegionInfo, REGION_INFO_SIZE, RegionFlag } = protocol;
+        const ask = encodeRegionInfo({ argsz: REGION_INFO_SIZE, flags: 0, index: 0, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) });
+        const reply = await client.request(Command.DEVICE_GET_REGION_INFO, ask);
+        for (const fd of reply.fds) closeSync(fd);
+        const short = decodeRegionInfo(reply.payload);
+        assert.ok(short.flags & RegionFlag.CAPS && short.argsz > REGION_INFO_SIZE, 'BAR0 has a sparse mmap capability');
+        assert.equal(short.capOffset, REGION_INFO_SIZE);
+
         await host.start({ ioQueues: 2 });
         assert.equal(host.doorbellsMapped, true, 'BAR0 offers its doorbell page to map');
         await host.createQueuePair(1, 16);
@@ -104,6 +114,19 @@ describe('NVMe doorbells and interrupts', () => {
         const seen = nvme.controller.stats.doorbells - noticed;
         assert.ok(seen > 0 && seen <= written, `the device noticed ${seen} of ${written} doorbell writes`);
         await host.deleteQueuePair(1);
+
+        // A new queue's first tail is 1 again, as the old one's was: the page went back to 0 in between, so the poller sees it.
+        const buf = host.alloc(PAGE);
+        for (const again of ['a new queue', 'a controller reset']) {
+          if (again === 'a controller reset') {
+            await host.disable();
+            await host.enable();
+          }
+          await host.createQueuePair(1, 16);
+          assert.equal((await host.read(1, 0, 8, buf.iova)).status, 0, `the first command after ${again}`);
+          assert.equal(host.queues[1]!.sqTail, 1);
+          if (again === 'a new queue') await host.deleteQueuePair(1);
+        }
       },
       { mapBar0: true },
     );

@@ -75,6 +75,12 @@ export interface ControllerHost extends Dma {
    * shadow doorbell change (the event indexes always ask for it).
    */
   watch?(memory: Uint8Array, changed: (offset: number, value: number) => void, options: { busy(): void; idle(): void }): () => void;
+  /**
+   * Sets doorbells [index, index + count) of BAR0's shared doorbell page (if
+   * it has one) back to 0. A poller notices only changes: a new queue's first
+   * ring must differ from what an old queue left there.
+   */
+  clearDoorbells?(index: number, count: number): void;
 }
 
 export interface ControllerOptions {
@@ -443,6 +449,7 @@ export class NvmeController {
     this.due.clear();
     this.state.legacyAsserted = false;
     this.host.irqDone();
+    this.host.clearDoorbells?.(0, PAGE / 4);
   }
 
   /** Power-on state (a PCI function reset). */
@@ -633,7 +640,8 @@ export class NvmeController {
       seen = sq.tail;
       ring = !sh.busy;
     }
-    sh.eventIdx[index] = ring ? seen : (seen - 1) & 0xffff;
+    // Sequentially consistent, as the host's store of a doorbell is: the look at the doorbell that follows must not pass it.
+    Atomics.store(sh.eventIdx, index, ring ? seen : (seen - 1) & 0xffff);
   }
 
   /** The CQ head from its shadow doorbell, when there is one. */
@@ -921,6 +929,7 @@ export class NvmeController {
     const interrupts = (cmd.cdw11 & 2) !== 0;
     const vector = cmd.cdw11 >>> 16;
     if (interrupts && vector >= this.vectors) return done(specificError(Specific.INVALID_INTERRUPT_VECTOR));
+    this.host.clearDoorbells?.(2 * qid + 1, 1);
     this.addCq(qid, cmd.prp1, entries, vector, interrupts);
     return done(OK);
   }
@@ -933,6 +942,7 @@ export class NvmeController {
     if (!cq) return done(specificError(Specific.COMPLETION_QUEUE_INVALID));
     const bad = this.checkQueue(entries, contiguous, cmd.prp1, this.regs.CC.IOSQES, SQE_SIZE);
     if (bad) return bad;
+    this.host.clearDoorbells?.(2 * qid, 1);
     this.addSq(qid, cmd.prp1, entries, cq);
     return done(OK);
   }

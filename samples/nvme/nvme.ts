@@ -105,6 +105,9 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
       },
       // Backed off, the shadow doorbells need few looks: their event indexes then make the host ring BAR0 for new work.
       watch: (memory, changed, watching) => device.watch(memory, changed, { ...watching, backoffUs: 10_000 }),
+      clearDoorbells: (index, count) => {
+        if (doorbells === 'shared') device.memory(0).fill(0, Reg.DOORBELLS + 4 * index, Reg.DOORBELLS + 4 * (index + count));
+      },
     },
     {
       backing,

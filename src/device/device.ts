@@ -48,8 +48,11 @@ interface Bar {
 
 /** Memory `device.watch()` can watch: a range of a BAR's shared memory. */
 export interface BarRange {
+  /** A BAR declared with `memory` or shared `doorbells`. */
   bar: BarIndex;
+  /** Where the range starts in the BAR; a multiple of 4. */
   offset: number;
+  /** Bytes; a multiple of 4, at least 4. */
   length: number;
 }
 
@@ -87,6 +90,8 @@ export class PciDevice<S extends object = object> {
   readonly state: S;
   private readonly initialState: S;
   private host?: DeviceHost;
+  /** Running watches (watch() and shared doorbells), flushed by quiesce(). */
+  private readonly watches = new Set<WordWatch>();
   /** Reused result buffers for trapped reads of up to 4 bytes, indexed by size. */
   private readonly scratch: Buffer[] = [0, 1, 2, 3, 4].map((n) => Buffer.alloc(n));
   private intxPending = false;
@@ -213,7 +218,7 @@ export class PciDevice<S extends object = object> {
    * what it saw last and calls `changed(offset, value)` for each that differs
    * (offset from the start of `memory`). It spins while changes or messages
    * keep coming and backs off when they stop (see WatchOptions; an idle
-   * watch costs a wake-up and one compare per millisecond). A watch of guest
+   * watch costs a wake-up and one compare per `backoffUs`). A watch of guest
    * memory stops by itself when the client unmaps it or leaves. Watch small
    * ranges (doorbells), not whole buffers. Returns the function that stops it.
    */
@@ -243,7 +248,13 @@ export class PciDevice<S extends object = object> {
         throw new TypeError(`watch() takes BAR shared memory ({ bar, offset, length }) or guest memory from device.dma.views(), not other memory`, { cause: e });
       throw e;
     }
-    return watch.stop;
+    // Watches of guest memory the client has unmapped since have stopped by themselves.
+    for (const w of this.watches) if (!w.watching) this.watches.delete(w);
+    this.watches.add(watch);
+    return () => {
+      watch.stop();
+      this.watches.delete(watch);
+    };
   }
 
   /** Logs a mistake in the author's code that no access is waiting on, and goes on. */
@@ -370,7 +381,15 @@ export class PciDevice<S extends object = object> {
     const had = this.host !== undefined;
     this.host = host;
     if (host && !had) this.bars.forEach((bar, i) => bar?.doorbells && this.pollDoorbells(i as BarIndex, bar, bar.doorbells));
-    if (!host && had) for (const bar of this.bars) bar?.doorbells?.watch?.stop();
+    if (!host && had) {
+      for (const bar of this.bars) {
+        const watch = bar?.doorbells?.watch;
+        if (watch) {
+          watch.stop();
+          this.watches.delete(watch);
+        }
+      }
+    }
     if (host && !had) this.spec.connected?.();
     if (!host && had) this.spec.disconnected?.();
   }
@@ -390,6 +409,7 @@ export class PciDevice<S extends object = object> {
     };
     const words = bar.memory!.bytes.subarray(doorbells.offset, doorbells.offset + doorbells.length);
     doorbells.watch = watchWords(words, { changed: ring, failed: (e) => this.mistake(e, `the doorbells of BAR${index}`) }, doorbells.timing);
+    this.watches.add(doorbells.watch);
   }
 
   /** Power-on state: config space, MSI-X table, then the author's reset. */
@@ -422,7 +442,18 @@ export class PciDevice<S extends object = object> {
     this.msixTableInUse = (flags & 1) !== 0;
     this.intxPending = (flags & 2) !== 0;
     if (state.author !== undefined) Object.assign(this.state, state.author);
+    // Doorbell values restored into the memory were rung before the state was saved.
+    for (const bar of this.bars) bar?.doorbells?.watch?.resync();
     this.spec.restored?.();
+  }
+
+  /**
+   * Before the device stops (live migration): changes to watched memory the
+   * poller has not reported yet (rings of shared doorbells, writes a watch()
+   * would see) are reported now, so the state saved next holds their outcome.
+   */
+  quiesce(): void {
+    for (const watch of this.watches) watch.flush();
   }
 
   private stateParts(): StateParts {
@@ -691,7 +722,9 @@ function barMemory(name: string, index: number, spec: BarSpec, doorbells?: { off
   const areas = spec.memory === true ? [{ offset: 0, size }] : [...(spec.memory?.areas ?? [])];
   if (doorbells && !inside(areas, doorbells.offset, doorbells.length)) {
     if (areas.some((a) => a.offset < doorbells.offset + doorbells.length && a.offset + a.size > doorbells.offset)) {
-      throw new RangeError(`BAR${index} of ${name}: doorbells at 0x${doorbells.offset.toString(16)} lie partly in a mappable area of memory; make them one area's part or apart`);
+      throw new RangeError(
+        `BAR${index} of ${name}: doorbells at 0x${doorbells.offset.toString(16)} overlap a mappable area of memory without lying inside it; put them inside one area or outside all`,
+      );
     }
     areas.push({ offset: doorbells.offset, size: doorbells.length });
   }

@@ -39,7 +39,8 @@ export interface BarSpec {
    * `write` at once, as anywhere else. Needs `write`; `spinUs` and
    * `backoffUs` tune the poller (see PollTiming). Polled writes are not
    * awaited one after another: a `write` returning a Promise should queue
-   * its own work.
+   * its own work. What the device itself writes into that memory is seen as
+   * a ring too.
    */
   doorbells?: { offset: number; length: number; shared?: boolean } & PollTiming;
   /**

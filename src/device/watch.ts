@@ -17,8 +17,8 @@ export interface PollTiming {
   /**
    * The longest delay between two looks once backed off, in microseconds:
    * default 1000 (from 1 to 10000000). Each look wakes the thread: at the
-   * default an idle watch costs about 700 wake-ups a second, a few percent of
-   * a core on a busy virtual machine. A device that hears of new work by
+   * default an idle watch costs up to a thousand wake-ups a second, a few
+   * percent of a core on a virtual machine. A device that hears of new work by
    * message anyway (a trapped doorbell after `idle()`) can back off further.
    */
   backoffUs?: number;
@@ -54,7 +54,7 @@ export interface WatchEvents {
   changed(offset: number, value: number): void;
   busy?(): void;
   idle?(): void;
-  /** `fn` threw while telling `what`. */
+  /** The device's callback `what` threw `e`. */
   failed(e: unknown, what: string): void;
 }
 
@@ -64,6 +64,12 @@ export interface WordWatch {
   stop(): void;
   /** The device itself put the word at `offset` (a trapped write): take its value as seen, so it is not reported. */
   seen(offset: number): void;
+  /** Takes every word as seen (state restored into the memory): what is there now is not reported. */
+  resync(): void;
+  /** Looks now, reporting what changed since the poller last looked (before the device stops). */
+  flush(): void;
+  /** Whether it still watches: not stopped, and its memory still mapped. */
+  readonly watching: boolean;
 }
 
 /**
@@ -84,15 +90,21 @@ export function watchWords(bytes: Uint8Array, events: WatchEvents, timing: Requi
     }
   };
   let stopped = false;
-  const id = native.watch(live, seen, changes, timing.spinUs, timing.backoffUs, (n) => {
-    if (n === WATCH_BUSY) return events.busy && call(events.busy, 'busy()');
-    if (n === WATCH_IDLE) return events.idle && call(events.idle, 'idle()');
+  const report = (n: number): void => {
     for (let i = 0; i < n && !stopped; i++) {
       const word = changes[i];
       call(() => events.changed(4 * word, seen[word]), `changed(0x${(4 * word).toString(16)}, 0x${seen[word].toString(16)})`);
     }
+  };
+  const id = native.watch(live, seen, changes, timing.spinUs, timing.backoffUs, (n) => {
+    if (n === WATCH_BUSY) return events.busy && call(events.busy, 'busy()');
+    if (n === WATCH_IDLE) return events.idle && call(events.idle, 'idle()');
+    report(n);
   });
   return {
+    get watching() {
+      return !stopped && live.length > 0;
+    },
     stop: () => {
       stopped = true;
       native.unwatch(id);
@@ -100,6 +112,19 @@ export function watchWords(bytes: Uint8Array, events: WatchEvents, timing: Requi
     seen: (offset) => {
       const word = offset >>> 2;
       seen[word] = live[word];
+    },
+    resync: () => seen.set(live),
+    // The poller runs only when JavaScript does not, so comparing here cannot race with it.
+    flush: () => {
+      let n = 0;
+      // A watch of memory unmapped since has an empty `live`.
+      for (let i = 0; i < live.length && !stopped; i++) {
+        if (live[i] !== seen[i]) {
+          seen[i] = live[i];
+          changes[n++] = i;
+        }
+      }
+      report(n);
     },
   };
 }
