@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { Client, serve, type GuestMemory, type Server } from '../src/index.js';
 import { createNvme, type Nvme } from '../samples/nvme/nvme.js';
 import { NvmeHost, type HostOptions } from '../samples/nvme/driver.js';
+import { copyFrom } from '../samples/nvme/prp.js';
 import { IoOpcode, LBA, PAGE, status } from '../samples/nvme/spec.js';
 import { tempDir, waitFor } from './helpers.js';
 
@@ -152,6 +153,32 @@ describe('NVMe data path: zero-copy, by message, and through the thread pool', (
     );
   });
 
+  it('reads a file dropped from the page cache right: what is cached at once, the rest on the thread pool', async () => {
+    await session(direct, async (host) => {
+      const slba = 20000;
+      const big = host.alloc(256 * 1024);
+      const list = host.alloc(PAGE);
+      const data = pattern(big.bytes.length, 6);
+      data.copy(big.bytes);
+      assert.equal((await host.write(1, slba, 512, big.iova, list)).status, SUCCESS);
+      assert.equal((await host.submit(1, { opcode: IoOpcode.FLUSH, nsid: 1 })).status, SUCCESS);
+      // Drops the file's clean pages from the page cache: reads of them would wait for the disk.
+      execFileSync('dd', [`of=${direct.backing.path}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0', 'status=none']);
+      const before = { ...direct.backing.stats };
+      big.bytes.fill(0xee);
+      // A cold page (RWF_NOWAIT: EAGAIN, so the thread pool), whose readahead warms a few more; then 256 KiB from
+      // there: the warm pages at once, the rest on the thread pool into the right places.
+      assert.equal((await host.read(1, slba, 8, big.iova)).status, SUCCESS);
+      assert.deepEqual(big.bytes.subarray(0, PAGE), data.subarray(0, PAGE));
+      big.bytes.fill(0xee);
+      assert.equal((await host.read(1, slba, 512, big.iova, list)).status, SUCCESS);
+      assert.ok(big.bytes.equals(data), '256 KiB read back');
+      const s = direct.backing.stats;
+      const trips = s.asynchronous - before.asynchronous + s.immediate - before.immediate;
+      assert.ok(trips >= 2 && trips <= 4, `each read done at once, on the thread pool, or both: ${trips}`);
+    });
+  });
+
   it('falls back to DMA messages for a transfer half in shared memory, half not', async () => {
     await session(direct, async (host, client) => {
       // Guest memory reached by message, right after the shared memory: an 8 KiB transfer across the boundary.
@@ -258,5 +285,13 @@ describe('NVMe data path: zero-copy, by message, and through the thread pool', (
       assert.equal((await host.read(1, 16, 8, buf.iova)).status, SUCCESS, 'usable again after the reset');
       assert.deepEqual(buf.bytes, pattern(PAGE, 70));
     });
+  });
+
+  it('copies guest memory views from any byte on, across views', () => {
+    const views = [Buffer.from('ab'), Buffer.from('cde'), Buffer.alloc(0), Buffer.from('f')];
+    assert.equal(copyFrom(views, 0).toString(), 'abcdef');
+    assert.equal(copyFrom(views, 3).toString(), 'def');
+    assert.equal(copyFrom(views, 5).toString(), 'f');
+    assert.equal(copyFrom(views, 6).length, 0);
   });
 });
