@@ -212,6 +212,23 @@ describe('NVMe doorbells and interrupts', () => {
     assert.deepEqual(warnings, []);
   });
 
+  it('asks for every CQ head ring with INTx, whose line follows the head', async () => {
+    await session(
+      async (host) => {
+        await host.start({ ioQueues: 2 });
+        const q = await host.createQueuePair(1, 16);
+        const before = { ...host.doorbells };
+        await io(host, 1, 8);
+        assert.equal(host.doorbells.bar0 + host.doorbells.shadowOnly - before.bar0 - before.shadowOnly, 32);
+        // The last head's ring is a posted write: it may still be on its way.
+        await waitFor(() => indexes(host, q).cq.eventIdx === q.cqHead, 2000, "the CQ's event index asking for the next head");
+        assert.ok(host.doorbells.bar0 - before.bar0 >= 16, 'every CQ head rang BAR0');
+        await waitFor(() => (nvme.device.config.status & 0x08) === 0, 2000, 'the line down once every entry is consumed');
+      },
+      { shadowDoorbells: true, interrupts: 'intx' },
+    );
+  });
+
   it('refuses a Doorbell Buffer Config whose pages are unaligned, missing, or not in shared guest memory', async () => {
     await session(async (host, client) => {
       await host.start({ ioQueues: 2 });
