@@ -6,6 +6,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, defineRegisters, serve, type Logger, type Server } from '../src/index.js';
+import { Command, RegionFlag } from '../src/protocol/constants.js';
+import * as msg from '../src/protocol/messages.js';
+import { native } from '../src/transport/native.js';
 import { fdCount, le32, settledFdCount, tempDir, waitFor, type TempDir } from './helpers.js';
 
 const rings: [bar: number, offset: number, value: number, size: number][] = [];
@@ -44,9 +47,21 @@ describe('doorbells', () => {
   it('offers shared doorbells as a sparse-mmap area, and each word a client writes there reaches write()', async () => {
     const c = await Client.connect(dir.socket());
     try {
+      // QEMU asks first with argsz 32 and checks cap_offset before asking again with the size it needs.
+      const short = await c.request(
+        Command.DEVICE_GET_REGION_INFO,
+        msg.encodeRegionInfo({ argsz: 32, flags: 0, index: 0, capOffset: 0, size: 0n, offset: 0n, caps: Buffer.alloc(0) }),
+      );
+      for (const fd of short.fds) native.close(fd);
+      const first = msg.decodeRegionInfo(short.payload);
+      assert.deepEqual(
+        [first.argsz > 32, first.flags & RegionFlag.CAPS, first.capOffset, first.caps.length],
+        [true, RegionFlag.CAPS, 32, 0],
+        'the size it needs, where the chain goes, no chain',
+      );
       const info = await c.regionInfo(0);
       assert.deepEqual(info.capabilities, [{ id: 1, version: 1, areas: [{ offset: 0x1000n, size: 0x1000n }] }]);
-      if (info.fd !== undefined) (await import('../src/transport/native.js')).native.close(info.fd);
+      if (info.fd !== undefined) native.close(info.fd);
       const bar = await c.mapRegion(0);
       rings.length = 0;
       const page = bar.areas[0].bytes;

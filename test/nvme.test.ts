@@ -416,6 +416,38 @@ describe('NVMe sample driven by the TypeScript client', () => {
     });
   });
 
+  it('serves a host that polls: commands enqueued without a Promise, one doorbell a batch, completions taken by phase bit, no interrupt', async () => {
+    await session(async (host) => {
+      await host.start();
+      await host.createQueuePair(1, 64, { interrupts: false });
+      const bufs = Array.from({ length: 24 }, () => host.alloc(PAGE));
+      bufs.forEach((b, i) => pattern(PAGE, 3000 + i).copy(b.bytes));
+      const lbaOf = (i: number): number => 16384 + 8 * i;
+      const statuses: number[] = [];
+      const waiter = { resolve: (c: Completion) => statuses.push(c.status), reject: (e: Error) => assert.fail(e) };
+      /** Enqueues one command per buffer, rings once, polls until all are back (yielding: the server runs in this thread). */
+      const batch = async (opcode: number): Promise<void> => {
+        statuses.length = 0;
+        bufs.forEach((b, i) => host.enqueue(1, { opcode, nsid: 1, prp1: b.iova, cdw10: lbaOf(i), cdw12: 7 }, waiter));
+        assert.equal(statuses.length, 0, 'nothing completes before the doorbell');
+        host.ring(1);
+        for (let spins = 0; statuses.length < bufs.length; spins++) {
+          host.poll(1);
+          assert.ok(spins < 100_000, `${statuses.length} of ${bufs.length} completions`);
+          await new Promise((r) => setImmediate(r));
+        }
+        assert.deepEqual(statuses, new Array(bufs.length).fill(SUCCESS));
+      };
+      await batch(IoOpcode.WRITE);
+      for (let i = 0; i < bufs.length; i++) assert.deepEqual(fileRead(lbaOf(i) * LBA, PAGE), pattern(PAGE, 3000 + i), `write ${i}`);
+      for (const b of bufs) b.bytes.fill(0);
+      await batch(IoOpcode.READ);
+      bufs.forEach((b, i) => assert.ok(b.bytes.equals(pattern(PAGE, 3000 + i)), `read ${i}`));
+      assert.equal(host.interrupt(1)?.count, 0, "the CQ without interrupts never raised queue 1's vector");
+      assert.equal(host.poll(1), 0, 'nothing more to take');
+    });
+  });
+
   it('keeps Asynchronous Event Requests outstanding until a controller reset, which drops every queue', async () => {
     await session(async (host) => {
       await host.start({ ioQueues: 2 });

@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import { Client } from '../../src/index.js';
 import { dist, fdCount, settledFdCount, startServer, supervisorChild, waitFor, type ServerProcess } from '../helpers.js';
@@ -69,6 +69,8 @@ export interface Qemu {
   /** Waits until the console shows `MUSER-CHECK <name>` (the guest asks for something, say). */
   waitForCheck(name: string, timeoutMs?: number): Promise<void>;
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** QEMU's process id (from its pid file, once QEMU wrote it). */
+  pid(): number;
   kill(): void;
 }
 
@@ -88,11 +90,16 @@ export class Guest {
     this.trace = join(this.work, 'qemu-trace.log');
   }
 
-  /** Builds an initramfs with `/init` = scripts/e2e/guest-<script>.sh and extra files (SRC or SRC:DEST). */
+  /**
+   * Builds an initramfs with `/init` = scripts/e2e/guest-<script>.sh (or
+   * `script` itself when it is a path to a .sh file) and extra files (SRC or
+   * SRC:DEST).
+   */
   async initramfs(script: string, extra: string[] = []): Promise<string> {
-    const out = join(this.work, `${script}.cpio.gz`);
-    const status = await run('bash', [join(scripts, 'initramfs.sh'), join(scripts, `guest-${script}.sh`), out, ...extra], join(this.work, 'initramfs.log'));
-    assert.equal(status, 0, `initramfs.sh for guest-${script}.sh failed: ${tail(join(this.work, 'initramfs.log'))}`);
+    const init = script.endsWith('.sh') ? script : join(scripts, `guest-${script}.sh`);
+    const out = join(this.work, `${basename(init, '.sh')}.cpio.gz`);
+    const status = await run('bash', [join(scripts, 'initramfs.sh'), init, out, ...extra], join(this.work, 'initramfs.log'));
+    assert.equal(status, 0, `initramfs.sh for ${basename(init)} failed: ${tail(join(this.work, 'initramfs.log'))}`);
     return out;
   }
 
@@ -161,11 +168,13 @@ export class Guest {
       ...(options.qemu ?? []),
     ];
     const exited = run('bash', args, this.qemuLog);
+    const pid = (): number => Number(readFileSync(pidFile, 'utf8'));
     return {
       exited,
       waitForCheck: (name, timeoutMs = bootTimeout * 1000) => waitFor(() => this.checks(name).length > 0, timeoutMs, `MUSER-CHECK ${name} on the console`),
       qmp: (command, a) => qmp(qmpSocket, command, a),
-      kill: () => process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL'),
+      pid,
+      kill: () => process.kill(pid(), 'SIGKILL'),
     };
   }
 
