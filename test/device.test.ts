@@ -149,7 +149,7 @@ describe('devices served in this process', () => {
   it('notices client writes to shared BAR memory by watching it', async () => {
     const c = await Client.connect(dir.socket('test.sock'));
     const seen: [number, number][] = [];
-    const stop = testDevice.watch({ bar: 2, offset: 0x1000, length: 64 }, (offset, value) => seen.push([offset, value]));
+    const watch = testDevice.watch({ bar: 2, offset: 0x1000, length: 64 }, (offset, value) => seen.push([offset, value]));
     try {
       const info = await c.regionInfo(2);
       const page = Buffer.from(native.mmap(info.fd!, 0x1000, 0x1000, true));
@@ -163,7 +163,7 @@ describe('devices served in this process', () => {
       native.munmap(page.buffer as ArrayBuffer);
       native.close(info.fd!);
     } finally {
-      stop();
+      watch.stop();
       c.close();
     }
     assert.throws(() => testDevice.watch({ bar: 2, offset: 2, length: 4 }, () => undefined), /4-byte aligned/);

@@ -163,7 +163,7 @@ describe('doorbells', () => {
       const events: string[] = [];
       let raced = false;
       const view = bells.dma.views(0x10000, 64)![0];
-      const stop = bells.watch(view, (offset, value) => events.push(`changed 0x${offset.toString(16)}=${value}`), {
+      const watch = bells.watch(view, (offset, value) => events.push(`changed 0x${offset.toString(16)}=${value}`), {
         busy: () => events.push('busy'),
         idle: () => {
           events.push('idle');
@@ -177,7 +177,7 @@ describe('doorbells', () => {
       });
       mem.bytes.writeUInt32LE(1, 0);
       await waitFor(() => events.filter((e) => e === 'idle').length >= 2, 2000, 'two idles');
-      stop();
+      watch.stop();
       assert.deepEqual(events.filter((e) => e !== 'event loop').slice(0, 6), ['busy', 'changed 0x0=1', 'idle', 'busy', 'changed 0x4=2', 'idle']);
       assert.ok(events.indexOf('event loop') > events.indexOf('changed 0x4=2'));
       await c.unmapMemory(mem);
@@ -192,7 +192,7 @@ describe('doorbells', () => {
       const mem = await c.mapMemory(0x20000, 0x1000);
       const seen: number[] = [];
       logged.length = 0;
-      const stop = bells.watch(bells.dma.views(0x20000, 0x1000)![0], (_, value) => {
+      const watch = bells.watch(bells.dma.views(0x20000, 0x1000)![0], (_, value) => {
         seen.push(value);
         if (value === 13) throw new Error('the watcher went wrong');
       });
@@ -211,7 +211,7 @@ describe('doorbells', () => {
       assert.deepEqual(seen, [13, 14, 20]);
       bells.quiesce();
       assert.deepEqual(seen, [13, 14, 20], 'nor does quiesce(), once the memory is unmapped');
-      stop();
+      watch.stop();
       assert.equal((await c.regionRead(0, 0, 4)).length, 4, 'still serving');
     } finally {
       c.close();

@@ -18,7 +18,7 @@
  * backlog until the host moves its head. A controller reset bumps an epoch:
  * work started before it posts nothing afterwards.
  */
-import { defineRegisters } from 'muser';
+import { defineRegisters, type Watch } from 'muser';
 import type { BackingFile } from './backing.js';
 import {
   activeNamespaceList,
@@ -68,11 +68,11 @@ export interface ControllerHost extends Dma {
   irqDone(): void;
   /**
    * Calls `changed` for each 4-byte word of `memory` (a view) the host changes,
-   * polling while busy and backing off when idle (device.watch); returns
-   * the function that stops it. Without it, the host must ring for every
-   * shadow doorbell change (the event indexes always ask for it).
+   * polling while busy and backing off when idle (device.watch). Without
+   * it, the host must ring for every shadow doorbell change (the event
+   * indexes always ask for it).
    */
-  watch?(memory: Uint8Array, changed: (offset: number, value: number) => void, options: { busy(): void; idle(): void }): () => void;
+  watch?(memory: Uint8Array, changed: (offset: number, value: number) => void, options: { busy(): void; idle(): void }): Watch;
   /**
    * Sets doorbells [index, index + count) of BAR0's shared doorbell page (if
    * it has one) back to 0. A poller notices only changes: a new queue's first
@@ -250,7 +250,8 @@ interface Shadow {
   eventIdx: Uint32Array;
   /** The watch of `doorbells` is spinning: the host need not ring. */
   busy: boolean;
-  stop(): void;
+  /** The poller's watch of the I/O queues' doorbells (from index 2 on). */
+  watch?: Watch;
 }
 
 /** Entries fetched from guest memory at once. */
@@ -561,11 +562,11 @@ export class NvmeController {
     const eventIdx = this.page(pages.eventIdx);
     if (!shadow || !eventIdx) return false;
     const words = (b: Uint8Array): Uint32Array => new Uint32Array(b.buffer, b.byteOffset, PAGE / 4);
-    const sh: Shadow = { doorbells: words(shadow), eventIdx: words(eventIdx), busy: false, stop: () => undefined };
+    const sh: Shadow = { doorbells: words(shadow), eventIdx: words(eventIdx), busy: false };
     this.shadow = sh;
     if (this.host.watch) {
       // The I/O queues' doorbells only: from SQ 1's.
-      sh.stop = this.host.watch(shadow.subarray(8, 8 * (this.ioQueues + 1)), (offset) => this.lookShadow(2 + (offset >> 2)), {
+      sh.watch = this.host.watch(shadow.subarray(8, 8 * (this.ioQueues + 1)), (offset) => this.lookShadow(2 + (offset >> 2)), {
         busy: () => this.setBusy(sh, true),
         idle: () => this.setBusy(sh, false),
       });
@@ -591,7 +592,7 @@ export class NvmeController {
   }
 
   private stopShadow(): void {
-    this.shadow?.stop();
+    this.shadow?.watch?.stop();
     this.shadow = undefined;
   }
 
@@ -614,6 +615,8 @@ export class NvmeController {
     }
     for (let guard = 0; guard < 16; guard++) {
       const value = sh.doorbells[index];
+      // Taken here, perhaps before the poller saw it: so that a later return to the value it saw last is still a change.
+      sh.watch?.seen(4 * (index - 2), value);
       this.setDoorbell(index, value);
       this.setEventIdx(index);
       if (sh !== this.shadow || sh.doorbells[index] === value) return;

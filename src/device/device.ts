@@ -15,7 +15,7 @@ import { AuthorError, authorError, describeAccess } from './mistakes.js';
 import { notPlain } from './plain-data.js';
 import { loadState, saveState, type StateParts } from './state.js';
 import { DmaError, type AccessSize, type BarIndex, type BarSpec, type DeviceHost, type DmaRange, type PciDeviceSpec } from './types.js';
-import { pollTiming, watchWords, type PollTiming, type WatchOptions, type WordWatch } from './watch.js';
+import { pollTiming, watchWords, type PollTiming, type Watch, type WatchOptions, type WordWatch } from './watch.js';
 
 const PAGE = 4096;
 
@@ -220,9 +220,10 @@ export class PciDevice<S extends object = object> {
    * keep coming and backs off when they stop (see WatchOptions; an idle
    * watch costs a wake-up and one compare per `backoffUs`). A watch of guest
    * memory stops by itself when the client unmaps it or leaves. Watch small
-   * ranges (doorbells), not whole buffers. Returns the function that stops it.
+   * ranges (doorbells), not whole buffers. Returns the Watch, to stop it or
+   * to say which value the device took from a word on its own.
    */
-  watch(memory: BarRange | Uint8Array, changed: (offset: number, value: number) => void, options: WatchOptions = {}): () => void {
+  watch(memory: BarRange | Uint8Array, changed: (offset: number, value: number) => void, options: WatchOptions = {}): Watch {
     let bytes: Uint8Array;
     let what: string;
     if (memory instanceof Uint8Array) {
@@ -251,9 +252,12 @@ export class PciDevice<S extends object = object> {
     // Watches of guest memory the client has unmapped since have stopped by themselves.
     for (const w of this.watches) if (!w.watching) this.watches.delete(w);
     this.watches.add(watch);
-    return () => {
-      watch.stop();
-      this.watches.delete(watch);
+    return {
+      stop: () => {
+        watch.stop();
+        this.watches.delete(watch);
+      },
+      seen: (offset, value) => watch.seen(offset, value),
     };
   }
 

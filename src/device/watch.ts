@@ -49,6 +49,19 @@ export interface WatchOptions extends PollTiming {
   idle?(): void;
 }
 
+/** A running `device.watch()`. */
+export interface Watch {
+  /** Stops watching (idempotent). */
+  stop(): void;
+  /**
+   * The device took `value` from the word at `offset` without being told
+   * (say, it read a doorbell when another one rang): the poller compares with
+   * it from now on. Without this, a word that goes back to the value the
+   * poller saw last, after the device took others, is never reported.
+   */
+  seen(offset: number, value: number): void;
+}
+
 /** What the poller reports for one watch; each call's failure is the caller's to tell. */
 export interface WatchEvents {
   changed(offset: number, value: number): void;
@@ -62,8 +75,8 @@ export interface WatchEvents {
 export interface WordWatch {
   /** Stops watching (idempotent; a watch of memory that was unmapped stopped then). */
   stop(): void;
-  /** The device itself put the word at `offset` (a trapped write): take its value as seen, so it is not reported. */
-  seen(offset: number): void;
+  /** The device itself put the word at `offset` (a trapped write), or took `value` from it: take that as seen, so it is not reported. */
+  seen(offset: number, value?: number): void;
   /** Takes every word as seen (state restored into the memory): what is there now is not reported. */
   resync(): void;
   /** Looks now, reporting what changed since the poller last looked (before the device stops). */
@@ -109,9 +122,9 @@ export function watchWords(bytes: Uint8Array, events: WatchEvents, timing: Requi
       stopped = true;
       native.unwatch(id);
     },
-    seen: (offset) => {
+    seen: (offset, value) => {
       const word = offset >>> 2;
-      seen[word] = live[word];
+      if (word < seen.length) seen[word] = value ?? live[word];
     },
     resync: () => seen.set(live),
     // The poller runs only when JavaScript does not, so comparing here cannot race with it.
