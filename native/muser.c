@@ -1266,9 +1266,8 @@ static nfds_t spin_fds(addon_state *s, bool all, struct pollfd *fds,
  * quiet for its own budget; see watch_look().
  *
  * Either way the loop gets a turn at least every SPIN_SLICE_NS once the
- * spin has called back a handle or reported a change, and at once while a
- * watch spins (a watch still spinning then resumes from the timer, which
- * fires at once); a wait that
+ * spin has called back a handle or reported a change (a watch still
+ * spinning then resumes from the timer, which fires at once); a wait that
  * has found nothing yet lasts its budget (busy and idle callbacks, which
  * only say what the poller does, do not count). */
 static void spin(addon_state *s, uint64_t max_ns) {
@@ -1297,11 +1296,6 @@ static void spin(addon_state *s, uint64_t max_ns) {
       watching = watching || (!w->stopped && w->spinning);
     }
     if (!sockets && !watching) break;
-    /* With a watch spinning, the loop gets its turn as soon as anything was
-     * called back: work the callback left for later (setImmediate, such as a
-     * device's interrupts) would otherwise wait for the slice to end. The
-     * timer, which fires at once for a spinning watch, resumes the spin. */
-    if (watching && calls != s->calls) break;
     if (collect || collected_all != watching) {
       n = spin_fds(s, watching, fds, owner);
       collect = false;
