@@ -13,8 +13,8 @@
  * page cache) finishes before the next command starts; the rest go to the
  * thread pool. Each finished command takes the next CQ slot at once (tail and
  * phase advance synchronously, so concurrent commands never share a slot), is
- * written to guest memory, and asks for the CQ's interrupt; interrupts go out once per CQ after the work of
- * the current event-loop turn. A full CQ keeps completions in order in a
+ * written to guest memory, and asks for the CQ's interrupt; interrupts go out
+ * once per CQ when the work in hand is done (a microtask). A full CQ keeps completions in order in a
  * backlog until the host moves its head. A controller reset bumps an epoch:
  * work started before it posts nothing afterwards.
  */
@@ -306,7 +306,7 @@ export class NvmeController {
   /** The queues of `state`, with what only a running controller has (drain loops, commands in flight). */
   private sqs: (SubmissionQueue | undefined)[] = [];
   private cqs: (CompletionQueue | undefined)[] = [];
-  /** CQs whose interrupt is due at the end of this event-loop turn. */
+  /** CQs whose interrupt is due once the work in hand is done. */
   private readonly due = new Set<CompletionQueue>();
   private interruptScheduled = false;
   /** The shadow doorbells of state.doorbellBuffer, once reached (a restored controller reaches them when guest memory is). */
@@ -799,8 +799,9 @@ export class NvmeController {
     this.due.add(cq);
     if (!this.interruptScheduled) {
       this.interruptScheduled = true;
-      // After the completions of this turn are written: one interrupt per CQ.
-      setImmediate(this.sendInterrupts);
+      // Once the work in hand is done, one interrupt per CQ. A microtask, not setImmediate: while a
+      // doorbell watch spins, the poller holds the event loop and setImmediate would wait for it to back off.
+      queueMicrotask(this.sendInterrupts);
     }
   }
 
