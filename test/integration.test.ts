@@ -267,15 +267,9 @@ describe('client and server in separate processes', () => {
     const a = await Client.connect(socket);
     await a.regionWrite(BAR0, 0, le32(0x600d));
     await assert.rejects(Client.connect(socket, { timeout: 2000 }), /closed the connection/);
+    // At once: the server reads the first client's hang-up before it turns the next one away.
     a.close();
-    let b: Client | undefined;
-    for (let i = 0; i < 100 && !b; i++) {
-      b = await Client.connect(socket).catch(async () => {
-        await new Promise((r) => setTimeout(r, 10));
-        return undefined;
-      });
-    }
-    assert.ok(b, 'a new client connects after the first left');
+    const b = await Client.connect(socket);
     assert.equal((await b.regionRead(BAR0, 0, 4)).readUInt32LE(0), 0x600d);
     b.close();
   });

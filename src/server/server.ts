@@ -57,6 +57,8 @@ export class Server {
   private closing = false;
   /** Reasons not to accept now (a retry after EMFILE, handlers of the last client still running). */
   private paused = 0;
+  /** Clients accepted while accepting was paused (a handler of the last client still runs): served once it resumes. */
+  private held: number[] = [];
   private keepAlive: NodeJS.Timeout | undefined;
   private acceptFailing = false;
   private idleWaiters: (() => void)[] = [];
@@ -119,44 +121,55 @@ export class Server {
         return;
       }
       this.acceptFailing = false;
-      if (this.active || this.closing) {
-        // The protocol has one client per socket; a second one is turned away, the first keeps its device.
-        this.log.warn(`refused a second client on ${this.socket}: ${this.device.name} is already in use`);
-        native.close(fd);
-        continue;
-      }
-      this.connections++;
-      this.log.info(`client connected to ${this.device.name}`);
-      const closed = (): void => {
-        this.active = undefined;
-        this.log.info(`client disconnected from ${this.device.name}`);
-        // A handler still running would reach the next client with its DMA and interrupts: that client waits for it,
-        // as long as a live client would wait for a handler (handlerTimeoutMs; 0 is for ever).
-        if (connection.handlersRunning > 0) {
-          const ms = this.limits.handlerTimeoutMs;
-          this.log.warn(`${this.device.name}: a handler of the client that left is still running; the next client waits until it finishes${ms ? ` (at most ${ms} ms)` : ''}`);
-          const settled = connection.handlersSettled();
-          if (ms === 0) this.pauseAccepting(settled);
-          else {
-            let timer: NodeJS.Timeout | undefined;
-            const late = new Promise<void>((r) => (timer = setTimeout(r, ms))).then(() => {
-              this.log.error(`${this.device.name}: a handler of the client that left did not finish within ${ms} ms; accepting the next client, which it may still reach`);
-            });
-            this.pauseAccepting(Promise.race([settled.then(() => clearTimeout(timer)), late]));
-          }
-        }
-        for (const w of this.idleWaiters.splice(0)) w();
-      };
-      // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
-      const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
-      const connection: Connection = runAs(owner, () =>
-        this.traceSinks.size > 0
-          ? new TracedConnection({ sink: this.traceToSinks, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
-          : new Connection(fd, this.device, this.limits, this.log, closed),
-      );
-      if (this.pollUs > 0) connection.channel.pollFor(this.pollUs);
-      this.active = connection;
+      // The client attached may have hung up in the same poll round, its hang-up not read yet: decide after this turn.
+      if (this.active || this.closing) setImmediate(() => this.adopt(fd));
+      else this.adopt(fd);
     }
+  }
+
+  /** Serves the client on `fd`, or turns it away while another is attached. */
+  private adopt(fd: number): void {
+    if (this.active || this.closing) {
+      // The protocol has one client per socket; a second one is turned away, the first keeps its device.
+      this.log.warn(`refused a second client on ${this.socket}: ${this.device.name} is already in use`);
+      native.close(fd);
+      return;
+    }
+    if (this.paused > 0) {
+      this.held.push(fd);
+      return;
+    }
+    this.connections++;
+    this.log.info(`client connected to ${this.device.name}`);
+    const closed = (): void => {
+      this.active = undefined;
+      this.log.info(`client disconnected from ${this.device.name}`);
+      // A handler still running would reach the next client with its DMA and interrupts: that client waits for it,
+      // as long as a live client would wait for a handler (handlerTimeoutMs; 0 is for ever).
+      if (connection.handlersRunning > 0) {
+        const ms = this.limits.handlerTimeoutMs;
+        this.log.warn(`${this.device.name}: a handler of the client that left is still running; the next client waits until it finishes${ms ? ` (at most ${ms} ms)` : ''}`);
+        const settled = connection.handlersSettled();
+        if (ms === 0) this.pauseAccepting(settled);
+        else {
+          let timer: NodeJS.Timeout | undefined;
+          const late = new Promise<void>((r) => (timer = setTimeout(r, ms))).then(() => {
+            this.log.error(`${this.device.name}: a handler of the client that left did not finish within ${ms} ms; accepting the next client, which it may still reach`);
+          });
+          this.pauseAccepting(Promise.race([settled.then(() => clearTimeout(timer)), late]));
+        }
+      }
+      for (const w of this.idleWaiters.splice(0)) w();
+    };
+    // Everything the connection runs for the device, and what the device's code schedules from there, is the device's work.
+    const owner = { name: this.device.name, error: (message: string) => this.log.error(message) };
+    const connection: Connection = runAs(owner, () =>
+      this.traceSinks.size > 0
+        ? new TracedConnection({ sink: this.traceToSinks, device: this.device, epoch: this.traceEpoch }, fd, this.device, this.limits, this.log, closed)
+        : new Connection(fd, this.device, this.limits, this.log, closed),
+    );
+    if (this.pollUs > 0) connection.channel.pollFor(this.pollUs);
+    this.active = connection;
   }
 
   /** Stops taking clients from the backlog until `until` settles. */
@@ -172,6 +185,7 @@ export class Server {
       clearInterval(this.keepAlive);
       if (this.closing) return;
       this.poll.update(native.READABLE);
+      for (const fd of this.held.splice(0)) this.adopt(fd);
       this.accept();
     });
   }
@@ -196,6 +210,7 @@ export class Server {
     clearInterval(this.keepAlive);
     this.poll.close();
     native.close(this.listenFd);
+    for (const fd of this.held.splice(0)) native.close(fd);
     try {
       unlinkSync(this.socket);
     } catch {
