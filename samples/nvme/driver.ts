@@ -386,7 +386,7 @@ export class NvmeHost {
     if (!q) throw new Error(`no queue ${qid}`);
     if (q.outstanding >= q.entries - 1) throw new Error(`queue ${qid} is full (${q.outstanding} commands outstanding)`);
     const cid = cmd.cid ?? q.takeCid();
-    encodeCommand(q.sq.bytes, q.sqTail * SQE_SIZE, { ...cmd, cid });
+    encodeCommand(q.sq.bytes, q.sqTail * SQE_SIZE, cmd, cid);
     q.sqTail = (q.sqTail + 1) % q.entries;
     q.waiting.set(cid, waiter);
   }

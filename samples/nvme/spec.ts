@@ -175,12 +175,12 @@ export function decodeCommand(b: Uint8Array, at: number): Command {
 }
 
 /** Encodes a command into 64 bytes at `at` of `out` (the host side: tests, benchmark). */
-export function encodeCommand(out: Uint8Array, at: number, c: Partial<Command> & { opcode: number; cid: number }): void {
+export function encodeCommand(out: Uint8Array, at: number, c: Partial<Command> & { opcode: number }, cid: number): void {
   const dv = new DataView(out.buffer, out.byteOffset + at, SQE_SIZE);
-  for (let i = 0; i < SQE_SIZE; i += 4) dv.setUint32(i, 0);
+  out.fill(0, at, at + SQE_SIZE);
   dv.setUint8(0, c.opcode);
   dv.setUint8(1, c.flags ?? 0);
-  dv.setUint16(2, c.cid, true);
+  dv.setUint16(2, cid, true);
   dv.setUint32(4, c.nsid ?? 0, true);
   dv.setBigUint64(24, c.prp1 ?? 0n, true);
   dv.setBigUint64(32, c.prp2 ?? 0n, true);
