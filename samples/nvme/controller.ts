@@ -75,10 +75,10 @@ export interface ControllerHost extends Dma {
   watch?(memory: Uint8Array, changed: (offset: number, value: number) => void, options: { busy(): void; idle(): void }): Watch;
   /**
    * Sets doorbells [index, index + count) of BAR0's shared doorbell page (if
-   * it has one) back to 0. A poller notices only changes: a new queue's first
-   * ring must differ from what an old queue left there.
+   * it has one) to `value` (default 0). A poller notices only changes: a new
+   * queue's first ring must differ from what an old queue left there.
    */
-  clearDoorbells?(index: number, count: number): void;
+  clearDoorbells?(index: number, count: number, value?: number): void;
 }
 
 export interface ControllerOptions {
@@ -254,6 +254,9 @@ interface Shadow {
   watch?: Watch;
 }
 
+/** What the controller leaves in a polled BAR0 doorbell it took while shadow doorbells are in use. */
+const NO_DOORBELL = 0xffff_ffff;
+
 /** Entries fetched from guest memory at once. */
 const FETCH_BATCH = 64;
 const CAP_TIMEOUT_500MS = 30; // CAP.TO: 15 s for CSTS.RDY (a guest under TCG is slow)
@@ -381,7 +384,8 @@ export class NvmeController {
   /** A doorbell write (BAR0 from 0x1000). Returns at once: doorbells only schedule work. */
   writeDoorbell(offset: number, value: number): void {
     if (offset < Reg.DOORBELLS || offset % 4 !== 0) return;
-    this.stats.doorbells++;
+    // The controller's own mark in a polled doorbell (see doorbell()) is no ring, though it still makes it look.
+    if (value !== NO_DOORBELL) this.stats.doorbells++;
     this.doorbell((offset - Reg.DOORBELLS) >> 2, value);
   }
 
@@ -514,7 +518,12 @@ export class NvmeController {
   /** A doorbell rung in BAR0 (or, after a restore, a look at every queue). With shadow doorbells a ring means "look at the shadow". */
   private doorbell(index: number, value: number): void {
     if (!this.ready || this.regs.CSTS.CFS) return;
-    if (index >= 2 && index < PAGE / 4 && this.state.doorbellBuffer && (this.shadow ?? this.reachShadow())) return this.lookShadow(index);
+    if (index >= 2 && index < PAGE / 4 && this.state.doorbellBuffer && (this.shadow ?? this.reachShadow())) {
+      // With shadow doorbells BAR0 rings are rare, so the next may write the value this one left (a lap of
+      // the queue later), which a polled page would not notice: leave a value no tail or head can be.
+      if (value !== NO_DOORBELL) this.host.clearDoorbells?.(index, 1, NO_DOORBELL);
+      return this.lookShadow(index);
+    }
     this.setDoorbell(index, value);
   }
 

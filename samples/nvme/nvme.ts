@@ -97,8 +97,8 @@ export function createNvme(options: NvmeOptions = {}): Nvme {
       irqDone: () => device.irqDone(),
       // Backed off, the shadow doorbells need few looks: their event indexes then make the host ring BAR0 for new work.
       watch: (memory, changed, watching) => device.watch(memory, changed, { ...watching, backoffUs: 10_000 }),
-      clearDoorbells: (index, count) => {
-        if (doorbells === 'shared') device.memory(0).fill(0, Reg.DOORBELLS + 4 * index, Reg.DOORBELLS + 4 * (index + count));
+      clearDoorbells: (index, count, value = 0) => {
+        if (doorbells === 'shared') new Uint32Array(device.memory(0).buffer, device.memory(0).byteOffset + Reg.DOORBELLS + 4 * index, count).fill(value);
       },
     },
     {
