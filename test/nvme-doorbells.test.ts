@@ -14,7 +14,7 @@ import { setImmediate as turn } from 'node:timers/promises';
 import { Client, migrate, protocol, serve, type GuestMemory, type Server } from '../src/index.js';
 import { createNvme, optionsFromEnvironment, NvmeConfigError, type Nvme } from '../samples/nvme/nvme.js';
 import { NvmeHost, type HostOptions, type HostQueue } from '../samples/nvme/driver.js';
-import { AdminOpcode, Feature, PAGE, status } from '../samples/nvme/spec.js';
+import { AdminOpcode, Feature, PAGE, Reg, status } from '../samples/nvme/spec.js';
 import { tempDir, waitFor, type TempDir } from './helpers.js';
 
 const SIZE = 4 * 1024 * 1024;
@@ -131,6 +131,34 @@ describe('NVMe doorbells and interrupts', () => {
       { mapBar0: true },
     );
     assert.deepEqual(warnings, []);
+  });
+
+  it('marks a polled BAR0 doorbell it took while shadow doorbells are in use, so that a ring of the same value a lap later is seen', async () => {
+    await session(
+      async (host, client) => {
+        await host.start({ ioQueues: 2 });
+        const q = await host.createQueuePair(1, 16);
+        const bar0 = await client.mapRegion(0);
+        try {
+          const page = bar0.areas.find((a) => a.offset === Reg.DOORBELLS)!.bytes;
+          const sqBell = (): number => page.readUInt32LE(8 * q.id);
+          const buf = host.alloc(PAGE);
+          const rung = { host: host.doorbells.bar0, device: nvme.controller.stats.doorbells };
+          for (let i = 0; i < 3; i++) {
+            // Idle: the event index asks for the next tail, so this submission rings BAR0.
+            await waitFor(() => indexes(host, q).sq.eventIdx === q.sqTail, 2000, 'the controller idle');
+            const before = host.doorbells.bar0;
+            assert.equal((await host.read(1, 0, 8, buf.iova)).status, 0);
+            assert.ok(host.doorbells.bar0 > before, 'the host rang BAR0');
+            await waitFor(() => sqBell() === 0xffff_ffff, 2000, 'the taken doorbell marked');
+          }
+          await waitFor(() => nvme.controller.stats.doorbells - rung.device === host.doorbells.bar0 - rung.host, 2000, 'the mark is no ring');
+        } finally {
+          bar0.close();
+        }
+      },
+      { mapBar0: true, shadowDoorbells: true },
+    );
   });
 
   it('keeps every doorbell trapped with MUSER_NVME_DOORBELLS=trapped, even for a client that would map BAR0', async () => {
