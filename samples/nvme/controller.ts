@@ -148,6 +148,8 @@ export interface ControllerState {
 
 class CompletionQueue {
   deleted = false;
+  /** The whole queue in shared guest memory, once resolved (empty again once the client unmaps it). */
+  view?: Uint8Array;
   /** Entries posted since the last interrupt (interrupt coalescing). */
   unsignalled = 0;
   /** The aggregation time of interrupt coalescing is running. */
@@ -770,15 +772,17 @@ export class NvmeController {
     cq.tail = (cq.tail + 1) % cq.size;
     if (cq.tail === 0) cq.phase ^= 1;
     const iova = cq.base + BigInt(slot * CQE_SIZE);
-    let view: Uint8Array | undefined;
-    try {
-      view = single(this.host.views(iova, CQE_SIZE, true));
-    } catch (e) {
-      return this.fatal(`posting to CQ ${cq.id}: ${(e as Error).message}`);
+    let view = cq.view;
+    if (!view?.length) {
+      try {
+        view = cq.view = single(this.host.views(cq.base, cq.size * CQE_SIZE, true));
+      } catch (e) {
+        return this.fatal(`posting to CQ ${cq.id}: ${(e as Error).message}`);
+      }
     }
     if (view) {
       // Shared memory: the entry is in place at once (its phase bit written last).
-      encodeCompletion(view, 0, entry);
+      encodeCompletion(view, slot * CQE_SIZE, entry);
       this.stats.completions++;
       this.interruptFor(cq);
       return;
