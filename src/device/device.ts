@@ -452,9 +452,11 @@ export class PciDevice<S extends object = object> {
   }
 
   /**
-   * Before the device stops (live migration): changes to watched memory the
-   * poller has not reported yet (rings of shared doorbells, writes a watch()
-   * would see) are reported now, so the state saved next holds their outcome.
+   * Before the device stops (live migration), and before an INTx unmask
+   * decides whether to fire again: changes to watched memory the poller has
+   * not reported yet (rings of shared doorbells, writes a watch() would see)
+   * are reported now, so the state saved next holds their outcome, and a
+   * line the guest acknowledged through a doorbell is lowered first.
    */
   quiesce(): void {
     for (const watch of this.watches) watch.flush();

@@ -159,7 +159,8 @@ export class Connection implements DeviceHost {
     this.onClosed = onClosed;
     this.dma = new DmaMapTable(limits.maxDmaMaps, PAGE_SIZE);
     const c = device.irqCounts;
-    this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1]);
+    // A guest that polls nothing acknowledges INTx through doorbells the device may poll: hear them before re-firing.
+    this.irqs = new IrqTable([c.intx, c.msi, c.msix, 1, 1], () => device.quiesce());
     this.migration = new Migration(migratable(device), {
       identity: () => configIdentity((offset, size) => device.regionRead(RegionIndex.CONFIG, offset, size) as Uint8Array),
       raise: (q) => this.irqs.irq(q.index, q.vector),

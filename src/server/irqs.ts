@@ -45,7 +45,15 @@ function checkEventfd(fd: number): boolean {
 export class IrqTable {
   private readonly vectors: Vector[][];
   /** `counts[index]` vectors for each VFIO interrupt index. */
-  constructor(readonly counts: readonly number[]) {
+  /**
+   * `beforeUnmask`: runs before an INTx unmask decides whether to fire again,
+   * so that the device hears doorbells it polls (a guest acknowledges its
+   * interrupt through them) and may lower its line first.
+   */
+  constructor(
+    readonly counts: readonly number[],
+    private readonly beforeUnmask?: () => void,
+  ) {
     this.vectors = counts.map((n) => Array.from({ length: n }, () => ({ masked: false, pending: false })));
   }
 
@@ -98,6 +106,7 @@ export class IrqTable {
       else {
         v.masked = false;
         // INTx as kernel VFIO does it: an unmask fires again only while the line is still asserted.
+        if (v.pending && s.index === IrqIndex.INTX) this.beforeUnmask?.();
         if (v.pending) this.irq(s.index, vector);
       }
     }
