@@ -354,6 +354,8 @@ describe('poll mode and batches in one thread', () => {
        native.sendmsg(w.fd, Buffer.from('second'), 0, 6, null);`,
       { eval: true, workerData: { addon: addonPath, go, fd: b } },
     );
+    // Listened for now: the writer may be gone before `done` settles.
+    const exited = new Promise((r) => writer.once('exit', r));
     const order: string[] = [];
     const rx = Buffer.alloc(64);
     const fds = new Int32Array(2);
@@ -376,7 +378,7 @@ describe('poll mode and batches in one thread', () => {
     });
     native.sendmsg(b, Buffer.from('first'), 0, 5, null);
     await done;
-    await new Promise((r) => writer.once('exit', r));
+    await exited;
     for (const fd of [a, b, listener]) native.close(fd);
     dir.remove();
     assert.deepEqual(order, ['first', 'second', 'event loop']);
