@@ -912,6 +912,11 @@ describe('REGION_READ / REGION_WRITE', () => {
     sameBytes(encodeRegionAccess(value), vector);
   });
 
+  test('offsets on either side of 2^32', () => {
+    sameBytes(encodeRegionAccess({ offset: 0xffffffff, region: 1, count: 0, data: hex('') }), hex('ffffffff00000000 | 01000000 | 00000000'));
+    sameBytes(encodeRegionAccess({ offset: 2 ** 32 + 1, region: 1, count: 0, data: hex('') }), hex('0100000001000000 | 01000000 | 00000000'));
+  });
+
   test('writeRegionAccess writes into a larger buffer', () => {
     const out = Buffer.alloc(24, 0xee);
     const n = writeRegionAccess(out, 2, { offset: 0x100000000, region: 0, count: 2, data: hex('3412') });

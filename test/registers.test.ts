@@ -119,6 +119,29 @@ test('computed reads, accepted sizes and uncovered bytes', () => {
   assert.deepEqual(read(r, 4, 4), [0, 0, 0, 0]);
 });
 
+test("a read hook's value goes through the masks; one that does not fit is one sentence", () => {
+  let value: number | bigint = 0xdeadbeef;
+  const r = defineRegisters({
+    WORD: { offset: 0, width: 4, read: () => value },
+    SECRET: { offset: 4, width: 2, access: 'wo', read: () => 0xffff },
+    WIDE: { offset: 8, width: 8, read: () => 2n ** 40n + 7n },
+  });
+  assert.deepEqual(read(r, 0, 4), [0xef, 0xbe, 0xad, 0xde]);
+  assert.deepEqual(read(r, 1, 2), [0xbe, 0xad], 'a part of the register');
+  assert.deepEqual(read(r, 4, 2), [0, 0], 'write-only bits read as zero');
+  assert.deepEqual(read(r, 8, 8), [7, 0, 0, 0, 0, 1, 0, 0]);
+  value = 0x01020304n;
+  assert.deepEqual(read(r, 0, 4), [4, 3, 2, 1], 'a bigint that fits');
+  for (const [bad, shown] of [
+    [2 ** 32, '4294967296'],
+    [-1, '-1'],
+    [1.5, '1.5'],
+  ] as const) {
+    value = bad;
+    assert.throws(() => read(r, 0, 4), { name: 'TypeError', message: `the read hook of WORD is ${shown}, which is not an unsigned 32-bit integer` });
+  }
+});
+
 test('declaration mistakes are one sentence', () => {
   const bad = (decls: Record<string, RegisterDecl>, message: RegExp): void => {
     assert.throws(

@@ -15,10 +15,16 @@ export function put32(b: Uint8Array, at: number, v: number): void {
   b[at + 3] = v >>> 24;
 }
 
-/** A u64 below 2^53. */
+/** A u64 below 2^53. Offsets mostly fit in 32 bits; `%` on a double outside that range is a call to fmod. */
 export function put64(b: Uint8Array, at: number, v: number): void {
-  put32(b, at, v % 0x1_0000_0000);
-  put32(b, at + 4, Math.floor(v / 0x1_0000_0000));
+  if (v <= 0xffff_ffff) {
+    put32(b, at, v);
+    put32(b, at + 4, 0);
+    return;
+  }
+  const high = Math.floor(v / 0x1_0000_0000);
+  put32(b, at, v - high * 0x1_0000_0000);
+  put32(b, at + 4, high);
 }
 
 /** Copies `src` into `dst` at `at`; a byte loop beats TypedArray.set for the few bytes of a register. */

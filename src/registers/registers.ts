@@ -322,17 +322,27 @@ export class RegisterBlock {
       out.fill(0, at, at + n);
       return;
     }
-    let src = this.image;
+    const { image, wo, rc } = this;
+    const hook = reg.readHook;
+    let src = image;
     let base = 0;
-    if (reg.readHook) {
-      const v = checkValue(reg.readHook(reg.value), reg.width, `the read hook of ${reg.name}`);
-      storeValue(this.scratch, 0, reg.width, v);
+    if (hook !== undefined) {
+      const raw = hook(this.load(reg.offset, reg.width));
+      if (reg.width !== 8 && isUnsignedNumber(raw, reg.width)) {
+        // The usual case: the bytes come out of the number, with no message built for checkValue and no scratch copy.
+        for (let i = from; i < to; i++) {
+          out[at + i - from] = (raw >>> (8 * (i - reg.offset))) & ~wo[i];
+          image[i] &= ~rc[i];
+        }
+        return;
+      }
+      storeValue(this.scratch, 0, reg.width, checkValue(raw, reg.width, `the read hook of ${reg.name}`));
       src = this.scratch;
       base = reg.offset;
     }
     for (let i = from; i < to; i++) {
-      out[at + i - from] = src[i - base] & ~this.wo[i];
-      this.image[i] &= ~this.rc[i];
+      out[at + i - from] = src[i - base] & ~wo[i];
+      image[i] &= ~rc[i];
     }
   }
 
@@ -484,9 +494,13 @@ function storeValue(into: Uint8Array, offset: number, width: Width, value: numbe
   else storeLE(into, offset, width, BigInt(value));
 }
 
+function isUnsignedNumber(value: unknown, width: number): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < POW2[8 * width] && (width < 8 || value <= Number.MAX_SAFE_INTEGER);
+}
+
 /** `value` as an unsigned integer of `width` bytes (number, or bigint for 8), or one sentence about `what` returned it. */
 export function checkValue(value: unknown, width: number, what: string): number | bigint {
-  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < POW2[8 * width] && (width < 8 || value <= Number.MAX_SAFE_INTEGER)) return value;
+  if (isUnsignedNumber(value, width)) return value;
   if (typeof value === 'bigint' && value >= 0n && value <= ALL_BITS[width as Width]) return width === 8 ? value : Number(value);
   throw new TypeError(`${what} is ${show(value)}, which is not an unsigned ${8 * width}-bit integer`);
 }
