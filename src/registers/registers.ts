@@ -117,6 +117,8 @@ export class RegisterBase<V extends number | bigint = number | bigint> {
   readonly writeHook?: (value: number | bigint, old: number | bigint) => void | Promise<void>;
   /** Guest reads do more than copy the image (a computed value, write-only or read-clear bits). */
   readonly special: boolean;
+  /** A guest read clears some of its bits. */
+  readonly readClears: boolean;
 
   constructor(
     private readonly block: RegisterBlock,
@@ -130,7 +132,8 @@ export class RegisterBase<V extends number | bigint = number | bigint> {
     this.sizes = def.sizes;
     this.readHook = def.read;
     this.writeHook = def.write;
-    this.special = def.read !== undefined || !!def.masks.wo || !!def.masks.rc;
+    this.readClears = !!def.masks.rc;
+    this.special = def.read !== undefined || !!def.masks.wo || this.readClears;
     for (const f of def.fields) {
       Object.defineProperty(this, f.name, {
         enumerable: true,
@@ -322,28 +325,22 @@ export class RegisterBlock {
       out.fill(0, at, at + n);
       return;
     }
-    const { image, wo, rc } = this;
+    const { image, wo } = this;
     const hook = reg.readHook;
-    let src = image;
-    let base = 0;
-    if (hook !== undefined) {
+    if (hook === undefined) {
+      for (let i = from; i < to; i++) out[at + i - from] = image[i] & ~wo[i];
+    } else {
       const raw = hook(this.load(reg.offset, reg.width));
       if (reg.width !== 8 && isUnsignedNumber(raw, reg.width)) {
         // The usual case: the bytes come out of the number, with no message built for checkValue and no scratch copy.
-        for (let i = from; i < to; i++) {
-          out[at + i - from] = (raw >>> (8 * (i - reg.offset))) & ~wo[i];
-          image[i] &= ~rc[i];
-        }
-        return;
+        for (let i = from; i < to; i++) out[at + i - from] = (raw >>> (8 * (i - reg.offset))) & ~wo[i];
+      } else {
+        const scratch = this.scratch;
+        storeValue(scratch, 0, reg.width, checkValue(raw, reg.width, `the read hook of ${reg.name}`));
+        for (let i = from; i < to; i++) out[at + i - from] = scratch[i - reg.offset] & ~wo[i];
       }
-      storeValue(this.scratch, 0, reg.width, checkValue(raw, reg.width, `the read hook of ${reg.name}`));
-      src = this.scratch;
-      base = reg.offset;
     }
-    for (let i = from; i < to; i++) {
-      out[at + i - from] = src[i - base] & ~wo[i];
-      image[i] &= ~rc[i];
-    }
+    if (reg.readClears) for (let i = from; i < to; i++) image[i] &= ~this.rc[i];
   }
 
   /**
@@ -495,7 +492,10 @@ function storeValue(into: Uint8Array, offset: number, width: Width, value: numbe
 }
 
 function isUnsignedNumber(value: unknown, width: number): value is number {
-  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < POW2[8 * width] && (width < 8 || value <= Number.MAX_SAFE_INTEGER);
+  if (typeof value !== 'number') return false;
+  // An integer in 0..2^32-1 is the one number `>>> 0` leaves as it is.
+  if (width !== 8) return value >>> 0 === value && value < POW2[8 * width];
+  return Number.isSafeInteger(value) && value >= 0;
 }
 
 /** `value` as an unsigned integer of `width` bytes (number, or bigint for 8), or one sentence about `what` returned it. */
