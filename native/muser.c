@@ -948,6 +948,7 @@ typedef struct watch_timer {
 } watch_timer;
 
 struct addon_state {
+  uv_loop_t *loop;
   napi_ref poll_ctor;
   bool constructing; /* the PollHandle constructor is internal only */
   bool tearing_down;
@@ -1267,9 +1268,12 @@ static nfds_t spin_fds(addon_state *s, bool all, struct pollfd *fds,
  *
  * Either way the loop gets a turn at least every SPIN_SLICE_NS once the
  * spin has called back a handle or reported a change (a watch still
- * spinning then resumes from the timer, which fires at once); a wait that
- * has found nothing yet lasts its budget (busy and idle callbacks, which
- * only say what the poller does, do not count). */
+ * spinning then resumes from the timer, which fires at once), and at once
+ * after such a call when the loop has work of its own ready: an immediate
+ * (Node keeps an idle handle active while one is queued), a due timer, a
+ * closing handle; uv_backend_timeout() is 0 then. A wait that has found
+ * nothing yet lasts its budget (busy and idle callbacks, which only say what
+ * the poller does, do not count). */
 static void spin(addon_state *s, uint64_t max_ns) {
   if (s->spinning) return;
   s->spinning = true;
@@ -1288,7 +1292,8 @@ static void spin(addon_state *s, uint64_t max_ns) {
   uint64_t calls = s->calls;
   /* A wait that has called nothing back yet may outlast the slice. */
   while (!s->tearing_down &&
-         (now - start < SPIN_SLICE_NS || calls == s->calls)) {
+         (calls == s->calls ||
+          (now - start < SPIN_SLICE_NS && uv_backend_timeout(s->loop) != 0))) {
     bool watching = false;
     for (watch *w = s->watches; w != NULL; w = w->next) {
       if (w->stopped || (!w->spinning && w->due_ns > now)) continue;
@@ -1759,6 +1764,11 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   addon_state *s = calloc(1, sizeof *s);
   if (s == NULL) {
     napi_throw_error(env, NULL, "muser: out of memory");
+    return NULL;
+  }
+  if (napi_get_uv_event_loop(env, &s->loop) != napi_ok) {
+    free(s);
+    throw_napi_failure(env, "napi_get_uv_event_loop");
     return NULL;
   }
   if (napi_set_instance_data(env, s, finalize_state, NULL) != napi_ok) {

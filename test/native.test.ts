@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { native, READABLE, WRITABLE, type PollHandle } from '../src/transport/native.js';
+import { addonPath, native, READABLE, WRITABLE, type PollHandle } from '../src/transport/native.js';
 
 const { errno } = native;
 const PAGE = 4096;
@@ -1041,6 +1041,38 @@ describe('watch', () => {
       assert.deepEqual(calls, ['a', 'b']);
       assert.equal(native.unwatch(second), true);
     } finally {
+      native.munmap(ab);
+      native.close(fd);
+    }
+  });
+
+  test('work the loop has ready (an immediate) ends a spin after the callback that queued it', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const fd = native.memfd('watch-turn', PAGE);
+    const ab = native.mmap(fd, 0, PAGE, true);
+    const live = new Uint32Array(ab, 0, 2);
+    // A writer on another thread changes word 0 as fast as it can until word 1 says stop, so the watch always has a change to report.
+    const writer = new Worker(
+      `const { workerData: { fd } } = require('node:worker_threads');
+       const addon = require(${JSON.stringify(addonPath)});
+       const w = new Uint32Array(addon.mmap(fd, 0, ${PAGE}, true), 0, 2);
+       while (Atomics.load(w, 1) === 0) Atomics.add(w, 0, 1);`,
+      { eval: true, workerData: { fd } },
+    );
+    try {
+      let changes = 0;
+      let atImmediate = -1;
+      const id = native.watch(new Uint32Array(ab, 0, 1), words(1), words(1), 1_000_000, 1000, (n) => {
+        if (n < 1) return;
+        if (++changes === 1) setImmediate(() => (atImmediate = changes));
+      });
+      await until(() => atImmediate >= 0, 'the immediate');
+      native.unwatch(id);
+      // Without the turn it would wait for the spin's 1 ms slice, with a change reported on every look meanwhile.
+      assert.ok(atImmediate <= 3, `${atImmediate} changes were reported before the immediate ran`);
+    } finally {
+      Atomics.store(live, 1, 1);
+      await writer.terminate();
       native.munmap(ab);
       native.close(fd);
     }
