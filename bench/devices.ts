@@ -1,8 +1,8 @@
 /**
- * Many devices in one process: RSS per device served and idle, and per
- * device with a client connected (VERSION negotiated), and the connect
- * latency (connect + VERSION round trip), on the main thread and with each
- * device on its own thread. Each thread is a Node.js worker with a V8 heap
+ * Many devices in one process: RSS per device served and idle, with a client
+ * connected to each (VERSION negotiated), and after those clients have gone,
+ * and the connect latency (connect + VERSION round trip), on the main thread
+ * and with each device on its own thread. Each thread is a Node.js worker with a V8 heap
  * of its own, so the threaded case serves fewer devices by default.
  *
  *   node dist/bench/devices.js [--devices N] [--thread-devices M]
@@ -18,6 +18,21 @@ const { values } = parseArgs({ options: { devices: { type: 'string', default: '1
 
 const rssKiB = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 
+/**
+ * RSS once it has stopped moving (each thread's V8 heap goes on shrinking for
+ * a while after start-up): samples 500 ms apart until two differ by under
+ * 1%, for at most 15 s.
+ */
+async function settledRss(pid: number): Promise<number> {
+  let last = rssKiB(pid);
+  for (let i = 0; ; i++) {
+    await sleep(500);
+    const now = rssKiB(pid);
+    if (Math.abs(now - last) < now / 100 || i === 30) return now;
+    last = now;
+  }
+}
+
 /** Serves `count` devices in a child process, measures its RSS idle and with a client on each, and connect latency. */
 async function measure(count: number, threads: boolean) {
   const dir = scratchDir();
@@ -29,9 +44,7 @@ async function measure(count: number, threads: boolean) {
       child.once('exit', (code) => reject(new Error(`devices-server exited with ${code}`)));
     });
     const startMs = (Date.now() - t0) / count;
-    // Threads shed start-up garbage for a while after they start: let RSS settle before taking it.
-    await sleep(threads ? 2000 : 500);
-    const idle = rssKiB(child.pid!);
+    const idle = await settledRss(child.pid!);
     const clients: Client[] = [];
     const connectUs: number[] = [];
     for (let i = 0; i < count; i++) {
@@ -41,11 +54,12 @@ async function measure(count: number, threads: boolean) {
       await c.regionRead(0, 0, 4);
       clients.push(c);
     }
-    await sleep(500);
-    const connected = rssKiB(child.pid!);
+    const connected = await settledRss(child.pid!);
     for (const c of clients) c.close();
+    // A thread that has served a client holds less than one that has only started: its heap was collected and shrank.
+    const after = await settledRss(child.pid!);
     connectUs.sort((a, b) => a - b);
-    return { idle, connected, startMs, connectP50: median(connectUs), connectP99: connectUs[Math.floor(connectUs.length * 0.99)] };
+    return { idle, connected, after, startMs, connectP50: median(connectUs), connectP99: connectUs[Math.floor(connectUs.length * 0.99)] };
   } finally {
     if (child.exitCode === null) {
       child.kill('SIGTERM');
@@ -57,7 +71,7 @@ async function measure(count: number, threads: boolean) {
 
 // A process serving nothing: the baseline subtracted from the others.
 const base = await measure(0, false);
-const rows: (string | number)[][] = [['layout', 'devices', 'KiB/device idle', 'KiB/device connected (more)', 'start ms/device', 'connect p50 µs', 'connect p99 µs']];
+const rows: (string | number)[][] = [['layout', 'devices', 'KiB/device: idle', 'connected', 'after the clients left', 'start ms/device', 'connect p50 µs', 'connect p99 µs']];
 for (const [count, threads] of [
   [Number(values.devices), false],
   [Number(values['thread-devices']), true],
@@ -66,8 +80,7 @@ for (const [count, threads] of [
   rows.push([
     threads ? 'a thread each' : 'main thread',
     count,
-    ((m.idle - base.idle) / count).toFixed(1),
-    ((m.connected - m.idle) / count).toFixed(1),
+    ...[m.idle, m.connected, m.after].map((kib) => ((kib - base.idle) / count).toFixed(1)),
     m.startMs.toFixed(2),
     m.connectP50.toFixed(0),
     m.connectP99.toFixed(0),
