@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Client, definePciDevice, defineRegisters, serve, type Logger, type Server } from '../src/index.js';
-import { Command, RegionFlag } from '../src/protocol/constants.js';
+import { Command, IrqIndex, RegionFlag } from '../src/protocol/constants.js';
 import * as msg from '../src/protocol/messages.js';
 import { native } from '../src/transport/native.js';
 import { fdCount, le32, settledFdCount, tempDir, waitFor, type TempDir } from './helpers.js';
@@ -233,6 +233,44 @@ describe('doorbells', () => {
     c.close();
     await server.idle();
     assert.equal(await settledFdCount(process.pid), before);
+  });
+
+  it('hears a doorbell that acknowledged INTx before an unmask decides to fire again', async () => {
+    // A backed-off watch looks late (backoffUs 1 s here): the client rings, then unmasks at once, as a guest's end of interrupt does.
+    const line = definePciDevice({
+      name: 'line',
+      id: { vendor: 0x1de5, device: 0xdb13 },
+      irqs: { intx: true },
+      bars: {
+        0: {
+          size: 0x2000,
+          doorbells: { offset: 0x1000, length: 0x1000, spinUs: 10, backoffUs: 1_000_000 },
+          // A trapped write at 0 raises the line; the guest acknowledges through the doorbell at 0x1000.
+          write: (offset) => void (offset === 0 ? line.irq(0) : line.irqDone()),
+        },
+      },
+    });
+    const d = tempDir();
+    const s = await serve(line, { socket: d.socket(), log });
+    const c = await Client.connect(d.socket());
+    try {
+      const intx = await c.irq(IrqIndex.INTX);
+      const bar = await c.mapRegion(0);
+      for (let round = 1; round <= 3; round++) {
+        await c.regionWrite(0, 0, le32(1));
+        await intx.wait(round - 1);
+        await new Promise((r) => setTimeout(r, 50)); // the watch backs off
+        bar.areas[0].bytes.writeUInt32LE(round, 0);
+        await c.unmask(IrqIndex.INTX);
+        await c.regionRead(0, 0x1000, 4); // a round trip after the unmask
+        assert.equal(intx.count, round, `round ${round}: the line fired again though the doorbell had acknowledged it`);
+      }
+      bar.close();
+    } finally {
+      c.close();
+      await s.close();
+      d.remove();
+    }
   });
 
   it('explains a doorbell declaration mistake in one sentence', () => {
