@@ -15,7 +15,7 @@ export function put32(b: Uint8Array, at: number, v: number): void {
   b[at + 3] = v >>> 24;
 }
 
-/** A u64 below 2^53. Offsets mostly fit in 32 bits; `%` on a double outside that range is a call to fmod. */
+/** A u64 below 2^53. `%` by 2^32 is a double modulus (a call to fmod), so the usual offset, below 2^32, goes without it. */
 export function put64(b: Uint8Array, at: number, v: number): void {
   if (v <= 0xffff_ffff) {
     put32(b, at, v);
