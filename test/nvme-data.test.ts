@@ -10,12 +10,13 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, read, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Client, serve, type GuestMemory, type Server } from '../src/index.js';
+import { type Client, serve, type GuestMemory, type Server } from '../src/index.js';
 import { createNvme, type Nvme } from '../samples/nvme/nvme.js';
-import { NvmeHost, type HostOptions } from '../samples/nvme/driver.js';
+import type { HostOptions, NvmeHost } from '../samples/nvme/driver.js';
 import { copyFrom } from '../samples/nvme/prp.js';
 import { IoOpcode, LBA, PAGE, status } from '../samples/nvme/spec.js';
 import { tempDir, waitFor } from './helpers.js';
+import { nvmeSession } from './nvme-session.js';
 
 const SIZE = 16 * 1024 * 1024;
 const PAGE_N = BigInt(PAGE);
@@ -81,20 +82,16 @@ describe('NVMe data path: zero-copy, by message, and through the thread pool', (
   };
 
   /** One client with the host driver attached, the controller started and I/O queue pair 1 created. */
-  async function session(nvme: Nvme, fn: (host: NvmeHost, client: Client) => Promise<void>, options: HostOptions = {}): Promise<void> {
-    const server = servers.get(nvme)!;
-    await server.idle(); // the last session's client is gone
-    const client = await Client.connect(server.socket);
-    try {
-      const host = await NvmeHost.attach(client, { memory: 4 * 1024 * 1024, ...options });
-      await host.start({ ioQueues: 1 });
-      await host.createQueuePair(1, 64);
-      await fn(host, client);
-      assert.deepEqual(host.doorbellErrors, []);
-    } finally {
-      client.close();
-    }
-  }
+  const session = (nvme: Nvme, fn: (host: NvmeHost, client: Client) => Promise<void>, options: HostOptions = {}): Promise<void> =>
+    nvmeSession(
+      servers.get(nvme)!,
+      async (host, client) => {
+        await host.start({ ioQueues: 1 });
+        await host.createQueuePair(1, 64);
+        await fn(host, client);
+      },
+      { memory: 4 * 1024 * 1024, ...options },
+    );
 
   /** Writes and reads back 4 KiB, 256 KiB through a PRP list, and four pages through a chained list, checking the file. */
   async function transfers(nvme: Nvme, host: NvmeHost, seed: number): Promise<void> {

@@ -16,6 +16,7 @@ import { createNvme, optionsFromEnvironment, NvmeConfigError, type Nvme } from '
 import { NvmeHost, type HostOptions, type HostQueue } from '../samples/nvme/driver.js';
 import { AdminOpcode, Feature, PAGE, Reg, status } from '../samples/nvme/spec.js';
 import { tempDir, waitFor, type TempDir } from './helpers.js';
+import { nvmeSession } from './nvme-session.js';
 
 const SIZE = 4 * 1024 * 1024;
 const INVALID_FIELD = status(0, 0x02);
@@ -30,18 +31,7 @@ describe('NVMe doorbells and interrupts', () => {
   const warnings: string[] = [];
   const infos: string[] = [];
 
-  async function session<T>(fn: (host: NvmeHost, client: Client) => Promise<T>, options: HostOptions = {}): Promise<T> {
-    await server.idle();
-    const client = await Client.connect(dir.socket());
-    try {
-      const host = await NvmeHost.attach(client, options);
-      const result = await fn(host, client);
-      assert.deepEqual(host.doorbellErrors, [], 'no doorbell write failed');
-      return result;
-    } finally {
-      client.close();
-    }
-  }
+  const session = <T>(fn: (host: NvmeHost, client: Client) => Promise<T>, options: HostOptions = {}): Promise<T> => nvmeSession(server, fn, options);
 
   /** Writes and reads back `n` pages through queue `qid`, `depth` at a time. */
   async function io(host: NvmeHost, qid: number, n: number, depth = 1): Promise<void> {

@@ -10,11 +10,12 @@ import { spawn } from 'node:child_process';
 import { existsSync, openSync, readSync, closeSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Client, serve, type Server } from '../src/index.js';
+import { type Client, serve, type Server } from '../src/index.js';
 import { createNvme, NvmeConfigError, optionsFromEnvironment, parseSize, type Nvme } from '../samples/nvme/nvme.js';
-import { NvmeHost, type Buffer4k } from '../samples/nvme/driver.js';
+import type { Buffer4k, NvmeHost } from '../samples/nvme/driver.js';
 import { AdminOpcode, CSTS, Feature, IoOpcode, LBA, PAGE, Reg, status, type Completion } from '../samples/nvme/spec.js';
 import { cli, dist, tempDir, waitFor, type TempDir } from './helpers.js';
+import { nvmeSession } from './nvme-session.js';
 
 const SIZE = 16 * 1024 * 1024;
 const BLOCKS = SIZE / LBA;
@@ -62,18 +63,7 @@ describe('NVMe sample driven by the TypeScript client', () => {
   };
 
   /** One client connection with the host driver attached; closed (and the server idle again) afterwards. */
-  async function session<T>(fn: (host: NvmeHost, client: Client) => Promise<T>, options: Parameters<typeof NvmeHost.attach>[1] = {}): Promise<T> {
-    await server.idle();
-    const client = await Client.connect(dir.socket());
-    try {
-      const host = await NvmeHost.attach(client, options);
-      const result = await fn(host, client);
-      assert.deepEqual(host.doorbellErrors, [], 'no doorbell write failed');
-      return result;
-    } finally {
-      client.close();
-    }
-  }
+  const session = <T>(fn: (host: NvmeHost, client: Client) => Promise<T>, options: Parameters<typeof NvmeHost.attach>[1] = {}): Promise<T> => nvmeSession(server, fn, options);
 
   before(async () => {
     dir = tempDir();

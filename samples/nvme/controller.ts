@@ -146,15 +146,10 @@ export interface ControllerState {
   coalescingDisabled: number[];
 }
 
-class CompletionQueue {
+/** What both kinds of queue are, over the state record the controller saves. */
+class Queue<S extends SqState | CqState> {
   deleted = false;
-  /** The whole queue in shared guest memory, once resolved (empty again once the client unmaps it). */
-  view?: Uint8Array;
-  /** Entries posted since the last interrupt (interrupt coalescing). */
-  unsignalled = 0;
-  /** The aggregation time of interrupt coalescing is running. */
-  timer?: NodeJS.Timeout;
-  constructor(readonly q: CqState) {}
+  constructor(readonly q: S) {}
   get id(): number {
     return this.q.id;
   }
@@ -163,15 +158,6 @@ class CompletionQueue {
   }
   get size(): number {
     return this.q.size;
-  }
-  get vector(): number {
-    return this.q.vector;
-  }
-  get interrupts(): boolean {
-    return this.q.interrupts;
-  }
-  get backlog(): Completion[] {
-    return this.q.backlog;
   }
   get head(): number {
     return this.q.head;
@@ -184,6 +170,24 @@ class CompletionQueue {
   }
   set tail(v: number) {
     this.q.tail = v;
+  }
+}
+
+class CompletionQueue extends Queue<CqState> {
+  /** The whole queue in shared guest memory, once resolved (empty again once the client unmaps it). */
+  view?: Uint8Array;
+  /** Entries posted since the last interrupt (interrupt coalescing). */
+  unsignalled = 0;
+  /** The aggregation time of interrupt coalescing is running. */
+  timer?: NodeJS.Timeout;
+  get vector(): number {
+    return this.q.vector;
+  }
+  get interrupts(): boolean {
+    return this.q.interrupts;
+  }
+  get backlog(): Completion[] {
+    return this.q.backlog;
   }
   get phase(): number {
     return this.q.phase;
@@ -205,38 +209,18 @@ class CompletionQueue {
   }
 }
 
-class SubmissionQueue {
+class SubmissionQueue extends Queue<SqState> {
   /** The drain loop is running. */
   running = false;
-  deleted = false;
   /** Commands started and not yet completed. */
   inflight = 0;
   /** Called when the queue has no running loop and nothing in flight. */
   idleWaiters: (() => void)[] = [];
   constructor(
-    readonly q: SqState,
+    q: SqState,
     readonly cq: CompletionQueue,
-  ) {}
-  get id(): number {
-    return this.q.id;
-  }
-  get base(): bigint {
-    return this.q.base;
-  }
-  get size(): number {
-    return this.q.size;
-  }
-  get head(): number {
-    return this.q.head;
-  }
-  set head(v: number) {
-    this.q.head = v;
-  }
-  get tail(): number {
-    return this.q.tail;
-  }
-  set tail(v: number) {
-    this.q.tail = v;
+  ) {
+    super(q);
   }
   get idle(): boolean {
     return !this.running && this.inflight === 0;
