@@ -33,7 +33,7 @@ async function settledRss(pid: number): Promise<number> {
   }
 }
 
-/** Serves `count` devices in a child process, measures its RSS idle and with a client on each, and connect latency. */
+/** Serves `count` devices in a child process, measures its RSS idle, with a client on each and after they left, and connect latency. */
 async function measure(count: number, threads: boolean) {
   const dir = scratchDir();
   const child = spawn(process.execPath, [join(here, 'devices-server.js'), dir.path, String(count), ...(threads ? ['--threads'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -56,7 +56,7 @@ async function measure(count: number, threads: boolean) {
     }
     const connected = await settledRss(child.pid!);
     for (const c of clients) c.close();
-    // A thread that has served a client holds less than one that has only started: its heap was collected and shrank.
+    // What a device keeps of having had a client: V8 does not give back all the heap the connections grew.
     const after = await settledRss(child.pid!);
     connectUs.sort((a, b) => a - b);
     return { idle, connected, after, startMs, connectP50: median(connectUs), connectP99: connectUs[Math.floor(connectUs.length * 0.99)] };
